@@ -1,0 +1,160 @@
+"""The ``sketchquant`` command line: argument parsing only; each subcommand calls one function."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EPILOG_OVERRIDES = (
+    "overrides: key=value pairs on top of the experiment, e.g. trainer.max_epochs=3 data.batch_size=32; "
+    "group=choice swaps a config group file, e.g. logger=wandb data=sketchy."
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sketchquant",
+        description="Compact, retrieval-ready image features: iReLU quantization (method A) and "
+        "zero-shot sketch-based image retrieval (method B).",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    t = sub.add_parser("train", help="train an experiment (then test its best checkpoint)", epilog=EPILOG_OVERRIDES)
+    t.add_argument("experiment", help="a name from configs/experiment/ (see `sketchquant list`)")
+    t.add_argument("overrides", nargs="*", metavar="key=value")
+
+    e = sub.add_parser("evaluate", help="test a checkpoint with its saved config", epilog=EPILOG_OVERRIDES)
+    e.add_argument("--ckpt", required=True, help="a checkpoint written by `sketchquant train`")
+    e.add_argument("overrides", nargs="*", metavar="key=value")
+
+    c = sub.add_parser("config", help="print the resolved config YAML (runs nothing)", epilog=EPILOG_OVERRIDES)
+    c.add_argument("experiment")
+    c.add_argument("overrides", nargs="*", metavar="key=value")
+
+    sub.add_parser("list", help="list experiments and config group choices")
+
+    ef = sub.add_parser("eval-features", help="score saved features with the standard protocols")
+    ef.add_argument("query", help=".npz with `features` (N×d) and `labels` (N, or N×C 0/1)")
+    ef.add_argument("gallery", help=".npz with `features` and `labels`")
+    ef.add_argument("--protocol", choices=("sbir", "hashing"), default="sbir")
+    ef.add_argument("--k", type=int, nargs="+", default=[100, 200], help="cut-offs for map_k / p_k")
+    ef.add_argument("--ap", choices=("voc", "standard"), default="voc")
+    ef.add_argument("--metric", choices=("l2", "ip"), default=None, help="default: l2 (sbir on normalised)")
+    ef.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+    enc = sub.add_parser("encode", help="method A: export uint8 codes of a dataset split")
+    enc.add_argument("--ckpt", required=True)
+    enc.add_argument("--out", required=True, help="output .npz (codes, labels, paths)")
+    enc.add_argument("--split", choices=("database", "query", "train"), default="database")
+    enc.add_argument("overrides", nargs="*", metavar="key=value", help="data overrides, e.g. data.root=...")
+
+    ix = sub.add_parser("index", help="method A: build a FAISS uint8 code index from encode's .npz")
+    ix.add_argument("codes", help=".npz written by `sketchquant encode`")
+    ix.add_argument("--out", required=True, help="index file (a .json sidecar is written beside it)")
+
+    se = sub.add_parser("search", help="method A: search an index with query images")
+    se.add_argument("--ckpt", required=True)
+    se.add_argument("--index", required=True)
+    se.add_argument("images", nargs="+", metavar="IMAGE")
+    se.add_argument("--k", type=int, default=10)
+
+    sw = sub.add_parser("sweep", help="run a hyperparameter sweep spec (wandb sweep format)")
+    sw.add_argument("spec", help="e.g. configs/sweeps/zs_sbir_losses.yaml")
+    sw.add_argument("--online", action="store_true", help="use wandb's server and agent (needs network)")
+    sw.add_argument("--workers", type=int, default=1, help="parallel trials (each pinned to a GPU if any)")
+    sw.add_argument("--count", type=int, default=None, help="max trials (default: the whole grid)")
+    sw.add_argument("--out", default=None, help="sweep folder (default runs/sweeps/<name>-<time>)")
+    sw.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every trial")
+
+    d = sub.add_parser("data", help="the embedded benchmarks: make or preview")
+    dsub = d.add_subparsers(dest="data_command", metavar="ACTION")
+    dsub.required = True
+    dm = dsub.add_parser("make", help="generate the embedded benchmark (seconds)")
+    dm.add_argument("--out", default=None, help="default data/glyphs (sketch_photo) or data/glyph_scenes")
+    dm.add_argument("--kind", choices=("sketch_photo", "scenes"), default="sketch_photo")
+    dm.add_argument("overrides", nargs="*", metavar="key=value", help="generator settings, e.g. seed=1")
+    dp = dsub.add_parser("preview", help="draw a contact sheet of both domains")
+    dp.add_argument("dir")
+    dp.add_argument("--out", required=True, help="PNG file")
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sketchquant.config import compose, to_yaml
+
+    if args.command == "train":
+        from sketchquant.run import train
+
+        train(compose(args.experiment, args.overrides))
+    elif args.command == "evaluate":
+        from sketchquant.run import evaluate
+
+        evaluate(args.ckpt, args.overrides)
+    elif args.command == "config":
+        sys.stdout.write(to_yaml(compose(args.experiment, args.overrides)))
+    elif args.command == "list":
+        from sketchquant.config import GROUPS, list_choices
+
+        print("experiments: " + ", ".join(list_choices("experiment")))
+        for group in GROUPS:
+            print(f"{group}: " + ", ".join(list_choices(group)))
+        print("sweeps: " + ", ".join(list_choices("sweeps")))
+    elif args.command == "eval-features":
+        from sketchquant.retrieval.npz_eval import eval_features
+
+        eval_features(args.query, args.gallery, protocol=args.protocol, ks=tuple(args.k), ap=args.ap,
+                      as_json=args.json, metric=args.metric)
+    elif args.command == "encode":
+        from sketchquant.codes import encode
+
+        encode(args.ckpt, args.out, split=args.split, overrides=args.overrides)
+    elif args.command == "index":
+        from sketchquant.codes import build_index
+
+        build_index(args.codes, args.out)
+    elif args.command == "search":
+        from sketchquant.codes import search
+
+        search(args.ckpt, args.index, args.images, k=args.k)
+    elif args.command == "sweep":
+        from sketchquant.sweep import run_sweep
+
+        run_sweep(args.spec, online=args.online, workers=args.workers, count=args.count, out=args.out,
+                  overrides=args.overrides)
+    elif args.command == "data":
+        from datamodules.cli_data import data_make, data_preview
+
+        if args.data_command == "make":
+            from sketchquant.config import ConfigError, parse_overrides
+
+            _, dotlist = parse_overrides(args.overrides)
+            from omegaconf import OmegaConf
+
+            try:
+                kw = OmegaConf.to_container(OmegaConf.from_dotlist(dotlist)) if dotlist else {}
+            except Exception as err:
+                raise ConfigError(f"cannot parse generator settings {args.overrides}: {err}") from err
+            data_make(args.out, args.kind, kw)
+        else:
+            data_preview(args.dir, args.out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("WANDB_MODE", "offline")
+    args = _parser().parse_args(argv)
+    from sketchquant.config import ConfigError
+
+    try:
+        return _run(args)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        if os.environ.get("SKETCHQUANT_DEBUG"):
+            raise
+        print(f"sketchquant {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
