@@ -1,0 +1,21 @@
+"""Lightning callbacks: the α(t) ramp, teacher distillation, retrieval evaluation, the NaN guard."""
+
+from callbacks.alpha_ramp import AlphaRamp, alpha_schedule
+from callbacks.atomic_checkpoint import AtomicCheckpointIO, atomic_torch_save
+from callbacks.epoch_summary import EpochSummary
+from callbacks.nan_guard import NaNGuard, NonFiniteLossError
+from callbacks.retrieval_evaluator import RetrievalEvaluator, gather_and_dedup
+from callbacks.teacher_distillation import TeacherDistillation
+
+__all__ = [
+    "AlphaRamp",
+    "AtomicCheckpointIO",
+    "EpochSummary",
+    "NaNGuard",
+    "NonFiniteLossError",
+    "RetrievalEvaluator",
+    "TeacherDistillation",
+    "alpha_schedule",
+    "atomic_torch_save",
+    "gather_and_dedup",
+]

@@ -1,0 +1,87 @@
+"""Method B as a LightningModule: one backbone for sketches and photos, CE + λ_kd·KD + λ_da·DA (SPEC §B)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lightning_modules.base import SketchquantModule
+from lightning_modules.components.sbir_losses import sbir_loss
+from lightning_modules.components.sketch_net import FrozenTeacher, SketchNet
+from sketchquant.batch import DOMAIN, IMAGE, LABEL
+
+TEACHER_KEY = "teacher_logits"
+
+
+class ZeroShotSketchModule(SketchquantModule):
+    """``SketchNet`` + the three losses. The frozen ImageNet teacher is captured at construction (a copy of
+    the ImageNet-initialised network, so a resumed run gets the same teacher) but is *not* a registered
+    sub-module: it is outside ``state_dict``, the optimizer and DDP. The :class:`callbacks.TeacherDistillation`
+    callback moves it to the device and puts ``batch["teacher_logits"]`` (photo rows) in every training batch.
+
+    ``validation`` (held-out seen classes) logs ``val/acc`` and the classification loss; retrieval metrics
+    come from :class:`callbacks.RetrievalEvaluator` on the returned ``embeddings["raw"]`` (the 512-d ``f``).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "tf_efficientnet_lite0",
+        weights: str = "auto",
+        embed_dim: int = 512,
+        lambda_kd: float = 1.0,
+        lambda_da: float = 0.1,
+        tau: float = 1.0,
+        head_init: str = "svd",
+        optim: dict[str, Any] | None = None,
+        max_epochs: int = 20,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        head = head_init
+        if head == "svd" and weights == "none":
+            head = "random"  # no ImageNet classifier to factor
+        self.net = SketchNet(num_classes, backbone, weights=weights, embed_dim=embed_dim, head_init=head,
+                             imagenet_head=True)
+        self._teacher: tuple[FrozenTeacher, ...] = (self.net.make_teacher(),) if lambda_kd else ()
+
+    # -------------------------------------------------------------------------------------------
+    @property
+    def teacher(self) -> FrozenTeacher | None:
+        return self._teacher[0] if self._teacher else None
+
+    @property
+    def has_imagenet_teacher(self) -> bool:
+        return bool(self.net.backbone_info.has_imagenet_classifier)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Retrieval features ``f`` (``B×d``, not normalised; the metrics L2-normalise)."""
+        return self.net.extract_features(images)
+
+    def _common_step(self, batch: dict, stage: str) -> dict[str, Any]:
+        images, labels, domain = batch[IMAGE], batch[LABEL], batch[DOMAIN]
+        out = self.net(images)
+        if stage == "train":
+            hp = self.hparams
+            teacher_logits = batch.get(TEACHER_KEY)
+            if hp.lambda_kd and teacher_logits is None:
+                raise RuntimeError(
+                    "lambda_kd > 0 but the batch has no teacher logits: add callbacks.TeacherDistillation "
+                    "to the Trainer (sketchquant.run does) or set model.lambda_kd=0"
+                )
+            losses = sbir_loss(out.features, out.logits, labels, domain, out.imagenet_logits, teacher_logits,
+                               lambda_kd=hp.lambda_kd, lambda_da=hp.lambda_da, tau=hp.tau)
+            loss = losses.pop("loss")
+            losses = {"loss": loss.detach(), **losses}
+            acc = (out.logits.argmax(-1) == labels).float().mean()
+            return {"loss": loss, "losses": losses, "metrics": {"acc": acc}, "embeddings": {}}
+        emb = {"raw": out.features.detach()}
+        if stage == "val":  # held-out SEEN classes: labels are classifier targets
+            seen = labels < self.hparams.num_classes
+            metrics = {}
+            if bool(seen.all()):
+                cls = torch.nn.functional.cross_entropy(out.logits, labels)
+                metrics = {"loss_cls": cls, "acc": (out.logits.argmax(-1) == labels).float().mean()}
+            return {"loss": None, "losses": {}, "metrics": metrics, "embeddings": emb}
+        return {"loss": None, "losses": {}, "metrics": {}, "embeddings": emb}
