@@ -161,7 +161,8 @@ class RetrievalEvaluator(pl.Callback):
 
                 both = prototype_retrieval_metrics(
                     feats[qmask], labels[qmask], feats[gmask], labels[gmask],
-                    m=self.pq_m, k=self.pq_k, lam=self.fusion_lambda, fusion=self.fusion, **self._kwargs(),
+                    m=self.pq_m, k=self.pq_k, lam=self.fusion_lambda, fusion=self.fusion,
+                    **{k: v for k, v in self._kwargs().items() if k != "metric"},
                 )
                 for variant in ("proto", "fused"):
                     out.update({f"{stage}/{variant}/{k}": float(v) for k, v in both[variant].items()})

@@ -295,22 +295,28 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume[1]) if resume else None)
         metrics: dict[str, float] = {}
+        ckpt = trainer.checkpoint_callback
+        best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
+        score = getattr(ckpt, "best_model_score", None) if ckpt is not None else None
+        val = {cfg.monitor: float(score)} if score is not None else {}
         if cfg.test_after_fit:
-            ckpt = trainer.checkpoint_callback
-            best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
             results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
             metrics = _float_metrics(results)
-            _write_results(run_dir, metrics, best or "last weights")
+        _write_results(run_dir, metrics, best or "last weights", val=val)
+        if cfg.test_after_fit:
             if trainer.is_global_zero:
                 _print_results(f"{cfg.experiment}: test (unseen classes) — {best or 'last weights'}", metrics)
     finally:
         _finish_loggers(trainer)
-    return {"run_dir": str(run_dir), "test": metrics}
+    return {"run_dir": str(run_dir), "test": metrics, "val": val}
 
 
 @rank_zero_only
-def _write_results(run_dir: Path, metrics: dict[str, float], ckpt: str, name: str = "results.json") -> None:
-    atomic_write_text(run_dir / name, json.dumps({"checkpoint": str(ckpt), "metrics": metrics}, indent=2))
+def _write_results(run_dir: Path, metrics: dict[str, float], ckpt: str, name: str = "results.json",
+                   val: dict[str, float] | None = None) -> None:
+    """``results.json``: ``{"checkpoint", "val": {monitor: best score}, "metrics": {test metrics}}``."""
+    payload = {"checkpoint": str(ckpt), "val": val or {}, "metrics": metrics}
+    atomic_write_text(run_dir / name, json.dumps(payload, indent=2))
 
 
 def load_checkpoint_config(path: str | os.PathLike, overrides: list[str] | None = None,
