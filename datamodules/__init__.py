@@ -1,0 +1,30 @@
+"""LightningDataModules, readers, transforms, the glyph generator and the shipped split lists.
+
+Imports are lazy so the generator and transforms work without importing Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "SketchPhotoDataModule": "sketch_photo",
+    "ImageDataModule": "images",
+    "MixedDomainSampler": "common",
+    "make_glyph_benchmark": "glyphs",
+    "make_glyph_scenes": "glyphs",
+    "make_contact_sheet": "glyphs",
+    "build_train_transform": "transforms",
+    "build_eval_transform": "transforms",
+    "resolve_data_config": "transforms",
+    "data_make": "cli_data",
+    "data_preview": "cli_data",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,69 @@
+"""Helpers behind ``sketchquant data make`` / ``sketchquant data preview`` (the CLI only parses arguments)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .glyphs import MANIFEST, make_contact_sheet, make_glyph_benchmark, make_glyph_scenes
+
+KINDS = {"sketch_photo": make_glyph_benchmark, "scenes": make_glyph_scenes}
+DEFAULT_OUT = {"sketch_photo": "data/glyphs", "scenes": "data/glyph_scenes"}
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        if isinstance(default, bool):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except ValueError:
+        raise ValueError(f"{key}={value!r}: expected {type(default).__name__}") from None
+    return value
+
+
+def data_make(out: str | Path | None = None, kind: str = "sketch_photo", overrides: dict | None = None) -> Path:
+    """Generate a glyph dataset (``kind`` sketch_photo or scenes) and print a one-line summary.
+
+    ``overrides`` are generator keyword arguments (strings from ``key=value`` are converted to the
+    parameter's type); unknown keys raise ``ValueError`` listing the valid ones.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; choose one of {sorted(KINDS)}")
+    fn = KINDS[kind]
+    params = {k: p.default for k, p in inspect.signature(fn).parameters.items() if k != "out_dir"}
+    kwargs = {}
+    for k, v in (overrides or {}).items():
+        if k not in params:
+            raise ValueError(f"unknown {kind} generator option {k!r}; valid: {', '.join(sorted(params))}")
+        kwargs[k] = _coerce(k, v, params[k])
+    out = Path(out if out is not None else DEFAULT_OUT[kind])
+    existed = (out / MANIFEST).exists()
+    t0 = time.perf_counter()
+    path = fn(out, **kwargs)
+    secs = time.perf_counter() - t0
+    man = json.loads((path / MANIFEST).read_text())
+    counts = man.get("counts", {})
+    what = ", ".join(f"{k} {v}" for k, v in counts.items())
+    verb = "reused existing" if existed and not kwargs.get("overwrite") else f"wrote ({secs:.1f} s)"
+    print(f"{kind} glyph dataset {verb}: {path} [{what}; {man['params']['image_size']} px, "
+          f"seed {man['params']['seed']}]")
+    return path
+
+
+def data_preview(data_dir: str | Path, out: str | Path = "contact_sheet.png", **kwargs: Any) -> Path:
+    """Write a contact sheet PNG of a dataset folder and print where it went."""
+    path = make_contact_sheet(data_dir, out, **kwargs)
+    print(f"contact sheet of {data_dir} written to {path}")
+    return path

@@ -1,0 +1,94 @@
+"""The embedded glyph benchmark: determinism, counts, atomic output, scenes, contact sheets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from datamodules.cli_data import data_make, data_preview
+from datamodules.glyphs import make_contact_sheet, make_glyph_benchmark, make_glyph_scenes
+
+TINY = dict(num_classes=6, num_unseen=2, photos_per_class=3, sketches_per_class=3, image_size=32)
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_benchmark_layout_and_counts(tmp_path):
+    out = make_glyph_benchmark(tmp_path / "g", **TINY)
+    assert sorted(p.name for p in (out / "sketch").iterdir()) == [f"glyph_{i:03d}" for i in range(6)]
+    assert len(list((out / "photo").rglob("*.png"))) == 18
+    assert len(list((out / "sketch").rglob("*.png"))) == 18
+    unseen = (out / "unseen_classes.txt").read_text().split()
+    assert len(unseen) == 2 and set(unseen) < {f"glyph_{i:03d}" for i in range(6)}
+    man = json.loads((out / "dataset.json").read_text())
+    assert man["kind"] == "sketch_photo" and man["params"]["seed"] == 0
+    assert man["counts"] == {"classes": 6, "seen": 4, "unseen": 2, "sketches": 18, "photos": 18}
+    with Image.open(out / "photo" / "glyph_000" / "0000.png") as im:
+        assert im.size == (32, 32) and im.mode == "RGB"
+    assert not list(tmp_path.glob("*.tmp-*"))  # nothing half-written left behind
+
+
+def test_benchmark_deterministic_and_seeded(tmp_path):
+    a = digest(make_glyph_benchmark(tmp_path / "a", **TINY))
+    b = digest(make_glyph_benchmark(tmp_path / "b", **TINY, workers=2))
+    c = digest(make_glyph_benchmark(tmp_path / "c", **TINY, seed=1))
+    assert a == b
+    assert a.keys() == c.keys() and a != c
+    photos = [k for k in a if k.startswith("photo/")]
+    assert sum(a[k] != c[k] for k in photos) == len(photos)
+
+
+def test_existing_dataset_is_reused_or_refused(tmp_path):
+    out = make_glyph_benchmark(tmp_path / "g", **TINY)
+    marker = out / "photo" / "glyph_000" / "0000.png"
+    mtime = marker.stat().st_mtime_ns
+    assert make_glyph_benchmark(tmp_path / "g", **TINY) == out
+    assert marker.stat().st_mtime_ns == mtime  # not regenerated
+    with pytest.raises(FileExistsError, match="not the sketch_photo dataset"):
+        make_glyph_benchmark(tmp_path / "g", **{**TINY, "seed": 3})
+    make_glyph_benchmark(tmp_path / "g", **{**TINY, "seed": 3}, overwrite=True)
+    assert json.loads((out / "dataset.json").read_text())["params"]["seed"] == 3
+
+
+def test_bad_generator_params(tmp_path):
+    with pytest.raises(ValueError, match="num_unseen"):
+        make_glyph_benchmark(tmp_path / "g", num_classes=3, num_unseen=3)
+    assert not (tmp_path / "g").exists()
+
+
+def test_scenes(tmp_path):
+    kw = dict(num_classes=5, num_train=6, num_query=3, num_database=4, image_size=32)
+    out = make_glyph_scenes(tmp_path / "s", **kw)
+    rows = (out / "train.csv").read_text().splitlines()
+    assert len(rows) == 6 and len((out / "query.csv").read_text().splitlines()) == 3
+    classes = (out / "classes.txt").read_text().split()
+    assert classes == [f"glyph_{i:03d}" for i in range(5)]
+    for row in rows:
+        path, labels = row.split(",")
+        assert (out / path).exists()
+        labs = labels.split(";")
+        assert 1 <= len(labs) <= 3 and set(labs) <= set(classes) and len(set(labs)) == len(labs)
+    assert digest(out) == digest(make_glyph_scenes(tmp_path / "s2", **kw))
+
+
+def test_contact_sheets_and_cli_helpers(tmp_path, capsys):
+    bench = data_make(tmp_path / "g", "sketch_photo", {k: str(v) for k, v in TINY.items()})
+    assert "sketch_photo glyph dataset" in capsys.readouterr().out
+    sheet = make_contact_sheet(bench, tmp_path / "sheet.png", classes=4, per_domain=2)
+    with Image.open(sheet) as im:
+        assert im.size[0] > 4 * 32 and im.size[1] > 4 * 32
+    scenes = data_make(tmp_path / "s", "scenes", {"num_train": 4, "num_query": 2, "num_database": 2,
+                                                   "image_size": 32, "num_classes": 4})
+    data_preview(scenes, tmp_path / "sheet2.png")
+    assert (tmp_path / "sheet2.png").exists() and "contact sheet" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="unknown sketch_photo generator option 'colour'"):
+        data_make(tmp_path / "x", "sketch_photo", {"colour": 1})
+    with pytest.raises(ValueError, match="unknown kind"):
+        data_make(tmp_path / "x", "video", {})
