@@ -1,0 +1,418 @@
+"""Retrieval metrics against straightforward per-query numpy references (SAKE and DeepHash loops)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sketchquant.retrieval.metrics import (
+    RetrievalMetric,
+    hashing_metrics,
+    sbir_metrics,
+    sbir_metrics_from_distances,
+    topk_neighbors,
+)
+
+
+# ----------------------------------------------------------------------------------------------------
+# references: transliterations of SAKE's eval_AP_inner / VOCap / eval_precision and DeepHash's CalcTopMap,
+# with the one deliberate change that the sort is by (distance, gallery index)
+# ----------------------------------------------------------------------------------------------------
+def _order(dist_row):
+    return np.lexsort((np.arange(dist_row.shape[0]), dist_row))
+
+
+def ref_vocap(rec, prec):
+    mrec = np.append(0, rec)
+    mrec = np.append(mrec, 1)
+    mpre = np.append(0, prec)
+    mpre = np.append(mpre, 0)
+    for ii in range(len(mpre) - 2, -1, -1):
+        mpre[ii] = max(mpre[ii], mpre[ii + 1])
+    msk = [i != j for i, j in zip(mrec[1:], mrec[0:-1])]
+    return np.sum((mrec[1:][msk] - mrec[0:-1][msk]) * mpre[1:][msk])
+
+
+def ref_eval_ap_inner(inst_id, dist_row, gt_labels, top=None, voc=True):
+    pos_flag = gt_labels == inst_id
+    tot = dist_row.shape[0]
+    tot_pos = np.sum(pos_flag)
+    tp = pos_flag[_order(dist_row)]
+    fp = np.logical_not(tp)
+    if top is not None:
+        top = min(top, tot)
+        tp = tp[:top]
+        fp = fp[:top]
+        tot_pos = min(top, tot_pos)
+    if tot_pos == 0:
+        return np.nan
+    rel = tp.copy()
+    fp = np.cumsum(fp)
+    tp = np.cumsum(tp)
+    rec = tp / tot_pos
+    prec = tp / (tp + fp)
+    if voc:
+        return ref_vocap(rec, prec)
+    return np.sum(prec[rel]) / tot_pos
+
+
+def ref_eval_precision(inst_id, dist_row, gt_labels, top=100):
+    pos_flag = gt_labels == inst_id
+    top = min(top, dist_row.shape[0])
+    return np.sum(pos_flag[_order(dist_row)][:top]) / top
+
+
+def ref_sbir(dist, ql, gl, map_at, p_at, voc=True):
+    out = {}
+    classes = np.unique(ql)
+    has_rel = np.array([np.any(gl == c) for c in ql])
+    for k in map_at:
+        top = None if k == "all" else k
+        aps = np.array([ref_eval_ap_inner(ql[i], dist[i], gl, top, voc) for i in range(len(ql))])
+        cls = [np.nanmean(aps[ql == c]) for c in classes if np.any(~np.isnan(aps[ql == c]))]
+        out[f"map_{k}"] = np.mean(cls)
+        out[f"map_{k}_micro"] = np.nanmean(aps)
+    for k in p_at:
+        ps = np.array([ref_eval_precision(ql[i], dist[i], gl, k) for i in range(len(ql))])
+        ps[~has_rel] = np.nan
+        cls = [np.nanmean(ps[ql == c]) for c in classes if np.any(~np.isnan(ps[ql == c]))]
+        out[f"p_{k}"] = np.mean(cls)
+        out[f"p_{k}_micro"] = np.nanmean(ps)
+    out["num_queries_no_relevant"] = int((~has_rel).sum())
+    out["num_queries"] = len(ql)
+    return out
+
+
+def ref_calc_top_map(dist, q_multi, g_multi, topk):
+    num_query = q_multi.shape[0]
+    topkmap = 0
+    for it in range(num_query):
+        gnd = (np.dot(q_multi[it, :], g_multi.transpose()) > 0).astype(np.float32)
+        gnd = gnd[_order(dist[it])]
+        tgnd = gnd[0:topk]
+        tsum = np.sum(tgnd).astype(int)
+        if tsum == 0:
+            continue
+        count = np.linspace(1, tsum, tsum)
+        tindex = np.asarray(np.where(tgnd == 1)) + 1.0
+        topkmap = topkmap + np.mean(count / tindex)
+    return topkmap / num_query
+
+
+def ref_precision_multi(dist, q_multi, g_multi, topk):
+    out = []
+    for it in range(q_multi.shape[0]):
+        gnd = (q_multi[it] @ g_multi.T > 0)[_order(dist[it])]
+        kk = min(topk, len(gnd))
+        out.append(gnd[:kk].sum() / kk)
+    return float(np.mean(out))
+
+
+def sq_l2(q, g):
+    q = q.astype(np.float64)
+    g = g.astype(np.float64)
+    return (q * q).sum(1)[:, None] + (g * g).sum(1)[None, :] - 2 * q @ g.T
+
+
+def _assert_match(got, want, tol=1e-6):
+    for key, val in want.items():
+        assert key in got, key
+        if isinstance(val, int):
+            assert got[key] == val, key
+        else:
+            assert abs(got[key] - val) < tol, (key, got[key], val)
+
+
+def _clustered(rng, n, labels, d=16, spread=1.0):
+    centres = rng.normal(size=(int(labels.max()) + 10, d))
+    return (centres[labels] + spread * rng.normal(size=(n, d))).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------
+# sbir
+# ----------------------------------------------------------------------------------------------------
+def test_hand_computed_example():
+    # 1-D features, normalize=False, so the distances are squared differences.
+    # gallery x = [1, 2, 3, 3, 0.5], labels [0, 1, 1, 0, 1]; every query sits at 0 → d = [1, 4, 9, 9, 0.25]
+    # ranking by (d, index): 4 (d .25), 0 (d 1), 1 (d 4), 2 (d 9, idx 2), 3 (d 9, idx 3)  ← the tie rule
+    # query A, class 0: relevant 0, 3 at ranks 2, 5; precisions 1/2, 2/5 (already monotone)
+    #   AP@all = (1/2)(1/2 + 2/5) = 0.45 (voc == standard)  [idx 3 before idx 2 would give 0.5]
+    #   AP@3: k'=3, R=min(3, 2)=2, only rank 2 inside → (1/2)(1/2) = 0.25; P@2 = 1/2
+    # query B, class 1: relevant 4, 1, 2 at ranks 1, 3, 4; precisions 1, 2/3, 3/4
+    #   VOC: interpolated 1, 3/4, 3/4 → (1 + .75 + .75)/3 = 0.833333…; standard (1 + 2/3 + 3/4)/3 = 0.805555…
+    #   AP@3: R = min(3, 3) = 3, ranks 1, 3 → voc (1 + 2/3)/3 = 0.555555…; P@2 = 1/2
+    # query C, class 7: nothing relevant in the gallery → left out and counted
+    g = np.array([[1.0], [2.0], [3.0], [3.0], [0.5]], dtype=np.float32)
+    gl = np.array([0, 1, 1, 0, 1])
+    q = np.zeros((3, 1), dtype=np.float32)
+    ql = np.array([0, 1, 7])
+    got = sbir_metrics(q, ql, g, gl, map_at=("all", 3), p_at=(2,), normalize=False)
+    assert got["map_all"] == pytest.approx((0.45 + 2.5 / 3) / 2, abs=1e-12)
+    assert got["map_3"] == pytest.approx((0.25 + (1 + 2 / 3) / 3) / 2, abs=1e-12)
+    assert got["p_2"] == pytest.approx(0.5)
+    assert got["num_queries"] == 3 and got["num_queries_no_relevant"] == 1
+    std = sbir_metrics(q, ql, g, gl, map_at=("all",), p_at=(), normalize=False, ap="standard")
+    assert std["map_all"] == pytest.approx((0.45 + (1 + 2 / 3 + 3 / 4) / 3) / 2, abs=1e-12)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 7])
+@pytest.mark.parametrize("ap", ["voc", "standard"])
+def test_sbir_matches_sake_reference_random(chunk_size, ap):
+    rng = np.random.default_rng(0)
+    gl = rng.integers(0, 6, size=300)
+    gl[-1] = 9  # a one-item class
+    ql = rng.integers(0, 6, size=60)
+    ql[:3] = 9  # queries of the one-item class
+    ql[3:5] = 11  # no relevant gallery item
+    g = _clustered(rng, 300, gl)
+    q = _clustered(rng, 60, ql, spread=1.5)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    gn = g / np.linalg.norm(g, axis=1, keepdims=True)
+    want = ref_sbir(sq_l2(qn, gn), ql, gl, ["all", 25, 200, 1000], [1, 10, 100, 400], voc=ap == "voc")
+    got = sbir_metrics(q, ql, g, gl, map_at=("all", 25, 200, 1000), p_at=(1, 10, 100, 400), ap=ap,
+                       chunk_size=chunk_size)
+    _assert_match(got, want)
+    assert got["num_queries_no_relevant"] == 2
+
+
+def test_sbir_topk_path_matches_reference():
+    rng = np.random.default_rng(1)
+    gl = rng.integers(0, 8, size=500)
+    ql = rng.integers(0, 8, size=40)
+    g = _clustered(rng, 500, gl)
+    q = _clustered(rng, 40, ql)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    gn = g / np.linalg.norm(g, axis=1, keepdims=True)
+    want = ref_sbir(sq_l2(qn, gn), ql, gl, [20, 50], [10, 30])
+    got = sbir_metrics(torch.from_numpy(q), torch.from_numpy(ql), torch.from_numpy(g), torch.from_numpy(gl),
+                       map_at=(20, 50), p_at=(10, 30), chunk_size=9)
+    _assert_match(got, want)
+
+
+def _tie_data(rng, nq, ng, ncls):
+    # unit vectors with entries in {0, ±1} (one-hot) or {0, ±0.5} (four-hot): normalisation and distances
+    # are exact in float32, so the ties are real ties in both implementations
+    d = 8
+    pool = []
+    for i in range(d):
+        for s in (1.0, -1.0):
+            v = np.zeros(d, dtype=np.float32)
+            v[i] = s
+            pool.append(v)
+    for _ in range(20):
+        v = np.zeros(d, dtype=np.float32)
+        v[rng.choice(d, 4, replace=False)] = rng.choice([-0.5, 0.5], 4)
+        pool.append(v)
+    pool = np.stack(pool)
+    g = pool[rng.integers(0, len(pool), ng)]
+    q = pool[rng.integers(0, len(pool), nq)]
+    return q, rng.integers(0, ncls, nq), g, rng.integers(0, ncls, ng)
+
+
+@pytest.mark.parametrize("map_at,p_at", [(("all", 30), (5, 50)), ((40,), (15,))])
+def test_sbir_ties_broken_by_gallery_index(map_at, p_at):
+    rng = np.random.default_rng(2)
+    q, ql, g, gl = _tie_data(rng, 50, 200, 4)
+    want = ref_sbir(sq_l2(q, g), ql, gl, list(map_at), list(p_at))
+    got = sbir_metrics(q, ql, g, gl, map_at=map_at, p_at=p_at, chunk_size=16)
+    _assert_match(got, want)
+
+
+def test_sbir_ties_on_integer_codes_uint8_and_float():
+    rng = np.random.default_rng(3)
+    g = rng.integers(0, 3, size=(150, 6)).astype(np.uint8)
+    g[100:] = g[:50]  # duplicate gallery vectors
+    q = rng.integers(0, 3, size=(30, 6)).astype(np.uint8)
+    gl = rng.integers(0, 3, 150)
+    ql = rng.integers(0, 3, 30)
+    want = ref_sbir(sq_l2(q, g), ql, gl, ["all", 10], [10])
+    for qq, gg in ((q, g), (q.astype(np.float32), g.astype(np.float32))):
+        got = sbir_metrics(qq, ql, gg, gl, map_at=("all", 10), p_at=(10,), normalize=False)
+        _assert_match(got, want)
+
+
+def test_sbir_large_uint8_codes_exact():
+    # squared distances above 2**24 are not exact in float32; integer codes are ranked exactly
+    rng = np.random.default_rng(4)
+    g = rng.integers(0, 256, size=(120, 600)).astype(np.uint8)
+    g[60:] = g[:60]
+    q = g[:20].copy()
+    q[:, 0] ^= 1
+    gl = rng.integers(0, 3, 120)
+    ql = rng.integers(0, 3, 20)
+    want = ref_sbir(sq_l2(q, g), ql, gl, ["all"], [5])
+    _assert_match(sbir_metrics(q, ql, g, gl, map_at=("all",), p_at=(5,), normalize=False), want)
+
+
+def test_sbir_inner_product_metric():
+    rng = np.random.default_rng(5)
+    gl = rng.integers(0, 5, 200)
+    ql = rng.integers(0, 5, 30)
+    g = _clustered(rng, 200, gl)
+    q = _clustered(rng, 30, ql)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    gn = g / np.linalg.norm(g, axis=1, keepdims=True)
+    want = ref_sbir(-(qn.astype(np.float64) @ gn.T), ql, gl, ["all"], [10])
+    _assert_match(sbir_metrics(q, ql, g, gl, metric="ip", p_at=(10,)), want)
+    # unnormalised inner product is a different ranking
+    want_raw = ref_sbir(-(q.astype(np.float64) @ g.T), ql, gl, ["all"], [10])
+    _assert_match(sbir_metrics(q, ql, g, gl, metric="ip", normalize=False, p_at=(10,)), want_raw)
+
+
+def test_from_distances_and_distance_fn_agree():
+    rng = np.random.default_rng(6)
+    q, ql, g, gl = _tie_data(rng, 40, 120, 3)
+    dist = sq_l2(q, g).astype(np.float32)
+    want = ref_sbir(dist, ql, gl, ["all", 20], [10])
+    _assert_match(sbir_metrics_from_distances(dist, ql, gl, map_at=("all", 20), p_at=(10,), chunk_size=6), want)
+    dt = torch.from_numpy(dist)
+    got = sbir_metrics(q, ql, g, gl, map_at=("all", 20), p_at=(10,), distance_fn=lambda idx: dt[idx])
+    _assert_match(got, want)
+
+
+def test_topk_neighbors_tie_rule():
+    rng = np.random.default_rng(7)
+    q, _, g, _ = _tie_data(rng, 20, 90, 2)
+    d, i = topk_neighbors(q, g, 12, chunk_size=7)
+    dist = sq_l2(q, g)
+    for r in range(20):
+        order = _order(dist[r])[:12]
+        assert i[r].tolist() == order.tolist()
+        np.testing.assert_allclose(d[r].numpy(), np.sqrt(np.maximum(dist[r][order], 0)), atol=1e-6)
+    s, j = topk_neighbors(q, g, 500, metric="ip", normalize=False)
+    assert s.shape == (20, 90)
+    assert j[0].tolist() == _order(-(q[0].astype(np.float64) @ g.T)).tolist()
+
+
+def test_retrieval_metric_dedups_and_splits():
+    rng = np.random.default_rng(8)
+    gl = rng.integers(0, 4, 100)
+    ql = rng.integers(0, 4, 20)
+    g = _clustered(rng, 100, gl)
+    q = _clustered(rng, 20, ql)
+    want = sbir_metrics(q, ql, g, gl, p_at=(10,))
+    feats = np.concatenate([q, g])
+    labels = np.concatenate([ql, gl])
+    domain = np.concatenate([np.ones(20, int), np.zeros(100, int)])
+    index = np.arange(120)
+    m = RetrievalMetric("sbir", p_at=(10,))
+    perm = rng.permutation(120)
+    for part in np.array_split(perm, 4):
+        m.update(torch.from_numpy(feats[part]), torch.from_numpy(labels[part]), domain[part], index[part])
+    dup = perm[:7]  # a DistributedSampler pads by repeating samples
+    m.update(feats[dup], labels[dup], domain[dup], index[dup])
+    got = m.compute()
+    for key in want:
+        assert got[key] == pytest.approx(want[key], abs=1e-9)
+    m.reset()
+    with pytest.raises(ValueError, match="before any update"):
+        m.compute()
+
+
+# ----------------------------------------------------------------------------------------------------
+# hashing
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("map_at", [(30,), (100, "all")])
+def test_hashing_matches_calc_top_map(map_at):
+    rng = np.random.default_rng(9)
+    n_cls = 6
+    ql = (rng.random((40, n_cls)) < 0.2).astype(np.float32)
+    gl = (rng.random((300, n_cls)) < 0.2).astype(np.float32)
+    ql[0] = 0  # no label → nothing relevant, scores 0 and is kept
+    qb = np.sign(rng.normal(size=(40, 12))).astype(np.float32)  # ±1 codes: Hamming ties everywhere
+    gb = np.sign(rng.normal(size=(300, 12))).astype(np.float32)
+    hamm = 0.5 * (12 - qb.astype(np.float64) @ gb.T)
+    got = hashing_metrics(qb, ql, gb, gl, map_at=map_at, p_at=(10, 50), chunk_size=11)
+    for k in map_at:
+        topk = None if k == "all" else k
+        assert got[f"map_{k}"] == pytest.approx(ref_calc_top_map(hamm, ql, gl, topk), abs=1e-6)
+    for k in (10, 50):
+        assert got[f"p_{k}"] == pytest.approx(ref_precision_multi(hamm, ql, gl, k), abs=1e-6)
+    assert got["num_queries"] == 40 and got["num_queries_no_relevant"] >= 1
+
+
+def test_hashing_uint8_codes_and_int_labels():
+    rng = np.random.default_rng(10)
+    qc = rng.integers(0, 4, size=(25, 10)).astype(np.uint8)
+    gc = rng.integers(0, 4, size=(200, 10)).astype(np.uint8)
+    ql = rng.integers(0, 5, 25)
+    gl = rng.integers(0, 5, 200)
+    eye = np.eye(5, dtype=np.float32)
+    got = hashing_metrics(qc, ql, gc, gl, map_at=(20, "all"), p_at=(20,))
+    dist = sq_l2(qc, gc)
+    assert got["map_20"] == pytest.approx(ref_calc_top_map(dist, eye[ql], eye[gl], 20), abs=1e-6)
+    assert got["map_all"] == pytest.approx(ref_calc_top_map(dist, eye[ql], eye[gl], None), abs=1e-6)
+    assert got["p_20"] == pytest.approx(ref_precision_multi(dist, eye[ql], eye[gl], 20), abs=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------
+# bad input
+# ----------------------------------------------------------------------------------------------------
+def _ok():
+    rng = np.random.default_rng(11)
+    return (rng.normal(size=(5, 4)).astype(np.float32), np.arange(5) % 2,
+            rng.normal(size=(7, 4)).astype(np.float32), np.arange(7) % 2)
+
+
+def test_error_dimension_mismatch_names_both_dims():
+    q, ql, g, gl = _ok()
+    with pytest.raises(ValueError, match=r"query_feats \(q.npz\) has dimension 4 but gallery_feats \(g.npz\) has "
+                                         r"dimension 3"):
+        sbir_metrics(q, ql, g[:, :3], gl, source=("q.npz", "g.npz"))
+
+
+def test_error_non_finite_names_array_and_count():
+    q, ql, g, gl = _ok()
+    g[0, 0] = np.nan
+    g[3, 1] = np.inf
+    with pytest.raises(ValueError, match=r"gallery_feats \(gallery.npz\) contains 2 non-finite"):
+        sbir_metrics(q, ql, g, gl, source=("query.npz", "gallery.npz"))
+    q[1, 1] = np.nan
+    with pytest.raises(ValueError, match="query_feats contains 1 non-finite"):
+        hashing_metrics(q, ql, g, gl)
+
+
+@pytest.mark.parametrize("fn", [sbir_metrics, hashing_metrics])
+def test_error_empty(fn):
+    q, ql, g, gl = _ok()
+    with pytest.raises(ValueError, match="query_feats is empty"):
+        fn(q[:0], ql[:0], g, gl)
+    with pytest.raises(ValueError, match="gallery_feats is empty"):
+        fn(q, ql, g[:0], gl[:0])
+
+
+def test_error_label_length():
+    q, ql, g, gl = _ok()
+    with pytest.raises(ValueError, match="query_labels has 4 entries but query_feats has 5 rows"):
+        sbir_metrics(q, ql[:4], g, gl)
+    with pytest.raises(ValueError, match="gallery_labels has 6 rows but gallery_feats has 7 rows"):
+        hashing_metrics(q, np.eye(2)[ql], g, np.eye(2)[gl][:6])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(map_at=(0,)), "map_at contains k=0"),
+    (dict(p_at=(-5,)), "p_at contains k=-5"),
+    (dict(map_at=("top",)), "map_at contains 'top'"),
+    (dict(ap="bogus"), "unknown ap 'bogus'"),
+    (dict(metric="cosine"), "unknown metric 'cosine'"),
+    (dict(map_at=(), p_at=()), "nothing to compute"),
+])
+def test_error_bad_options(kwargs, match):
+    q, ql, g, gl = _ok()
+    with pytest.raises(ValueError, match=match):
+        sbir_metrics(q, ql, g, gl, **kwargs)
+
+
+def test_error_shapes_and_labels():
+    q, ql, g, gl = _ok()
+    with pytest.raises(ValueError, match="must be a 2-D array"):
+        sbir_metrics(q[0], ql, g, gl)
+    with pytest.raises(ValueError, match="must be 1-D class ids"):
+        sbir_metrics(q, np.eye(2)[ql], g, gl)
+    with pytest.raises(ValueError, match="0/1 multi-hot"):
+        hashing_metrics(q, np.full((5, 2), 0.5), g, np.eye(2)[gl])
+    with pytest.raises(ValueError, match="label widths differ"):
+        hashing_metrics(q, np.eye(3)[ql], g, np.eye(2)[gl])
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        topk_neighbors(q, g, 0)
