@@ -2,6 +2,7 @@
 
 from callbacks.alpha_ramp import AlphaRamp, alpha_schedule
 from callbacks.atomic_checkpoint import AtomicCheckpointIO, atomic_torch_save
+from callbacks.epoch_seed import EpochSeed, epoch_seed
 from callbacks.epoch_summary import EpochSummary
 from callbacks.nan_guard import NaNGuard, NonFiniteLossError
 from callbacks.retrieval_evaluator import RetrievalEvaluator, gather_and_dedup
@@ -10,6 +11,7 @@ from callbacks.teacher_distillation import TeacherDistillation
 __all__ = [
     "AlphaRamp",
     "AtomicCheckpointIO",
+    "EpochSeed",
     "EpochSummary",
     "NaNGuard",
     "NonFiniteLossError",
@@ -17,5 +19,6 @@ __all__ = [
     "TeacherDistillation",
     "alpha_schedule",
     "atomic_torch_save",
+    "epoch_seed",
     "gather_and_dedup",
 ]

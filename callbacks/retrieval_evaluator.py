@@ -14,6 +14,7 @@ others (method A: ``codes`` and ``float``); on test with ``prototypes`` (method 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,13 @@ import torch
 from sketchquant.batch import DOMAIN, INDEX, LABEL, PHOTO, SKETCH
 
 log = logging.getLogger(__name__)
+
+# The metrics are computed from the gathered data identically on every rank and logged with
+# sync_dist=False on purpose (a mean over ranks is not bit-exact for every world size); Lightning would warn
+# once per metric name in every DDP run. Only val/ and test/ names are silenced (losses do sync).
+warnings.filterwarnings(
+    "ignore", message=r"It is recommended to use `self\.log\('(val|test)/.*sync_dist=True", category=UserWarning
+)
 
 
 def gather_and_dedup(pl_module: pl.LightningModule, parts: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -150,6 +158,11 @@ class RetrievalEvaluator(pl.Callback):
         labels = data[LABEL]
         fn = self._metric_fn()
         out: dict[str, float] = {}
+        if self.protocol == "sbir" and labels.dim() == 1:
+            # expected mAP@all of a random ranking ≈ share of relevant items in the gallery (class mean)
+            g = labels[gmask]
+            shares = [float((g == c).float().mean()) for c in torch.unique(labels[qmask]).tolist()]
+            out[f"{stage}/chance_map_all"] = float(np.mean(shares))
         for key in sorted(k for k in data if k.startswith("emb/")):
             name = key.split("/", 1)[1]
             feats = data[key]

@@ -9,8 +9,6 @@ is not a sub-module of the LightningModule: it is in no optimizer, no DDP bucket
 
 from __future__ import annotations
 
-import warnings
-
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
@@ -45,7 +43,6 @@ class TeacherDistillation(pl.Callback):
                 + "!" * 78
             )
             rank_zero_warn(msg)
-            warnings.warn(msg, stacklevel=1)
 
     @torch.no_grad()
     def teacher_logits(self, images: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:

@@ -128,10 +128,31 @@ class SampleDataset(Dataset):
             return v
         return torch.tensor(int(lab), dtype=torch.int64)
 
-    def __getitem__(self, pos: int) -> dict:
+    #: when set (training sets), random augmentation of sample ``pos`` in epoch ``e`` is seeded with
+    #: ``(augment_seed, e, pos)``: the same images whatever the worker count, process count or resume point.
+    augment_seed: int | None = None
+
+    def __getitem__(self, key: int) -> dict:
+        # samplers of training sets tag a position with its epoch: key = pos + epoch * len(self)
+        epoch, pos = divmod(int(key), len(self.paths))
         domain = int(self.domains[pos])
-        image = self.transforms[domain](load_rgb(self.paths[pos]))
+        image = load_rgb(self.paths[pos])
+        if self.augment_seed is None:
+            image = self.transforms[domain](image)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(np.random.SeedSequence([self.augment_seed, epoch, pos]).generate_state(1)[0]))
+                image = self.transforms[domain](image)
         return make_sample(image, self._label(pos), domain, int(self.indices[pos]))
+
+
+class EpochTaggedSampler(DistributedSampler):
+    """A shuffling ``DistributedSampler`` (also for one process) whose positions carry the epoch
+    (``pos + epoch * len(dataset)``) for :class:`SampleDataset`'s seeded augmentation."""
+
+    def __iter__(self) -> Iterator[int]:
+        n = len(self.dataset)
+        return iter(int(i) + self.epoch * n for i in super().__iter__())
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -311,7 +332,8 @@ class MixedDomainSampler(DistributedSampler):
             batch = np.concatenate([sk[b * self.n_sketch : (b + 1) * self.n_sketch],
                                     ph[b * self.n_photo : (b + 1) * self.n_photo]])
             order.extend(batch[own.permutation(len(batch))].tolist())
-        return iter(order)
+        offset = self.epoch * len(self.dataset)  # epoch tag for SampleDataset's seeded augmentation
+        return iter(i + offset for i in order)
 
 
 def make_loader(

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from torch.utils.data import DistributedSampler
 
 from sketchquant.batch import GALLERY, QUERY
 
 from .common import (
+    EpochTaggedSampler,
     SampleDataset,
     apply_bad_image_policy,
     check_images,
@@ -223,6 +223,7 @@ class ImageDataModule(pl.LightningDataModule):
             "train": build([("train", GALLERY)], train_tf),
             "eval": build([("query", QUERY), ("database", GALLERY)], eval_tf),
         }
+        self.datasets["train"].augment_seed = global_seed() + 1
         self.counts = {s: len(rows[s]) for s in SPLITS}
         log.info("image data %s: %d classes (%s-label); train %d, query %d, database %d", self.root,
                  self.num_classes, "multi" if self.multi_label else "single", *self.counts.values())
@@ -241,10 +242,9 @@ class ImageDataModule(pl.LightningDataModule):
         self.setup("fit")
         ds = self.datasets["train"]
         rank, world = dist_info(getattr(self, "trainer", None))
-        sampler = None
-        if world > 1:  # shard ourselves: Lightning then leaves the sampler alone
-            sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=global_seed(),
-                                         drop_last=True)
+        # shard ourselves (Lightning leaves a DistributedSampler alone); positions carry the epoch
+        sampler = EpochTaggedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=global_seed(),
+                                     drop_last=world > 1)
         drop_last = len(ds) // world >= self.batch_size
         return make_loader(ds, sampler=sampler, shuffle=True, drop_last=drop_last, **self._kw())
 

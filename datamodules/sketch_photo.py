@@ -399,6 +399,8 @@ class SketchPhotoDataModule(pl.LightningDataModule):
                     domains.append(d)
             tf = train_tf if stage == "train" else {SKETCH: eval_tf, PHOTO: eval_tf}
             self.datasets[stage] = SampleDataset(paths, labels, domains, indices, tf)
+            if stage == "train":
+                self.datasets[stage].augment_seed = self.split_seed + 1000003 * global_seed() + 1
             self.counts[stage] = {"sketch": domains.count(SKETCH), "photo": domains.count(PHOTO)}
         log.info(
             "sketch/photo data %s: %d seen + %d unseen classes; %s",

@@ -7,6 +7,7 @@ Run folder: ``<run_dir>/<experiment>/<YYYYmmdd-HHMMSS>[-<name>]/`` holding ``con
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -16,7 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from lightning_fabric.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from sketchquant.config import ConfigError, as_kwargs, from_container, to_container, to_yaml
@@ -46,12 +50,16 @@ def _job_id() -> str | None:
 
 
 def new_run_dir(cfg: DictConfig) -> Path:
-    """A fresh run folder, identical on every process of one launch."""
+    """A fresh run folder, identical on every process of one launch.
+
+    With a job id (``SKETCHQUANT_RUN_ID``, ``SLURM_JOB_ID``, ``TORCHELASTIC_RUN_ID``) the name is the id alone
+    (``slurm4242[-name]``), with no date or time: processes on other nodes that start a second (or a midnight)
+    later, and a requeued SLURM job (Lightning's ``hpc_ckpt_*.ckpt`` resume looks in this folder), all agree.
+    """
     if os.environ.get("SKETCHQUANT_RUN_DIR"):  # set by the first process for re-launched DDP workers
         return Path(os.environ["SKETCHQUANT_RUN_DIR"])
-    stamp = time.strftime("%Y%m%d-%H%M%S")
     job = _job_id()
-    leaf = f"{stamp if job is None else time.strftime('%Y%m%d') + '-' + job}"
+    leaf = time.strftime("%Y%m%d-%H%M%S") if job is None else job
     if cfg.name:
         leaf += f"-{cfg.name}"
     path = Path(cfg.run_dir) / cfg.experiment / leaf
@@ -83,11 +91,20 @@ def find_resume(cfg: DictConfig) -> tuple[Path, Path] | None:
 
 @rank_zero_only
 def _setup_file_logging(run_dir: Path) -> None:
+    """``train.log`` for rank 0. Idempotent: also called in ddp_spawn workers (see :class:`_RunFileLogging`)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / "train.log")
+    path = os.path.abspath(run_dir / "train.log")
+    if any(getattr(h, "baseFilename", None) == path for h in logging.getLogger("sketchquant").handlers):
+        return  # already attached (this process, or inherited by a ddp_fork worker)
+    handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(lambda record: getattr(rank_zero_only, "rank", 0) == 0)  # ddp_fork: rank 1 inherits it
+    handler.sketchquant_run_log = True
     for name in ("sketchquant", "pytorch_lightning", "lightning", "datamodules", "lightning_modules", "callbacks"):
         logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if getattr(h, "sketchquant_run_log", False)]:
+            logger.removeHandler(old)  # an earlier train() in this process: its run's log stays its own
+            old.close()
         logger.addHandler(handler)
         if logger.level == logging.NOTSET or logger.level > logging.INFO:
             logger.setLevel(logging.INFO)
@@ -99,6 +116,57 @@ def _write_config(run_dir: Path, cfg: DictConfig, resumed: bool) -> None:
         f"config.resume-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
     )
     atomic_write_text(run_dir / name, to_yaml(cfg))
+
+
+class _RunFileLogging(pl.Callback):
+    """Attach ``train.log`` inside ddp_spawn workers (fresh interpreters without the main process' handler)."""
+
+    def __init__(self, run_dir: str) -> None:
+        self.run_dir = run_dir
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        _setup_file_logging(Path(self.run_dir))
+
+
+class _AppendingExperimentWriter(ExperimentWriter):
+    """Lightning's writer deletes an existing ``metrics.csv``. Keep it and add rows: under ddp_spawn/ddp_fork
+    fit and test each run in fresh worker processes (a new writer each), and a resumed run continues its
+    run folder."""
+
+    def _check_log_dir_exists(self) -> None:
+        if not self._fs.isfile(self.metrics_file_path):
+            return
+        with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+            header = next(csv.reader(file), [])
+        self.metrics_keys = sorted(set(header))
+        if header and header != self.metrics_keys:  # appended rows follow the sorted header
+            self._rewrite_with_new_header(self.metrics_keys)
+
+
+class _AppendingCSVLogger(CSVLogger):
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingExperimentWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def _best_model_score(checkpoint_callback: Any, best: str) -> float | None:
+    """``best_model_score``; under ddp_spawn/ddp_fork it stays in the worker (Lightning sends back only the
+    path), so read it from the best checkpoint's ModelCheckpoint state."""
+    score = getattr(checkpoint_callback, "best_model_score", None) if checkpoint_callback is not None else None
+    if score is None and best and Path(best).is_file():
+        import torch
+
+        state = torch.load(best, map_location="cpu", weights_only=False, mmap=True)
+        for key, value in (state.get("callbacks") or {}).items():
+            if str(key).startswith("ModelCheckpoint") and isinstance(value, dict):
+                if value.get("best_model_path") == best and value.get("best_model_score") is not None:
+                    score = value["best_model_score"]
+                    break
+    return None if score is None else float(score)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -152,22 +220,26 @@ def build_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> pl.Ligh
 def build_callbacks(cfg: DictConfig, run_dir: Path, *, progress_bar: bool) -> list[pl.Callback]:
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
-    from callbacks import EpochSummary, NaNGuard, RetrievalEvaluator
+    from callbacks import EpochSeed, EpochSummary, NaNGuard, RetrievalEvaluator
 
     cbs: list[pl.Callback] = [
         NaNGuard(),
-        ModelCheckpoint(
+        EpochSeed(cfg.seed),
+        ModelCheckpoint(  # first ModelCheckpoint = trainer.checkpoint_callback: the best by the monitor
             dirpath=run_dir / "checkpoints",
             filename="best-epoch{epoch:02d}",
             monitor=cfg.monitor,
             mode=cfg.monitor_mode,
             save_top_k=cfg.save_top_k,
-            save_last=True,
+            save_last=False,
             auto_insert_metric_name=False,
         ),
+        # last.ckpt after EVERY epoch (Lightning's save_last only refreshes it when a best one is saved)
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                        enable_version_counter=False),
         RetrievalEvaluator(**as_kwargs(cfg.eval), run_dir=str(run_dir)),
         LearningRateMonitor(logging_interval="step"),
-        EpochSummary(printer=log.info if not progress_bar else print),
+        EpochSummary(echo=not progress_bar),
     ]
     if cfg.model.name == "zs_sbir":
         from callbacks import TeacherDistillation
@@ -184,9 +256,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, *, progress_bar: bool) -> li
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
-    from pytorch_lightning.loggers import CSVLogger
-
-    loggers: list = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    loggers: list = [_AppendingCSVLogger(save_dir=str(run_dir), name="", version="")]
     if cfg.logger.name == "wandb":
         from pytorch_lightning.loggers import WandbLogger
 
@@ -244,21 +314,43 @@ def _finish_loggers(trainer: pl.Trainer) -> None:
             wandb.finish()
 
 
+def results_table(metrics: dict[str, float]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """Rows = feature variants (``raw``, ``proto``, ``fused``, ``codes``, ``float``), columns = metrics.
+
+    ``test/map_all`` goes to row ``raw``; ``test/proto/map_all`` to row ``proto``; ``*_micro`` and counts
+    are left out (they stay in ``results.json`` and ``metrics.csv``)."""
+    rows: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if len(parts) < 2 or parts[-1].endswith("_micro") or parts[-1].startswith("num_"):
+            continue
+        variant = parts[1] if len(parts) == 3 else "raw"
+        rows.setdefault(variant, {})[parts[-1]] = value
+    columns = sorted({c for r in rows.values() for c in r}, key=lambda c: (not c.startswith("map"), c))
+    order = {"raw": 0, "proto": 1, "fused": 2, "codes": 3, "float": 4}
+    body = [(v, [f"{rows[v][c]:.4f}" if c in rows[v] else "" for c in columns])
+            for v in sorted(rows, key=lambda v: (order.get(v, 9), v))]
+    return columns, body
+
+
 def _print_results(title: str, metrics: dict[str, float]) -> None:
+    columns, body = results_table(metrics)
     try:
         from rich.console import Console
         from rich.table import Table
 
         table = Table(title=title)
-        table.add_column("metric")
-        table.add_column("value", justify="right")
-        for key in sorted(metrics):
-            table.add_row(key, f"{metrics[key]:.4f}")
-        Console().print(table)
+        table.add_column("features")
+        for col in columns:
+            table.add_column(col, justify="right")
+        for variant, cells in body:
+            table.add_row(variant, *cells)
+        Console(width=max(100, 14 * (len(columns) + 1))).print(table)
     except ImportError:  # pragma: no cover
         print(title)
-        for key in sorted(metrics):
-            print(f"  {key:40s} {metrics[key]:.4f}")
+        print("features  " + "  ".join(columns))
+        for variant, cells in body:
+            print(f"{variant:8s}  " + "  ".join(cells))
 
 
 def _float_metrics(results: list[dict] | dict) -> dict[str, float]:
@@ -276,8 +368,18 @@ def _float_metrics(results: list[dict] | dict) -> dict[str, float]:
 # entry points
 
 
+def _quiet_known_warnings() -> None:
+    import warnings
+
+    for pattern in (".*exists and is not empty.*", ".*does not have many workers.*", ".*LeafSpec.*",
+                    ".*is deprecated, use.*TreeSpec.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (optionally resuming), then test the best checkpoint. Returns run folder and test metrics."""
+    _quiet_known_warnings()
+    outer_run_dir_env = os.environ.get("SKETCHQUANT_RUN_DIR")  # restored on return (see new_run_dir)
     resume = find_resume(cfg)
     run_dir = resume[0] if resume else new_run_dir(cfg)
     os.environ["SKETCHQUANT_RUN_DIR"] = str(run_dir)
@@ -292,13 +394,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(cfg, datamodule)
     _save_config_hook(module, cfg)
     trainer = build_trainer(cfg, run_dir)
+    trainer.callbacks.append(_RunFileLogging(str(run_dir)))
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume[1]) if resume else None)
         metrics: dict[str, float] = {}
         ckpt = trainer.checkpoint_callback
         best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
-        score = getattr(ckpt, "best_model_score", None) if ckpt is not None else None
-        val = {cfg.monitor: float(score)} if score is not None else {}
+        score = _best_model_score(ckpt, best)
+        val = {cfg.monitor: score} if score is not None else {}
         if cfg.test_after_fit:
             results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
             metrics = _float_metrics(results)
@@ -308,7 +411,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 _print_results(f"{cfg.experiment}: test (unseen classes) — {best or 'last weights'}", metrics)
     finally:
         _finish_loggers(trainer)
+        _restore_env("SKETCHQUANT_RUN_DIR", outer_run_dir_env)
     return {"run_dir": str(run_dir), "test": metrics, "val": val}
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    """A later ``train()`` in the same process must not reuse this run's folder via the inherited variable."""
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 @rank_zero_only
@@ -344,6 +456,8 @@ def load_checkpoint_config(path: str | os.PathLike, overrides: list[str] | None 
 
 def evaluate(ckpt_path: str, overrides: list[str] | None = None) -> dict[str, Any]:
     """Test a checkpoint on its experiment's test split (unseen classes / query vs database)."""
+    _quiet_known_warnings()
+    outer_run_dir_env = os.environ.get("SKETCHQUANT_RUN_DIR")
     cfg, _ = load_checkpoint_config(ckpt_path, overrides)
     run_dir = Path(ckpt_path).resolve().parent.parent
     if not (run_dir / "config.yaml").exists():
@@ -360,6 +474,7 @@ def evaluate(ckpt_path: str, overrides: list[str] | None = None) -> dict[str, An
         results = trainer.test(module, datamodule=datamodule, ckpt_path=str(ckpt_path), verbose=False)
     finally:
         _finish_loggers(trainer)
+        _restore_env("SKETCHQUANT_RUN_DIR", outer_run_dir_env)
     metrics = _float_metrics(results)
     _write_results(run_dir, metrics, ckpt_path, name=f"{eval_dir.name}.json")
     if trainer.is_global_zero:

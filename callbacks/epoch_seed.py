@@ -1,0 +1,31 @@
+"""Re-seed every RNG at the start of each training epoch, so a resumed run continues exactly like a run
+that was never stopped (Lightning's checkpoints do not carry the global RNG states)."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+from lightning_fabric.utilities.seed import seed_everything
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """A distinct 32-bit seed per (run seed, epoch, rank)."""
+    return (int(seed) * 1_000_003 + int(epoch) * 7_919 + int(rank) * 104_729) % (2**32 - 1)
+
+
+class EpochSeed(pl.Callback):
+    """Seeds python, numpy and torch (and, through ``PL_GLOBAL_SEED``, the DataLoader workers) with
+    :func:`epoch_seed` before the epoch's data iterator is created, and the torch RNG again before every
+    training step (from the global step), so the step's random draws (the N(0, I) targets of the
+    distribution alignment, dropout) do not depend on how many numbers the data pipeline consumed."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        seed_everything(epoch_seed(self.seed, trainer.current_epoch, trainer.global_rank), workers=True,
+                        verbose=False)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        import torch
+
+        torch.manual_seed(epoch_seed(self.seed + 1, trainer.global_step, trainer.global_rank))
