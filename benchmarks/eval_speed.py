@@ -5,7 +5,9 @@
 Data: random class-clustered float32 features, d = 512, 30 unseen classes (TU-Berlin Ext: 2,400
 queries × 27,989 gallery; QuickDraw Ext: 92,291 × 54,151). Metrics: mAP@all, mAP@200, P@100, P@200.
 
-- ``seconds``: wall time of one ``sbir_metrics`` call (normalisation, distances, ranking, metrics).
+- ``seconds``: wall time of one ``sbir_metrics`` call (normalisation, distances, ranking, metrics);
+  ``cpu_seconds`` its process CPU time and ``load_avg_1min_before_after`` the machine's 1-minute load
+  average around it (timings on a shared machine are only comparable at similar load).
 - ``peak_rss_mb``: peak resident set size of the process that ran that scale (``resource.getrusage``
   ``ru_maxrss``; each scale runs in its own child process, so it includes that scale's data arrays),
   and ``data_mb`` the size of the feature arrays themselves.
@@ -117,9 +119,13 @@ def run_scale(name: str, ref_queries: int) -> dict:
     q, ql, g, gl = make_data(**cfg)
     gen_s = time.perf_counter() - t0
     data_mb = (q.nbytes + g.nbytes + ql.nbytes + gl.nbytes) / 2**20
+    load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
+    c0 = time.process_time()
     res = sbir_metrics(q, ql, g, gl, map_at=MAP_AT, p_at=P_AT)
     seconds = time.perf_counter() - t0
+    cpu_seconds = time.process_time() - c0
+    load_after = os.getloadavg()[0]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     nr = min(ref_queries, q.shape[0])
     t0 = time.perf_counter()
@@ -130,7 +136,8 @@ def run_scale(name: str, ref_queries: int) -> dict:
     ref_total = ref_s / nr * q.shape[0]
     return {
         "scale": name, **cfg, "dim": DIM, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "seconds": round(seconds, 3), "peak_rss_mb": round(peak_mb, 1), "data_mb": round(data_mb, 1),
+        "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 1),
+        "load_avg_1min_before_after": [round(load_before, 2), round(load_after, 2)], "peak_rss_mb": round(peak_mb, 1), "data_mb": round(data_mb, 1),
         "data_generation_seconds": round(gen_s, 2), "ref_queries": nr, "ref_seconds": round(ref_s, 3),
         "ref_seconds_per_query": round(ref_s / nr, 5), "ref_seconds_extrapolated": round(ref_total, 1),
         "speedup": round(ref_total / seconds, 1), "max_abs_diff_vs_reference": diff,

@@ -416,3 +416,59 @@ def test_error_shapes_and_labels():
         hashing_metrics(q, np.eye(3)[ql], g, np.eye(2)[gl])
     with pytest.raises(ValueError, match="k must be a positive integer"):
         topk_neighbors(q, g, 0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the class-grouped fast path (sbir, k = all, float features on the CPU)
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n_buckets", [1, 2, 16, 1000])
+def test_class_row_ranks_exact_with_ties(n_buckets):
+    from sketchquant.retrieval.metrics import _class_row_ranks
+
+    rng = np.random.default_rng(12)
+    for trial in range(30):
+        n = int(rng.integers(5, 400))
+        # few distinct values (many ties), negative values and -0.0 too
+        d = rng.choice(np.array([-1.5, -0.0, 0.0, 0.25, 0.5, 0.5000001, 2.0, 3e-39], dtype=np.float32), n)
+        if trial % 3 == 0:
+            d = rng.normal(size=n).astype(np.float32)
+        s = int(rng.integers(0, n - 1))
+        e = int(rng.integers(s + 1, n + 1))
+        gidx = rng.permutation(n).astype(np.int64)  # original index of each (class-sorted) column
+        gidx[s:e] = np.sort(gidx[s:e])
+        order = np.lexsort((gidx, d + np.float32(0.0)))
+        rank_of = np.empty(n, np.int64)
+        rank_of[order] = np.arange(1, n + 1)
+        want = np.sort(rank_of[s:e])
+        got = _class_row_ranks(d.copy(), (s, e), gidx, n_buckets, np.empty(n, np.float32), np.empty(n, np.intp))
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_class_grouped_path_matches_generic_path_and_reference(metric):
+    rng = np.random.default_rng(13)
+    gl = rng.integers(0, 7, size=400)
+    gl[:3] = 20  # a small class whose members sit at low gallery indices
+    ql = rng.integers(0, 7, size=90)
+    ql[:4] = 20
+    ql[4:6] = 30  # nothing relevant
+    g = _clustered(rng, 400, gl, spread=2.0)
+    q = _clustered(rng, 90, ql, spread=2.0)
+    g[200:260] = g[100:160]  # exact duplicates: ties across classes and indices
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    gn = g / np.linalg.norm(g, axis=1, keepdims=True)
+    ks = dict(map_at=("all", 50), p_at=(10, 100))
+    # the generic path (distance_fn) on the same float32 distances
+    qt, gt = torch.from_numpy(qn), torch.from_numpy(gn)
+    if metric == "l2":
+        dist = (-2.0 * (qt @ gt.T)) + (gt * gt).sum(1)[None, :] + (qt * qt).sum(1, keepdim=True)
+        want_ref = ref_sbir(sq_l2(qn, gn), ql, gl, ["all", 50], [10, 100])
+    else:
+        dist = -(qt @ gt.T)
+        want_ref = ref_sbir(-(qn.astype(np.float64) @ gn.T), ql, gl, ["all", 50], [10, 100])
+    generic = sbir_metrics(q, ql, g, gl, metric=metric, distance_fn=lambda idx: dist[idx], **ks)
+    for chunk in (None, 3):
+        got = sbir_metrics(q, ql, g, gl, metric=metric, chunk_size=chunk, **ks)
+        _assert_match(got, generic, tol=1e-12)
+        _assert_match(got, want_ref)
+        assert got["num_queries_no_relevant"] == 2
