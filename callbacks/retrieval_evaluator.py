@@ -194,6 +194,37 @@ class RetrievalEvaluator(pl.Callback):
                 self._log_grid(trainer, data, stage)
             except Exception as err:  # a picture must never stop a run
                 log.warning("retrieval grid skipped: %s", err)
+        if trainer.is_global_zero and any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
+            try:
+                self._log_dashboard(trainer, data, stage)
+            except Exception as err:
+                log.warning("dashboard plots skipped: %s", err)
+
+    def _log_dashboard(self, trainer: pl.Trainer, data: dict[str, torch.Tensor], stage: str) -> None:
+        """wandb only: a precision–recall curve per embedding and histograms of method A's codes."""
+        import wandb
+
+        from sketchquant.retrieval.curves import precision_recall_curve
+
+        logger = next(lg for lg in trainer.loggers if type(lg).__name__ == "WandbLogger")
+        domain, labels = data[DOMAIN], data[LABEL]
+        qmask, gmask = domain == SKETCH, domain == PHOTO
+        payload: dict[str, Any] = {}
+        for key in sorted(k for k in data if k.startswith("emb/")):
+            name = key.split("/", 1)[1]
+            feats = data[key]
+            recall, precision = precision_recall_curve(feats[qmask], labels[qmask], feats[gmask], labels[gmask],
+                                                       normalize=self.normalize)
+            table = wandb.Table(data=[[float(r), float(p)] for r, p in zip(recall, precision)],
+                                columns=["recall", "precision"])
+            payload[f"{stage}/{name}/pr_curve"] = wandb.plot.line(table, "recall", "precision",
+                                                                  title=f"{stage} {name}: precision-recall")
+            if name == "codes":
+                codes = feats.numpy()
+                payload[f"{stage}/codes/histogram"] = wandb.Histogram(codes.ravel(), num_bins=64)
+                payload[f"{stage}/codes/zero_fraction"] = float((codes == 0).mean())
+        payload["trainer/global_step"] = trainer.global_step
+        logger.experiment.log(payload)
 
     # ---------------------------------------------------------------------------------------------
     # retrieval grid

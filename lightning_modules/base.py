@@ -12,8 +12,12 @@ CONFIG_KEY = "sketchquant"
 
 
 def build_optimizer(params, optim: dict[str, Any]) -> torch.optim.Optimizer:
+    """``params``: parameters or param-group dicts (a group may carry ``lr_mult``)."""
     name = optim.get("name", "adam")
     lr, wd = float(optim.get("lr", 1e-4)), float(optim.get("weight_decay", 0.0))
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        params = [{"params": g["params"], "lr": lr * float(g.get("lr_mult", 1.0))} for g in params]
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     if name == "adamw":
@@ -83,9 +87,20 @@ class SketchquantModule(pl.LightningModule):
     def _optim_cfg(self) -> dict[str, Any]:
         return dict(self.hparams.get("optim") or {})
 
+    #: parameter-name prefixes of the pretrained trunk; everything else is a new layer (``head_lr_mult``)
+    backbone_prefixes: tuple[str, ...] = ()
+
+    def param_groups(self, head_lr_mult: float) -> list[dict]:
+        trunk, new = [], []
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                (trunk if name.startswith(self.backbone_prefixes) else new).append(p)
+        groups = [{"params": trunk, "lr_mult": 1.0}, {"params": new, "lr_mult": float(head_lr_mult)}]
+        return [g for g in groups if g["params"]]
+
     def configure_optimizers(self):
         optim = self._optim_cfg()
-        optimizer = build_optimizer([p for p in self.parameters() if p.requires_grad], optim)
+        optimizer = build_optimizer(self.param_groups(float(optim.get("head_lr_mult", 1.0))), optim)
         schedule = build_schedule(optimizer, optim, self.hparams.get("max_epochs", 1))
         if schedule is None:
             return optimizer

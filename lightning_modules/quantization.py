@@ -22,6 +22,8 @@ class QuantizationModule(SketchquantModule):
     ``val/codes/...`` and ``val/float/...``.
     """
 
+    backbone_prefixes = ("encoder.trunk.",)
+
     def __init__(
         self,
         num_classes: int,

@@ -24,6 +24,8 @@ class ZeroShotSketchModule(SketchquantModule):
     come from :class:`callbacks.RetrievalEvaluator` on the returned ``embeddings["raw"]`` (the 512-d ``f``).
     """
 
+    backbone_prefixes = ("net.backbone.",)
+
     def __init__(
         self,
         num_classes: int,

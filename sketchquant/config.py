@@ -142,6 +142,7 @@ class OptimConfig:
     momentum: float = 0.9
     schedule: str = "exp"  # exp: lr * final_factor^(epoch/max_epochs) (SAKE) | cosine | none
     final_factor: float = 1e-3
+    head_lr_mult: float = 1.0  # lr multiplier of the new layers (embedding, heads); 1 = SAKE
 
 
 @dataclass

@@ -129,3 +129,14 @@ def test_evaluate_checkpoint_and_refuse_foreign_files(tiny_zs, tmp_path):
         load_checkpoint_config(foreign)
     with pytest.raises(ConfigError, match="not found"):
         load_checkpoint_config(tmp_path / "missing.ckpt")
+
+
+@pytest.mark.slow
+def test_wandb_logger_offline_never_waits(tiny_zs, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = _train(tiny_zs(name="wb", logger="wandb", **{"eval.grid": "true", "trainer.log_every_n_steps": 1}))
+    run = Path(out["run_dir"])
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
+    assert list((run / "grids").glob("val-epoch*.png")) and list((run / "grids").glob("test-epoch*.png"))
+    assert os.environ["WANDB_MODE"] == "offline"
