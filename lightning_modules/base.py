@@ -62,7 +62,7 @@ class SketchquantModule(pl.LightningModule):
         on_step = stage == "train"
         for name, value in out.get("losses", {}).items():
             self.log(f"{stage}/{name}", value, on_step=on_step, on_epoch=True, batch_size=batch_size,
-                     sync_dist=not on_step, prog_bar=name == "loss")
+                     sync_dist=True, prog_bar=name == "loss")
         for name, value in out.get("metrics", {}).items():
             self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, batch_size=batch_size,
                      sync_dist=True, prog_bar=stage == "val")
