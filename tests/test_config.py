@@ -35,7 +35,7 @@ def test_group_choice_override_swaps_file():
     assert cfg.logger.name == "wandb" and cfg.logger.project == "sketchquant"
     assert cfg.trainer.accelerator == "auto"
     # the experiment body still goes on top of the swapped group
-    assert cfg.trainer.max_epochs == 6
+    assert cfg.trainer.max_epochs == 8
 
 
 def test_typo_key_names_key_and_suggests():
