@@ -19,7 +19,7 @@ def test_experiment_picks_group_choices_and_body_wins():
     assert cfg.model.name == "zs_sbir" and cfg.model.embed_dim == 512
     assert cfg.trainer.accelerator == "cpu"
     # the experiment body overrides the model group file (lr 1e-4 in model/zs_sbir.yaml)
-    assert cfg.model.optim.lr == pytest.approx(3e-4)
+    assert cfg.model.optim.lr == pytest.approx(1e-3) and cfg.model.optim.schedule == "cosine"
 
 
 def test_dotted_overrides_and_types():
