@@ -408,7 +408,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _write_results(run_dir, metrics, best or "last weights", val=val)
         if cfg.test_after_fit:
             if trainer.is_global_zero:
-                _print_results(f"{cfg.experiment}: test (unseen classes) — {best or 'last weights'}", metrics)
+                _print_results(f"{cfg.experiment}: test — {Path(best).name if best else 'last weights'}", metrics)
     finally:
         _finish_loggers(trainer)
         _restore_env("SKETCHQUANT_RUN_DIR", outer_run_dir_env)
