@@ -69,14 +69,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, small grid")
     p.add_argument("--run-dir", default="runs/ablation")
     p.add_argument("--out", default="benchmarks/results/zs_sbir_ablation.json")
+    p.add_argument("--collect", default=None, metavar="DIR",
+                   help="only aggregate the finished runs under DIR (an earlier, possibly interrupted, ablation)")
     p.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. trainer.max_epochs=4")
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs, args.grid_m, args.grid_k = [0], 1, [2], [16, 32]
-    run_dir = Path(args.run_dir) / time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(args.collect or Path(args.run_dir) / time.strftime("%Y%m%d-%H%M%S"))
 
     runs: dict[str, list[dict]] = {v: [] for v in args.variants}
-    for seed in args.seeds:
+    if args.collect:
+        for res_file in sorted(run_dir.glob("zs_sbir/*/results.json")):
+            variant, _, seed = res_file.parent.name.split("-", 2)[-1].rpartition("-s")
+            if variant in runs:
+                res = json.loads(res_file.read_text())
+                runs[variant].append({"seed": int(seed), "run_dir": str(res_file.parent), "seconds": None,
+                                      "metrics": res["metrics"]})
+        args.seeds = sorted({r["seed"] for items in runs.values() for r in items}) or args.seeds
+        runs = {v: items for v, items in runs.items() if items}
+    for seed in [] if args.collect else args.seeds:
         for variant in args.variants:
             res = _run(variant, seed, args, run_dir)
             runs[variant].append({"seed": seed, "run_dir": res["run_dir"], "seconds": res["seconds"],
