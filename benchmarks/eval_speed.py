@@ -135,12 +135,23 @@ def run_scale(name: str, ref_queries: int) -> dict:
     diff = max(abs(fast_sub[k] - v) for k, v in ref.items())
     ref_total = ref_s / nr * q.shape[0]
     return {
-        "scale": name, **cfg, "dim": DIM, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 1),
-        "load_avg_1min_before_after": [round(load_before, 2), round(load_after, 2)], "peak_rss_mb": round(peak_mb, 1), "data_mb": round(data_mb, 1),
-        "data_generation_seconds": round(gen_s, 2), "ref_queries": nr, "ref_seconds": round(ref_s, 3),
-        "ref_seconds_per_query": round(ref_s / nr, 5), "ref_seconds_extrapolated": round(ref_total, 1),
-        "speedup": round(ref_total / seconds, 1), "max_abs_diff_vs_reference": diff,
+        "scale": name,
+        **cfg,
+        "dim": DIM,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "seconds": round(seconds, 3),
+        "cpu_seconds": round(cpu_seconds, 1),
+        "load_avg_1min_before_after": [round(load_before, 2), round(load_after, 2)],
+        "peak_rss_mb": round(peak_mb, 1),
+        "data_mb": round(data_mb, 1),
+        "data_generation_seconds": round(gen_s, 2),
+        "ref_queries": nr,
+        "ref_seconds": round(ref_s, 3),
+        "ref_seconds_per_query": round(ref_s / nr, 5),
+        "ref_seconds_extrapolated": round(ref_total, 1),
+        "speedup": round(ref_total / seconds, 1),
+        "max_abs_diff_vs_reference": diff,
         "metrics": {k: v for k, v in res.items()},
     }
 
@@ -169,7 +180,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", choices=["tuberlin", "quickdraw", "all"], default="tuberlin")
     ap.add_argument("--ref-queries", type=int, default=40)
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "eval_speed.json")
+    ap.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "eval_speed.json"
+    )
     args = ap.parse_args(argv)
     names = list(SCALES) if args.scale == "all" else [args.scale]
     ctx = mp.get_context("spawn")
@@ -185,18 +198,24 @@ def main(argv=None) -> int:
             print(f"{name}: FAILED {r['error']}", file=sys.stderr)
         else:
             print(f"{name}: {r['seconds']:.1f} s done", file=sys.stderr, flush=True)
-    hdr = f"{'scale':10s} {'queries×gallery':>16s} {'seconds':>8s} {'peak RSS MB':>11s} {'ref s/query':>11s} " \
-          f"{'ref total s (extrap.)':>21s} {'speed-up':>8s} {'max|diff|':>9s}"
+    hdr = (
+        f"{'scale':10s} {'queries×gallery':>16s} {'seconds':>8s} {'peak RSS MB':>11s} {'ref s/query':>11s} "
+        f"{'ref total s (extrap.)':>21s} {'speed-up':>8s} {'max|diff|':>9s}"
+    )
     print(hdr)
     for r in results:
         if "error" in r:
             print(f"{r['scale']:10s} error: {r['error']}")
             continue
-        print(f"{r['scale']:10s} {r['n_query']:>7d}×{r['n_gallery']:<8d} {r['seconds']:8.2f} {r['peak_rss_mb']:11.0f} "
-              f"{r['ref_seconds_per_query']:11.4f} {r['ref_seconds_extrapolated']:21.1f} {r['speedup']:8.1f} "
-              f"{r['max_abs_diff_vs_reference']:9.1e}")
-    print("peak RSS = ru_maxrss of the child process that ran the scale (includes its feature arrays); "
-          "reference timed on the first --ref-queries queries and extrapolated per query.")
+        print(
+            f"{r['scale']:10s} {r['n_query']:>7d}×{r['n_gallery']:<8d} {r['seconds']:8.2f} {r['peak_rss_mb']:11.0f} "
+            f"{r['ref_seconds_per_query']:11.4f} {r['ref_seconds_extrapolated']:21.1f} {r['speedup']:8.1f} "
+            f"{r['max_abs_diff_vs_reference']:9.1e}"
+        )
+    print(
+        "peak RSS = ru_maxrss of the child process that ran the scale (includes its feature arrays); "
+        "reference timed on the first --ref-queries queries and extrapolated per query."
+    )
     write_json_atomic(args.out, {"results": results, "note": "see benchmarks/eval_speed.py docstring"})
     return 0 if all("error" not in r for r in results) else 1
 

@@ -99,8 +99,15 @@ def load_data(root: str, image_size: int):
     from datamodules.transforms import resolve_data_config
 
     dcfg = resolve_data_config("tf_efficientnet_lite0")
-    dm = ImageDataModule(root=root, image_size=image_size, mean=dcfg["mean"], std=dcfg["std"],
-                         auto_generate=True, num_workers=0, batch_size=64)
+    dm = ImageDataModule(
+        root=root,
+        image_size=image_size,
+        mean=dcfg["mean"],
+        std=dcfg["std"],
+        auto_generate=True,
+        num_workers=0,
+        batch_size=64,
+    )
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -119,15 +126,26 @@ def backbone_maps(dm, image_size: int, feature_stage: int) -> dict[str, torch.Te
     from sketchquant.batch import GALLERY, QUERY
 
     trunk_model = create_backbone("tf_efficientnet_lite0", weights="efficientnet_lite0", num_classes=None)
-    trunk = _make_trunk(trunk_model, feature_stage, torch.zeros(1, 3, image_size, image_size), prune=True).eval()
+    trunk = _make_trunk(
+        trunk_model, feature_stage, torch.zeros(1, 3, image_size, image_size), prune=True
+    ).eval()
     tf = build_eval_transform(image_size, dm.mean, dm.std, dm.interpolation)
     out = {}
     tr, ev = dm.datasets["train"], dm.datasets["eval"]
-    for split, src, pos in (("train", tr, np.arange(len(tr))), ("query", ev, ev.positions(QUERY)),
-                            ("database", ev, ev.positions(GALLERY))):
-        ds = SampleDataset([src.paths[i] for i in pos], [src.labels[i] for i in pos], src.domains[pos],
-                           src.indices[pos], {QUERY: tf, GALLERY: tf}, multi_label=True,
-                           num_classes=src.num_classes)
+    for split, src, pos in (
+        ("train", tr, np.arange(len(tr))),
+        ("query", ev, ev.positions(QUERY)),
+        ("database", ev, ev.positions(GALLERY)),
+    ):
+        ds = SampleDataset(
+            [src.paths[i] for i in pos],
+            [src.labels[i] for i in pos],
+            src.domains[pos],
+            src.indices[pos],
+            {QUERY: tf, GALLERY: tf},
+            multi_label=True,
+            num_classes=src.num_classes,
+        )
         maps = []
         for a in range(0, len(ds), 128):
             x = torch.stack([ds[i]["image"] for i in range(a, min(a + 128, len(ds)))])
@@ -151,9 +169,18 @@ def train_head(v: Variant, maps: dict, seed: int, epochs: int, lr: float, alpha:
 
     torch.manual_seed(seed)
     x, y = maps["train"], maps["train_labels"]
-    enc = QuantizationEncoder(num_classes=y.shape[1], backbone_module=nn.Identity(), window=v.window,
-                              kernel=v.kernel, stride=v.stride, num_stripes=v.num_stripes, dim=v.dim,
-                              bits=v.bits, image_size=tuple(x.shape[-2:]), in_chans=x.shape[1])
+    enc = QuantizationEncoder(
+        num_classes=y.shape[1],
+        backbone_module=nn.Identity(),
+        window=v.window,
+        kernel=v.kernel,
+        stride=v.stride,
+        num_stripes=v.num_stripes,
+        dim=v.dim,
+        bits=v.bits,
+        image_size=tuple(x.shape[-2:]),
+        in_chans=x.shape[1],
+    )
     opt = torch.optim.Adam(enc.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=lr * 0.01)
     g = torch.Generator().manual_seed(seed)
@@ -162,12 +189,14 @@ def train_head(v: Variant, maps: dict, seed: int, epochs: int, lr: float, alpha:
         order = torch.randperm(len(x), generator=g)
         enc.train()
         for s in range(0, len(x) - batch + 1, batch):
-            idx = order[s:s + batch]
+            idx = order[s : s + batch]
             xb = x[idx]
             if torch.rand(1, generator=g).item() < 0.5:  # horizontal flip of the feature map
                 xb = xb.flip(-1)
             out = enc(xb)
-            loss = classification_loss(out.logits, y[idx], True) + a * quantization_loss(out.continuous, v.bits)
+            loss = classification_loss(out.logits, y[idx], True) + a * quantization_loss(
+                out.continuous, v.bits
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -204,10 +233,19 @@ def finetune_features(v: Variant, seed: int, epochs: int, extra: list[str], work
     from sketchquant.config import compose
     from sketchquant.run import build_datamodule, train
 
-    ov = [f"model.window={v.window}", f"model.kernel=[{v.kernel[0]},{v.kernel[1]}]",
-          f"model.stride=[{v.stride[0]},{v.stride[1]}]", f"model.num_stripes={v.num_stripes}",
-          f"model.dim={v.dim}", f"model.bits={v.bits}", f"seed={seed}", f"run_dir={workdir}",
-          f"name={v.name.replace('/', '_')}-s{seed}", "trainer.enable_progress_bar=false", "eval.grid=false"]
+    ov = [
+        f"model.window={v.window}",
+        f"model.kernel=[{v.kernel[0]},{v.kernel[1]}]",
+        f"model.stride=[{v.stride[0]},{v.stride[1]}]",
+        f"model.num_stripes={v.num_stripes}",
+        f"model.dim={v.dim}",
+        f"model.bits={v.bits}",
+        f"seed={seed}",
+        f"run_dir={workdir}",
+        f"name={v.name.replace('/', '_')}-s{seed}",
+        "trainer.enable_progress_bar=false",
+        "eval.grid=false",
+    ]
     if epochs:
         ov.append(f"trainer.max_epochs={epochs}")
     cfg = compose("quantization", ov + list(extra))
@@ -236,25 +274,66 @@ def finetune_features(v: Variant, seed: int, epochs: int, extra: list[str], work
 def build_rows(dim: int, P: int) -> dict[str, Row]:
     pd = P * dim
     small = max(1, dim // 8)
-    return {r.name: r for r in [
-        Row("float (sliding)", "sliding", "float", "codes", 4 * pd, f"{P}×{dim} float32"),
-        Row("iReLU 8-bit codes (sliding)", "sliding", "codes8", "codes", pd, f"{P}×{dim} uint8"),
-        Row("iReLU 4-bit codes (bits=4 model)", "sliding_4bit", "codes4", "codes", pd / 2,
-            f"{P}×{dim}×4 bit packed ({pd} B as uint8)"),
-        Row("sign hash, same dims", "sliding", "sign", "codes", pd / 8, f"{pd} bits of the 8-bit model's v"),
-        Row("sign hash, 8x dims (= bytes of 8-bit codes)", "sliding_8xdim", "sign", "codes", pd,
-            f"{8 * pd} bits"),
-        Row("iReLU 8-bit codes, dim/8 (= bytes of sign hash)", "sliding_dim/8", "codes8", "codes", P * small,
-            f"{P}×{small} uint8"),
-        Row("sliding windows codes (kernel 3, stride 1)", "sliding", "codes8", "windows", pd,
-            f"P={P} overlapping"),
-        Row("non-overlapping 2x2 grid codes", "grid_no_overlap", "codes8", "windows", pd, f"P=4×{dim}"),
-        Row("stripes codes", "stripes", "codes8", "windows", pd, f"4 stripes×{dim}"),
-        Row("global codes, same bytes", "global_same_bytes", "codes8", "windows", pd, f"1×{4 * dim}"),
-        Row("global codes, natural size", "global_natural", "codes8", "windows", dim, f"1×{dim}"),
-        Row("stripes float", "stripes", "float", "windows", 4 * pd, f"4×{dim} float32"),
-        Row("global float, natural size", "global_natural", "float", "windows", 4 * dim, f"1×{dim} float32"),
-    ]}
+    return {
+        r.name: r
+        for r in [
+            Row("float (sliding)", "sliding", "float", "codes", 4 * pd, f"{P}×{dim} float32"),
+            Row("iReLU 8-bit codes (sliding)", "sliding", "codes8", "codes", pd, f"{P}×{dim} uint8"),
+            Row(
+                "iReLU 4-bit codes (bits=4 model)",
+                "sliding_4bit",
+                "codes4",
+                "codes",
+                pd / 2,
+                f"{P}×{dim}×4 bit packed ({pd} B as uint8)",
+            ),
+            Row(
+                "sign hash, same dims",
+                "sliding",
+                "sign",
+                "codes",
+                pd / 8,
+                f"{pd} bits of the 8-bit model's v",
+            ),
+            Row(
+                "sign hash, 8x dims (= bytes of 8-bit codes)",
+                "sliding_8xdim",
+                "sign",
+                "codes",
+                pd,
+                f"{8 * pd} bits",
+            ),
+            Row(
+                "iReLU 8-bit codes, dim/8 (= bytes of sign hash)",
+                "sliding_dim/8",
+                "codes8",
+                "codes",
+                P * small,
+                f"{P}×{small} uint8",
+            ),
+            Row(
+                "sliding windows codes (kernel 3, stride 1)",
+                "sliding",
+                "codes8",
+                "windows",
+                pd,
+                f"P={P} overlapping",
+            ),
+            Row("non-overlapping 2x2 grid codes", "grid_no_overlap", "codes8", "windows", pd, f"P=4×{dim}"),
+            Row("stripes codes", "stripes", "codes8", "windows", pd, f"4 stripes×{dim}"),
+            Row("global codes, same bytes", "global_same_bytes", "codes8", "windows", pd, f"1×{4 * dim}"),
+            Row("global codes, natural size", "global_natural", "codes8", "windows", dim, f"1×{dim}"),
+            Row("stripes float", "stripes", "float", "windows", 4 * pd, f"4×{dim} float32"),
+            Row(
+                "global float, natural size",
+                "global_natural",
+                "float",
+                "windows",
+                4 * dim,
+                f"1×{dim} float32",
+            ),
+        ]
+    }
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -279,8 +358,14 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     markers = {"float": "s", "codes8": "o", "codes4": "v", "sign": "x", "gap": "D"}
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for r in rows:
-        ax.errorbar(r["bytes"], r["mean"], yerr=r["std"], fmt=markers.get(r["kind"], "o"), capsize=3,
-                    label=f"{r['name']} ({r['bytes']:g} B)")
+        ax.errorbar(
+            r["bytes"],
+            r["mean"],
+            yerr=r["std"],
+            fmt=markers.get(r["kind"], "o"),
+            capsize=3,
+            label=f"{r['name']} ({r['bytes']:g} B)",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("bytes per image (log)")
     ax.set_ylabel("mAP@all (hashing protocol)")
@@ -298,8 +383,12 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=None, help="head epochs (frozen, default 40) or max_epochs "
-                   "(finetune, default: the experiment's)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="head epochs (frozen, default 40) or max_epochs (finetune, default: the experiment's)",
+    )
     p.add_argument("--quick", action="store_true", help="smoke mode: one seed, fewer epochs")
     p.add_argument("--mode", choices=("frozen", "finetune"), default="frozen")
     p.add_argument("--data", default=str(ROOT / "data" / "glyph_scenes"))
@@ -328,12 +417,21 @@ def main(argv: list[str] | None = None) -> int:
     if maps is not None:
         hw = tuple(maps["train"].shape[-2:])
     else:
-        hw = (args.image_size // 16, args.image_size // 16) if args.feature_stage == -2 else (
-            args.image_size // 32, args.image_size // 32)
+        hw = (
+            (args.image_size // 16, args.image_size // 16)
+            if args.feature_stage == -2
+            else (args.image_size // 32, args.image_size // 32)
+        )
     P = WindowPooling("sliding", kernel=(3, 3), stride=(1, 1)).num_windows(hw)
     rows = build_rows(args.dim, P)
-    gap = Row("ImageNet backbone GAP float (no training)", "-", "gap", "reference",
-              4 * (maps["train"].shape[1] if maps is not None else 0), "frozen-mode reference")
+    gap = Row(
+        "ImageNet backbone GAP float (no training)",
+        "-",
+        "gap",
+        "reference",
+        4 * (maps["train"].shape[1] if maps is not None else 0),
+        "frozen-mode reference",
+    )
     work = Path(tempfile.mkdtemp(prefix="qclaims-"))
     for seed in seeds:
         for v in vlist:
@@ -359,9 +457,15 @@ def main(argv: list[str] | None = None) -> int:
                     s = score(sign["query"], ql, sign["database"], gl)
                 row.scores.append(s)
             frac0 = float((codes_of(feats["database"], v.bits) == 0).float().mean())
-            print(f"seed {seed} {v.name:18s} {time.time() - ts:6.1f}s  zero codes {frac0:.2f}  "
-                  + "  ".join(f"{r.name.split(' (')[0]}={r.scores[-1]:.3f}" for r in rows.values()
-                              if r.variant == v.name), flush=True)
+            print(
+                f"seed {seed} {v.name:18s} {time.time() - ts:6.1f}s  zero codes {frac0:.2f}  "
+                + "  ".join(
+                    f"{r.name.split(' (')[0]}={r.scores[-1]:.3f}"
+                    for r in rows.values()
+                    if r.variant == v.name
+                ),
+                flush=True,
+            )
         if maps is not None and not gap.scores:
             g = {s: maps[s].mean((-2, -1)) for s in ("query", "database")}
             gap.scores.append(score(g["query"], maps["query_labels"], g["database"], maps["database_labels"]))
@@ -369,24 +473,44 @@ def main(argv: list[str] | None = None) -> int:
     table = []
     for r in all_rows:
         a = np.asarray(r.scores)
-        table.append({**{k: v for k, v in asdict(r).items() if k != "scores"}, "per_seed": r.scores,
-                      "mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0})
+        table.append(
+            {
+                **{k: v for k, v in asdict(r).items() if k != "scores"},
+                "per_seed": r.scores,
+                "mean": float(a.mean()),
+                "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+            }
+        )
     elapsed = time.time() - t0
     meta = {
-        "mode": args.mode, "seeds": seeds, "epochs": epochs, "image_size": args.image_size,
-        "feature_stage": args.feature_stage, "feature_map": list(hw), "windows_sliding": P, "dim": args.dim,
-        "lr": args.lr, "alpha": alpha, "backbone": "tf_efficientnet_lite0 (ImageNet, efficientnet_lite0 file)",
-        "data": args.data, "num_query": int(len(dm.datasets["eval"].positions(1))),
-        "num_database": int(len(dm.datasets["eval"].positions(0))), "num_train": len(dm.datasets["train"]),
+        "mode": args.mode,
+        "seeds": seeds,
+        "epochs": epochs,
+        "image_size": args.image_size,
+        "feature_stage": args.feature_stage,
+        "feature_map": list(hw),
+        "windows_sliding": P,
+        "dim": args.dim,
+        "lr": args.lr,
+        "alpha": alpha,
+        "backbone": "tf_efficientnet_lite0 (ImageNet, efficientnet_lite0 file)",
+        "data": args.data,
+        "num_query": int(len(dm.datasets["eval"].positions(1))),
+        "num_database": int(len(dm.datasets["eval"].positions(0))),
+        "num_train": len(dm.datasets["train"]),
         "protocol": "hashing, mAP@all over the whole database (= mAP@1000 for 1000 database images)",
         "sign_hash": "bit = v > per-dimension median of the training split's continuous features; Hamming",
         "bytes": "bit-packed bytes per image: bits·P·d/8; float32: 4·P·d",
-        "seconds": round(elapsed, 1), "seconds_backbone_maps": round(t_maps, 1), "quick": args.quick,
+        "seconds": round(elapsed, 1),
+        "seconds_backbone_maps": round(t_maps, 1),
+        "quick": args.quick,
     }
     out = Path(args.out)
     atomic_write(out, json.dumps({"meta": meta, "rows": table}, indent=2).encode())
-    title = (f"glyph scenes, {args.mode} lite0 stage {args.feature_stage} @{args.image_size}px, "
-             f"{len(seeds)} seed(s), mAP@all")
+    title = (
+        f"glyph scenes, {args.mode} lite0 stage {args.feature_stage} @{args.image_size}px, "
+        f"{len(seeds)} seed(s), mAP@all"
+    )
     plot(table, out.with_suffix(".png"), title)
     w = max(len(r["name"]) for r in table)
     print(f"\n{'claim':9s} {'features':{w}s} {'bytes':>7s}  {'mAP@all':>15s}  note")

@@ -43,8 +43,13 @@ METRICS = ("map_all", "p_100")
 
 
 def _run(variant: str, seed: int, args, run_dir: Path) -> dict:
-    overrides = [f"seed={seed}", f"run_dir={run_dir}", f"name={variant}-s{seed}", "eval.grid=false",
-                 *args.overrides]
+    overrides = [
+        f"seed={seed}",
+        f"run_dir={run_dir}",
+        f"name={variant}-s{seed}",
+        "eval.grid=false",
+        *args.overrides,
+    ]
     if args.epochs is not None and variant != "floor":
         overrides.append(f"trainer.max_epochs={args.epochs}")
     overrides += VARIANTS[variant]
@@ -69,8 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, small grid")
     p.add_argument("--run-dir", default="runs/ablation")
     p.add_argument("--out", default="benchmarks/results/zs_sbir_ablation.json")
-    p.add_argument("--collect", default=None, metavar="DIR",
-                   help="only aggregate the finished runs under DIR (an earlier, possibly interrupted, ablation)")
+    p.add_argument(
+        "--collect",
+        default=None,
+        metavar="DIR",
+        help="only aggregate the finished runs under DIR (an earlier, possibly interrupted, ablation)",
+    )
     p.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. trainer.max_epochs=4")
     args = p.parse_args(argv)
     if args.quick:
@@ -83,17 +92,26 @@ def main(argv: list[str] | None = None) -> int:
             variant, _, seed = res_file.parent.name.split("-", 2)[-1].rpartition("-s")
             if variant in runs:
                 res = json.loads(res_file.read_text())
-                runs[variant].append({"seed": int(seed), "run_dir": str(res_file.parent), "seconds": None,
-                                      "metrics": res["metrics"]})
+                runs[variant].append(
+                    {
+                        "seed": int(seed),
+                        "run_dir": str(res_file.parent),
+                        "seconds": None,
+                        "metrics": res["metrics"],
+                    }
+                )
         args.seeds = sorted({r["seed"] for items in runs.values() for r in items}) or args.seeds
         runs = {v: items for v, items in runs.items() if items}
     for seed in [] if args.collect else args.seeds:
         for variant in args.variants:
             res = _run(variant, seed, args, run_dir)
-            runs[variant].append({"seed": seed, "run_dir": res["run_dir"], "seconds": res["seconds"],
-                                  "metrics": res["test"]})
-            print(f"[{variant} seed {seed}] {res['seconds']:.0f}s map_all={res['test'].get('test/map_all', 0):.4f}",
-                  flush=True)
+            runs[variant].append(
+                {"seed": seed, "run_dir": res["run_dir"], "seconds": res["seconds"], "metrics": res["test"]}
+            )
+            print(
+                f"[{variant} seed {seed}] {res['seconds']:.0f}s map_all={res['test'].get('test/map_all', 0):.4f}",
+                flush=True,
+            )
 
     table = {}
     for variant, items in runs.items():
@@ -115,18 +133,34 @@ def main(argv: list[str] | None = None) -> int:
         for m in args.grid_m:
             for k in args.grid_k:
                 res = evaluate(str(ckpt), [f"eval.pq_m={m}", f"eval.pq_k={k}", "eval.grid=false"])["test"]
-                grid.append({"m": m, "k": k, "proto/map_all": res.get("test/proto/map_all"),
-                             "fused/map_all": res.get("test/fused/map_all"), "raw/map_all": res.get("test/map_all")})
+                grid.append(
+                    {
+                        "m": m,
+                        "k": k,
+                        "proto/map_all": res.get("test/proto/map_all"),
+                        "fused/map_all": res.get("test/fused/map_all"),
+                        "raw/map_all": res.get("test/map_all"),
+                    }
+                )
 
-    payload = {"seeds": args.seeds, "epochs": args.epochs, "overrides": args.overrides, "chance_map_all": chance,
-               "table": {v: {k: list(s) for k, s in row.items()} for v, row in table.items()},
-               "grid": grid, "runs": runs}
+    payload = {
+        "seeds": args.seeds,
+        "epochs": args.epochs,
+        "overrides": args.overrides,
+        "chance_map_all": chance,
+        "table": {v: {k: list(s) for k, s in row.items()} for v, row in table.items()},
+        "grid": grid,
+        "runs": runs,
+    }
     out = Path(args.out)
     atomic_write_text(out, json.dumps(payload, indent=2))
 
     cols = [f"{f}/{m}" for f, _ in FEATURES for m in METRICS]
-    print(f"\nZS-SBIR ablation, unseen classes, seeds {args.seeds} (mean ± std); chance mAP@all ≈ {chance:.3f}"
-          if chance is not None else "")
+    print(
+        f"\nZS-SBIR ablation, unseen classes, seeds {args.seeds} (mean ± std); chance mAP@all ≈ {chance:.3f}"
+        if chance is not None
+        else ""
+    )
     print("| variant | " + " | ".join(cols) + " |")
     print("|---|" + "---|" * len(cols))
     for variant, row in table.items():

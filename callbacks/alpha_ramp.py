@@ -106,17 +106,30 @@ class AlphaRamp(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._apply(trainer, pl_module, 0)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         alpha = self._apply(trainer, pl_module, batch_idx)
         if self.log:
-            pl_module.log("train/alpha", alpha, on_step=True, on_epoch=False, prog_bar=False,
-                          logger=bool(trainer.loggers))
+            pl_module.log(
+                "train/alpha",
+                alpha,
+                on_step=True,
+                on_epoch=False,
+                prog_bar=False,
+                logger=bool(trainer.loggers),
+            )
 
     # ------------------------------------------------------------------------------------------ state
     def _params(self) -> dict[str, Any]:
-        return {"alpha_final": self.alpha_final, "t1": self.t1, "t2": self.t2, "shape": self.shape,
-                "unit": self.unit, "fractional": self.fractional}
+        return {
+            "alpha_final": self.alpha_final,
+            "t1": self.t1,
+            "t2": self.t2,
+            "shape": self.shape,
+            "unit": self.unit,
+            "fractional": self.fractional,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {**self._params(), "last_t": self.last_t, "last_alpha": self.last_alpha}
@@ -128,9 +141,13 @@ class AlphaRamp(pl.Callback):
         if changed:
             detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
             warnings.warn(f"AlphaRamp: restoring the checkpoint's schedule ({detail})", stacklevel=2)
-        alpha_schedule(restored.get("t1", self.t1), alpha_final=restored.get("alpha_final", self.alpha_final),
-                       t1=restored.get("t1", self.t1), t2=restored.get("t2", self.t2),
-                       shape=restored.get("shape", self.shape))
+        alpha_schedule(
+            restored.get("t1", self.t1),
+            alpha_final=restored.get("alpha_final", self.alpha_final),
+            t1=restored.get("t1", self.t1),
+            t2=restored.get("t2", self.t2),
+            shape=restored.get("shape", self.shape),
+        )
         for key, value in restored.items():
             setattr(self, key, float(value) if key == "alpha_final" else value)
         self.last_t = state_dict.get("last_t")

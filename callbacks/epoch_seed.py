@@ -22,10 +22,13 @@ class EpochSeed(pl.Callback):
         self.seed = int(seed)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        seed_everything(epoch_seed(self.seed, trainer.current_epoch, trainer.global_rank), workers=True,
-                        verbose=False)
+        seed_everything(
+            epoch_seed(self.seed, trainer.current_epoch, trainer.global_rank), workers=True, verbose=False
+        )
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int
+    ) -> None:
         import torch
 
         torch.manual_seed(epoch_seed(self.seed + 1, trainer.global_step, trainer.global_rank))

@@ -13,8 +13,11 @@ def _fmt(metrics: dict, prefixes: tuple[str, ...]) -> str:
     items = []
     for key in sorted(metrics):
         leaf = key.rsplit("/", 1)[-1]
-        if (key.startswith(prefixes) and not key.endswith(("_step", "_epoch", "_micro"))
-                and not leaf.startswith("num_")):
+        if (
+            key.startswith(prefixes)
+            and not key.endswith(("_step", "_epoch", "_micro"))
+            and not leaf.startswith("num_")
+        ):
             try:
                 items.append(f"{key}={float(metrics[key]):.4f}")
             except (TypeError, ValueError):

@@ -20,7 +20,9 @@ class NaNGuard(pl.Callback):
     (a ``dict[str, Tensor | float]``); they are all named in the error.
     """
 
-    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+    def on_before_backward(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor
+    ) -> None:
         if torch.isfinite(loss.detach()).all():
             return
         components = getattr(pl_module, "loss_components", None) or {}

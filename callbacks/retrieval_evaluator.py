@@ -31,11 +31,15 @@ log = logging.getLogger(__name__)
 # sync_dist=False on purpose (a mean over ranks is not bit-exact for every world size); Lightning would warn
 # once per metric name in every DDP run. Only val/ and test/ names are silenced (losses do sync).
 warnings.filterwarnings(
-    "ignore", message=r"It is recommended to use `self\.log\('(val|test)/.*sync_dist=True", category=UserWarning
+    "ignore",
+    message=r"It is recommended to use `self\.log\('(val|test)/.*sync_dist=True",
+    category=UserWarning,
 )
 
 
-def gather_and_dedup(pl_module: pl.LightningModule, parts: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
+def gather_and_dedup(
+    pl_module: pl.LightningModule, parts: dict[str, list[torch.Tensor]]
+) -> dict[str, torch.Tensor]:
     """Concatenate local parts, all-gather across processes, keep the first occurrence of every index.
 
     Every rank holds the same number of samples (the distributed sampler pads), so ``all_gather`` of
@@ -115,7 +119,9 @@ class RetrievalEvaluator(pl.Callback):
     def on_test_epoch_start(self, trainer, pl_module) -> None:
         self._reset()
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
         if not trainer.sanity_checking:
             self._collect(outputs, batch)
 
@@ -140,8 +146,13 @@ class RetrievalEvaluator(pl.Callback):
         return sbir_metrics if self.protocol == "sbir" else hashing_metrics
 
     def _kwargs(self) -> dict:
-        kw = dict(map_at=self.map_at, p_at=self.p_at, metric=self.metric, normalize=self.normalize,
-                  memory_budget_mb=self.memory_budget_mb)
+        kw = dict(
+            map_at=self.map_at,
+            p_at=self.p_at,
+            metric=self.metric,
+            normalize=self.normalize,
+            memory_budget_mb=self.memory_budget_mb,
+        )
         if self.protocol == "sbir":
             kw["ap"] = self.ap
         return kw
@@ -173,8 +184,14 @@ class RetrievalEvaluator(pl.Callback):
                 from sketchquant.retrieval.prototypes import prototype_retrieval_metrics
 
                 both = prototype_retrieval_metrics(
-                    feats[qmask], labels[qmask], feats[gmask], labels[gmask],
-                    m=self.pq_m, k=self.pq_k, lam=self.fusion_lambda, fusion=self.fusion,
+                    feats[qmask],
+                    labels[qmask],
+                    feats[gmask],
+                    labels[gmask],
+                    m=self.pq_m,
+                    k=self.pq_k,
+                    lam=self.fusion_lambda,
+                    fusion=self.fusion,
                     **{k: v for k, v in self._kwargs().items() if k != "metric"},
                 )
                 for variant in ("proto", "fused"):
@@ -213,12 +230,16 @@ class RetrievalEvaluator(pl.Callback):
         for key in sorted(k for k in data if k.startswith("emb/")):
             name = key.split("/", 1)[1]
             feats = data[key]
-            recall, precision = precision_recall_curve(feats[qmask], labels[qmask], feats[gmask], labels[gmask],
-                                                       normalize=self.normalize)
-            table = wandb.Table(data=[[float(r), float(p)] for r, p in zip(recall, precision)],
-                                columns=["recall", "precision"])
-            payload[f"{stage}/{name}/pr_curve"] = wandb.plot.line(table, "recall", "precision",
-                                                                  title=f"{stage} {name}: precision-recall")
+            recall, precision = precision_recall_curve(
+                feats[qmask], labels[qmask], feats[gmask], labels[gmask], normalize=self.normalize
+            )
+            table = wandb.Table(
+                data=[[float(r), float(p)] for r, p in zip(recall, precision)],
+                columns=["recall", "precision"],
+            )
+            payload[f"{stage}/{name}/pr_curve"] = wandb.plot.line(
+                table, "recall", "precision", title=f"{stage} {name}: precision-recall"
+            )
             if name == "codes":
                 codes = feats.numpy()
                 payload[f"{stage}/codes/histogram"] = wandb.Histogram(codes.ravel(), num_bins=64)
@@ -241,17 +262,26 @@ class RetrievalEvaluator(pl.Callback):
         qsel = torch.nonzero(domain == SKETCH).flatten()
         gsel = torch.nonzero(domain == PHOTO).flatten()
         rng = np.random.default_rng(0)
-        pick = qsel[torch.as_tensor(rng.choice(len(qsel), size=min(self.grid_queries, len(qsel)), replace=False))]
-        _, nn_idx = topk_neighbors(feats[pick], feats[gsel], min(self.grid_topk, len(gsel)), metric=self.metric,
-                                   normalize=self.normalize)
+        pick = qsel[
+            torch.as_tensor(rng.choice(len(qsel), size=min(self.grid_queries, len(qsel)), replace=False))
+        ]
+        _, nn_idx = topk_neighbors(
+            feats[pick],
+            feats[gsel],
+            min(self.grid_topk, len(gsel)),
+            metric=self.metric,
+            normalize=self.normalize,
+        )
         rows = []
         for qi, neighbours in zip(pick.tolist(), torch.as_tensor(nn_idx).tolist()):
             q_label = labels[qi]
             items = []
             for g in neighbours:
                 gi = int(gsel[g])
-                rel = bool(torch.equal(labels[gi], q_label)) if labels.dim() == 1 else bool(
-                    (labels[gi] * q_label).sum() > 0
+                rel = (
+                    bool(torch.equal(labels[gi], q_label))
+                    if labels.dim() == 1
+                    else bool((labels[gi] * q_label).sum() > 0)
                 )
                 items.append((dm.path_for_index(int(index[gi])), rel))
             rows.append((dm.path_for_index(int(index[qi])), items))

@@ -33,7 +33,9 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     return value
 
 
-def data_make(out: str | Path | None = None, kind: str = "sketch_photo", overrides: dict | None = None) -> Path:
+def data_make(
+    out: str | Path | None = None, kind: str = "sketch_photo", overrides: dict | None = None
+) -> Path:
     """Generate a glyph dataset (``kind`` sketch_photo or scenes) and print a one-line summary.
 
     ``overrides`` are generator keyword arguments (strings from ``key=value`` are converted to the
@@ -57,8 +59,10 @@ def data_make(out: str | Path | None = None, kind: str = "sketch_photo", overrid
     counts = man.get("counts", {})
     what = ", ".join(f"{k} {v}" for k, v in counts.items())
     verb = "reused existing" if existed and not kwargs.get("overwrite") else f"wrote ({secs:.1f} s)"
-    print(f"{kind} glyph dataset {verb}: {path} [{what}; {man['params']['image_size']} px, "
-          f"seed {man['params']['seed']}]")
+    print(
+        f"{kind} glyph dataset {verb}: {path} [{what}; {man['params']['image_size']} px, "
+        f"seed {man['params']['seed']}]"
+    )
     return path
 
 

@@ -24,7 +24,9 @@ from .transforms import load_rgb
 
 log = logging.getLogger("sketchquant.data")
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+)
 CHECK_CACHE = ".sketchquant_image_check.json"
 BAD_IMAGE_POLICIES = ("skip", "error")
 
@@ -36,7 +38,8 @@ class BadImageWarning(UserWarning):
 def list_images(folder: Path) -> list[Path]:
     """Image files directly in ``folder`` (by extension), sorted by name; hidden files ignored."""
     return sorted(
-        p for p in folder.iterdir()
+        p
+        for p in folder.iterdir()
         if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
     )
 
@@ -141,7 +144,9 @@ class SampleDataset(Dataset):
             image = self.transforms[domain](image)
         else:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(np.random.SeedSequence([self.augment_seed, epoch, pos]).generate_state(1)[0]))
+                torch.manual_seed(
+                    int(np.random.SeedSequence([self.augment_seed, epoch, pos]).generate_state(1)[0])
+                )
                 image = self.transforms[domain](image)
         return make_sample(image, self._label(pos), domain, int(self.indices[pos]))
 
@@ -173,7 +178,9 @@ def _check_file(path: str) -> str | None:
     return None
 
 
-def check_images(paths: Sequence[str], cache_dir: str | os.PathLike | None, workers: int | None = None) -> dict:
+def check_images(
+    paths: Sequence[str], cache_dir: str | os.PathLike | None, workers: int | None = None
+) -> dict:
     """Return ``{path: reason}`` for the unreadable files among ``paths``.
 
     Results are cached in ``<cache_dir>/.sketchquant_image_check.json`` keyed by path, size and mtime, so
@@ -287,7 +294,9 @@ class MixedDomainSampler(DistributedSampler):
         num_replicas: int = 1,
         rank: int = 0,
     ) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        super().__init__(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0.0 <= sketch_fraction <= 1.0:
@@ -329,8 +338,12 @@ class MixedDomainSampler(DistributedSampler):
         sk = self._draw(self.sketches, self.num_batches * self.n_sketch, shared, own)
         order = []
         for b in range(self.num_batches):
-            batch = np.concatenate([sk[b * self.n_sketch : (b + 1) * self.n_sketch],
-                                    ph[b * self.n_photo : (b + 1) * self.n_photo]])
+            batch = np.concatenate(
+                [
+                    sk[b * self.n_sketch : (b + 1) * self.n_sketch],
+                    ph[b * self.n_photo : (b + 1) * self.n_photo],
+                ]
+            )
             order.extend(batch[own.permutation(len(batch))].tolist())
         offset = self.epoch * len(self.dataset)  # epoch tag for SampleDataset's seeded augmentation
         return iter(i + offset for i in order)

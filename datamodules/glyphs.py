@@ -207,8 +207,16 @@ def _background(rng, size: int, clutter: tuple[int, int] = (1, 5)) -> Image.Imag
     for _ in range(int(rng.integers(*clutter))):
         kind = PRIMITIVES[int(rng.integers(len(PRIMITIVES)))]
         sides = int(rng.integers(3, 7))
-        p = {"sides": sides, "phase": 0.0, "radii": np.ones(sides), "points": 5, "inner": 0.5,
-             "start": 0.0, "span": float(rng.uniform(1, 5)), "ys": rng.uniform(-0.5, 0.5, 3)}
+        p = {
+            "sides": sides,
+            "phase": 0.0,
+            "radii": np.ones(sides),
+            "points": 5,
+            "inner": 0.5,
+            "start": 0.0,
+            "span": float(rng.uniform(1, 5)),
+            "ys": rng.uniform(-0.5, 0.5, 3),
+        }
         pts, closed = _primitive_outline(kind, p, n=24)
         a, b = _random_transform(rng, big, rot=180, scale=(0.08, 0.25), shift=0.5)
         xy = _apply(pts, a, b)
@@ -378,8 +386,13 @@ def _atomic_generate(out_dir, kind: str, params: dict, overwrite: bool, build) -
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
     try:
         manifest = build(tmp)
-        manifest = {"format": "sketchquant-glyphs", "kind": kind, "version": GENERATOR_VERSION,
-                    "params": params, **manifest}
+        manifest = {
+            "format": "sketchquant-glyphs",
+            "kind": kind,
+            "version": GENERATOR_VERSION,
+            "params": params,
+            **manifest,
+        }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         if out.exists() and overwrite:
             shutil.rmtree(out)
@@ -449,14 +462,22 @@ def make_glyph_benchmark(
     """
     if photos_per_class < 1 or sketches_per_class < 1:
         raise ValueError("photos_per_class and sketches_per_class must be >= 1")
-    params = {"num_classes": int(num_classes), "num_unseen": int(num_unseen),
-              "photos_per_class": int(photos_per_class), "sketches_per_class": int(sketches_per_class),
-              "image_size": int(image_size), "seed": int(seed)}
+    params = {
+        "num_classes": int(num_classes),
+        "num_unseen": int(num_unseen),
+        "photos_per_class": int(photos_per_class),
+        "sketches_per_class": int(sketches_per_class),
+        "image_size": int(image_size),
+        "seed": int(seed),
+    }
     unseen = unseen_class_ids(seed, num_classes, num_unseen)
 
     def build(tmp: Path) -> dict:
-        tasks = [(str(tmp), seed, c, d, n, image_size) for c in range(num_classes)
-                 for d, n in ((_SKETCH, sketches_per_class), (_PHOTO, photos_per_class))]
+        tasks = [
+            (str(tmp), seed, c, d, n, image_size)
+            for c in range(num_classes)
+            for d, n in ((_SKETCH, sketches_per_class), (_PHOTO, photos_per_class))
+        ]
         _run_tasks(_sp_task, tasks, workers)
         names = [class_name(c) for c in range(num_classes)]
         unseen_names = [class_name(c) for c in unseen]
@@ -465,8 +486,13 @@ def make_glyph_benchmark(
             "layout": "folder",
             "classes": names,
             "unseen_classes": unseen_names,
-            "counts": {"classes": num_classes, "seen": num_classes - num_unseen, "unseen": num_unseen,
-                       "sketches": num_classes * sketches_per_class, "photos": num_classes * photos_per_class},
+            "counts": {
+                "classes": num_classes,
+                "seen": num_classes - num_unseen,
+                "unseen": num_unseen,
+                "sketches": num_classes * sketches_per_class,
+                "photos": num_classes * photos_per_class,
+            },
         }
 
     return _atomic_generate(out_dir, "sketch_photo", params, overwrite, build)
@@ -489,8 +515,10 @@ def _scene_task(args) -> int:
         labels = _scene_labels(seed, i, num_classes, lo, hi)
         rng = np.random.default_rng([seed, _SCENE, i])
         order = rng.permutation(len(labels))
-        _save_png(render_scene([specs[labels[j]] for j in order], rng, image_size),
-                  Path(root) / "images" / f"{i:05d}.png")
+        _save_png(
+            render_scene([specs[labels[j]] for j in order], rng, image_size),
+            Path(root) / "images" / f"{i:05d}.png",
+        )
     return stop - start
 
 
@@ -515,29 +543,50 @@ def make_glyph_scenes(
     """
     if not 1 <= min_objects <= max_objects:
         raise ValueError("need 1 <= min_objects <= max_objects")
-    params = {"num_classes": int(num_classes), "num_train": int(num_train), "num_query": int(num_query),
-              "num_database": int(num_database), "min_objects": int(min_objects),
-              "max_objects": int(max_objects), "image_size": int(image_size), "seed": int(seed)}
+    params = {
+        "num_classes": int(num_classes),
+        "num_train": int(num_train),
+        "num_query": int(num_query),
+        "num_database": int(num_database),
+        "min_objects": int(min_objects),
+        "max_objects": int(max_objects),
+        "image_size": int(image_size),
+        "seed": int(seed),
+    }
     total = num_train + num_query + num_database
 
     def build(tmp: Path) -> dict:
         (tmp / "images").mkdir()
         chunk = max(1, math.ceil(total / max(1, workers) / 4))
-        tasks = [(str(tmp), seed, s, min(s + chunk, total), num_classes, min_objects, max_objects, image_size)
-                 for s in range(0, total, chunk)]
+        tasks = [
+            (str(tmp), seed, s, min(s + chunk, total), num_classes, min_objects, max_objects, image_size)
+            for s in range(0, total, chunk)
+        ]
         _run_tasks(_scene_task, tasks, workers)
         names = [class_name(c) for c in range(num_classes)]
         (tmp / "classes.txt").write_text("".join(n + "\n" for n in names))
-        bounds = {"train": (0, num_train), "query": (num_train, num_train + num_query),
-                  "database": (num_train + num_query, total)}
+        bounds = {
+            "train": (0, num_train),
+            "query": (num_train, num_train + num_query),
+            "database": (num_train + num_query, total),
+        }
         for split, (a, b) in bounds.items():
-            lines = [f"images/{i:05d}.png,"
-                     + ";".join(names[c] for c in _scene_labels(seed, i, num_classes, min_objects, max_objects))
-                     for i in range(a, b)]
+            lines = [
+                f"images/{i:05d}.png,"
+                + ";".join(names[c] for c in _scene_labels(seed, i, num_classes, min_objects, max_objects))
+                for i in range(a, b)
+            ]
             (tmp / f"{split}.csv").write_text("".join(x + "\n" for x in lines))
-        return {"layout": "csv", "classes": names,
-                "counts": {"classes": num_classes, "train": num_train, "query": num_query,
-                           "database": num_database}}
+        return {
+            "layout": "csv",
+            "classes": names,
+            "counts": {
+                "classes": num_classes,
+                "train": num_train,
+                "query": num_query,
+                "database": num_database,
+            },
+        }
 
     return _atomic_generate(out_dir, "scenes", params, overwrite, build)
 
@@ -584,8 +633,15 @@ def make_contact_sheet(
     if (root / "sketch").is_dir() and (root / "photo").is_dir():
         names = sorted(p.name for p in (root / "sketch").iterdir() if p.is_dir())
         unseen_file = root / "unseen_classes.txt"
-        unseen = [ln.strip() for ln in unseen_file.read_text().splitlines()
-                  if ln.strip() and not ln.startswith("#")] if unseen_file.exists() else []
+        unseen = (
+            [
+                ln.strip()
+                for ln in unseen_file.read_text().splitlines()
+                if ln.strip() and not ln.startswith("#")
+            ]
+            if unseen_file.exists()
+            else []
+        )
         seen = [n for n in names if n not in set(unseen)]
         picked = [(n, "seen") for n in seen[: max(1, classes - min(len(unseen), classes // 2))]]
         picked += [(n, "unseen") for n in unseen[: classes - len(picked)] if n in names]
@@ -604,8 +660,10 @@ def make_contact_sheet(
             if not chunk:
                 break
             paths = [root / ln.split(",", 1)[0] for ln in chunk]
-            caps = [ln.split(",", 1)[1].replace("glyph_", "").replace(";", ",") if "," in ln else ""
-                    for ln in chunk]
+            caps = [
+                ln.split(",", 1)[1].replace("glyph_", "").replace(";", ",") if "," in ln else ""
+                for ln in chunk
+            ]
             rows.append((f"train {r * n}-{r * n + len(chunk) - 1}", paths, caps))
         header = f"{root.name}: training scenes (labels under each image)"
     else:
@@ -634,4 +692,3 @@ def read_class_list(path: str | os.PathLike) -> list[str]:
     """One class per line; blank lines and ``#`` comments ignored."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-

@@ -44,14 +44,16 @@ log = logging.getLogger("sketchquant.data")
 
 SPLITS = ("train", "query", "database")
 HEADER_NAMES = {"path", "image", "img", "file", "filename", "image_path", "filepath"}
-CSV_LAYOUT = tree([
-    "<root>/",
-    "  train.csv      'relative/path.png,label1;label2' per line (header optional)",
-    "  query.csv",
-    "  database.csv",
-    "  classes.txt    optional: one class per line, fixes the label order",
-    "  images/...     the files the lists name",
-])
+CSV_LAYOUT = tree(
+    [
+        "<root>/",
+        "  train.csv      'relative/path.png,label1;label2' per line (header optional)",
+        "  query.csv",
+        "  database.csv",
+        "  classes.txt    optional: one class per line, fixes the label order",
+        "  images/...     the files the lists name",
+    ]
+)
 FOLDER_LAYOUT = tree(["<root>/", "  train/<class>/*", "  query/<class>/*", "  database/<class>/*"])
 
 
@@ -116,7 +118,11 @@ class ImageDataModule(pl.LightningDataModule):
         self.affine_degrees, self.affine_translate = affine_degrees, affine_translate
         self.affine_scale = tuple(affine_scale)
         self.batch_size = int(batch_size)
-        self.num_workers, self.pin_memory, self.persistent_workers = num_workers, pin_memory, persistent_workers
+        self.num_workers, self.pin_memory, self.persistent_workers = (
+            num_workers,
+            pin_memory,
+            persistent_workers,
+        )
         self.on_bad_image = on_bad_image
         self.auto_generate = auto_generate
         self.generator = dict(generator or {})
@@ -164,7 +170,9 @@ class ImageDataModule(pl.LightningDataModule):
         rows = self._scan_csv() if self.layout == "csv" else self._scan_folder()
         for split in SPLITS:
             if not rows[split]:
-                raise ValueError(f"the {split} split is empty ({self.lists[split] if self.layout == 'csv' else split})")
+                raise ValueError(
+                    f"the {split} split is empty ({self.lists[split] if self.layout == 'csv' else split})"
+                )
         classes_file = self.root / "classes.txt"
         used = sorted({c for r in rows.values() for _, labs in r for c in labs})
         if self.layout == "csv" and classes_file.exists():
@@ -199,8 +207,14 @@ class ImageDataModule(pl.LightningDataModule):
         self.multi_label = bool(multi)
         cid = {c: i for i, c in enumerate(classes)}
         train_tf = build_train_transform(
-            self.image_size, self.mean, self.std, self.interpolation, augment=self.augment, hflip=self.hflip,
-            affine_degrees=self.affine_degrees, affine_translate=self.affine_translate,
+            self.image_size,
+            self.mean,
+            self.std,
+            self.interpolation,
+            augment=self.augment,
+            hflip=self.hflip,
+            affine_degrees=self.affine_degrees,
+            affine_translate=self.affine_translate,
             affine_scale=self.affine_scale,
         )
         eval_tf = build_eval_transform(self.image_size, self.mean, self.std, self.interpolation)
@@ -216,8 +230,15 @@ class ImageDataModule(pl.LightningDataModule):
                     ids = [cid[c] for c in labs]
                     labels.append(ids if self.multi_label else ids[0])
                     domains.append(dom)
-            return SampleDataset(paths, labels, domains, indices, {QUERY: tf, GALLERY: tf},
-                                 multi_label=self.multi_label, num_classes=self.num_classes)
+            return SampleDataset(
+                paths,
+                labels,
+                domains,
+                indices,
+                {QUERY: tf, GALLERY: tf},
+                multi_label=self.multi_label,
+                num_classes=self.num_classes,
+            )
 
         self.datasets = {
             "train": build([("train", GALLERY)], train_tf),
@@ -225,8 +246,13 @@ class ImageDataModule(pl.LightningDataModule):
         }
         self.datasets["train"].augment_seed = global_seed() + 1
         self.counts = {s: len(rows[s]) for s in SPLITS}
-        log.info("image data %s: %d classes (%s-label); train %d, query %d, database %d", self.root,
-                 self.num_classes, "multi" if self.multi_label else "single", *self.counts.values())
+        log.info(
+            "image data %s: %d classes (%s-label); train %d, query %d, database %d",
+            self.root,
+            self.num_classes,
+            "multi" if self.multi_label else "single",
+            *self.counts.values(),
+        )
         self._built = True
 
     def path_for_index(self, index: int) -> str:
@@ -235,16 +261,21 @@ class ImageDataModule(pl.LightningDataModule):
     # -------------------------------------------------------------------------------------------------
 
     def _kw(self) -> dict[str, Any]:
-        return dict(batch_size=self.batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                    persistent_workers=self.persistent_workers)
+        return dict(
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
 
     def train_dataloader(self):
         self.setup("fit")
         ds = self.datasets["train"]
         rank, world = dist_info(getattr(self, "trainer", None))
         # shard ourselves (Lightning leaves a DistributedSampler alone); positions carry the epoch
-        sampler = EpochTaggedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=global_seed(),
-                                     drop_last=world > 1)
+        sampler = EpochTaggedSampler(
+            ds, num_replicas=world, rank=rank, shuffle=True, seed=global_seed(), drop_last=world > 1
+        )
         drop_last = len(ds) // world >= self.batch_size
         return make_loader(ds, sampler=sampler, shuffle=True, drop_last=drop_last, **self._kw())
 

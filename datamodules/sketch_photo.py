@@ -61,22 +61,26 @@ SHIPPED_SPLITS = ("sketchy_split1", "sketchy_split2", "tuberlin", "quickdraw")
 DOMAIN_DIRS = {SKETCH: "sketch", PHOTO: "photo"}
 STAGES = ("train", "val", "test")
 
-FOLDER_LAYOUT = tree([
-    "<root>/",
-    "  sketch/<class>/*.png|jpg     sketches, one folder per class",
-    "  photo/<class>/*.png|jpg      photos, the same class folders",
-    "  unseen_classes.txt          one unseen (test) class per line (or pass unseen_classes=...)",
-])
-SAKE_LAYOUT = tree([
-    "<root>/                                   file-list paths are relative to this",
-    "  <split_dir>/ (default: <root>)",
-    "    cname_cid.txt                         'classname id' per line: seen classes",
-    "    cname_cid_zero.txt                    'classname id' per line: unseen classes",
-    "    <sketch_version>_filelist_train.txt   'relative/path label' per line",
-    "    <sketch_version>_filelist_test.txt    held-out seen sketches (validation; optional)",
-    "    <sketch_version>_filelist_zero.txt    unseen sketches (test)",
-    "    <photo_version>_filelist_{train,test,zero}.txt   the same for photos (test optional)",
-])
+FOLDER_LAYOUT = tree(
+    [
+        "<root>/",
+        "  sketch/<class>/*.png|jpg     sketches, one folder per class",
+        "  photo/<class>/*.png|jpg      photos, the same class folders",
+        "  unseen_classes.txt          one unseen (test) class per line (or pass unseen_classes=...)",
+    ]
+)
+SAKE_LAYOUT = tree(
+    [
+        "<root>/                                   file-list paths are relative to this",
+        "  <split_dir>/ (default: <root>)",
+        "    cname_cid.txt                         'classname id' per line: seen classes",
+        "    cname_cid_zero.txt                    'classname id' per line: unseen classes",
+        "    <sketch_version>_filelist_train.txt   'relative/path label' per line",
+        "    <sketch_version>_filelist_test.txt    held-out seen sketches (validation; optional)",
+        "    <sketch_version>_filelist_zero.txt    unseen sketches (test)",
+        "    <photo_version>_filelist_{train,test,zero}.txt   the same for photos (test optional)",
+    ]
+)
 
 
 def shipped_split_path(name: str) -> Path:
@@ -197,7 +201,11 @@ class SketchPhotoDataModule(pl.LightningDataModule):
         self.affine_scale = tuple(affine_scale)
         self.batch_size = int(batch_size)
         self.sketch_fraction = float(sketch_fraction)
-        self.num_workers, self.pin_memory, self.persistent_workers = num_workers, pin_memory, persistent_workers
+        self.num_workers, self.pin_memory, self.persistent_workers = (
+            num_workers,
+            pin_memory,
+            persistent_workers,
+        )
         self.on_bad_image = on_bad_image
         self.auto_generate = auto_generate
         self.generator = dict(generator or {})
@@ -316,7 +324,9 @@ class SketchPhotoDataModule(pl.LightningDataModule):
         unseen = [unseen_ids[i] for i in sorted(unseen_ids)]
         both = sorted(set(seen) & set(unseen))
         if both:
-            raise ValueError(f"class(es) {both} are in both {cname.name} (seen) and {cname_zero.name} (unseen)")
+            raise ValueError(
+                f"class(es) {both} are in both {cname.name} (seen) and {cname_zero.name} (unseen)"
+            )
         if not seen or not unseen:
             raise ValueError(f"empty class list: {cname if not seen else cname_zero}")
         if self.unseen_spec is not None:
@@ -333,7 +343,11 @@ class SketchPhotoDataModule(pl.LightningDataModule):
                 train, val = self._holdout(train, d)
                 log.warning(
                     "SAKE layout: %s not found; holding out %.0f%% of the seen %s of %s for validation "
-                    "(%d images)", test_list.name, 100 * self.val_fraction, DOMAIN_DIRS[d], lst(d, "train").name,
+                    "(%d images)",
+                    test_list.name,
+                    100 * self.val_fraction,
+                    DOMAIN_DIRS[d],
+                    lst(d, "train").name,
                     len(val),
                 )
             splits["train"][d], splits["val"][d] = train, val
@@ -378,9 +392,16 @@ class SketchPhotoDataModule(pl.LightningDataModule):
         label_of = {c: i for i, c in enumerate(self.class_names)}
         train_tf = {
             d: build_train_transform(
-                self.image_size, self.mean, self.std, self.interpolation, augment=self.augment,
-                hflip=self.hflip, affine_degrees=self.affine_degrees, affine_translate=self.affine_translate,
-                affine_scale=self.affine_scale, fill=255 if d == SKETCH else 0,
+                self.image_size,
+                self.mean,
+                self.std,
+                self.interpolation,
+                augment=self.augment,
+                hflip=self.hflip,
+                affine_degrees=self.affine_degrees,
+                affine_translate=self.affine_translate,
+                affine_scale=self.affine_scale,
+                fill=255 if d == SKETCH else 0,
             )
             for d in (SKETCH, PHOTO)
         }
@@ -404,7 +425,9 @@ class SketchPhotoDataModule(pl.LightningDataModule):
             self.counts[stage] = {"sketch": domains.count(SKETCH), "photo": domains.count(PHOTO)}
         log.info(
             "sketch/photo data %s: %d seen + %d unseen classes; %s",
-            self.root, self.num_seen_classes, len(self.unseen_classes),
+            self.root,
+            self.num_seen_classes,
+            len(self.unseen_classes),
             ", ".join(f"{s} {c['sketch']} sketches / {c['photo']} photos" for s, c in self.counts.items()),
         )
 
@@ -416,28 +439,41 @@ class SketchPhotoDataModule(pl.LightningDataModule):
     # loaders
 
     def _loader_kwargs(self) -> dict[str, Any]:
-        return dict(batch_size=self.batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                    persistent_workers=self.persistent_workers)
+        return dict(
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
 
     def train_sampler(self) -> MixedDomainSampler:
         ds = self.datasets["train"]
         rank, world = dist_info(getattr(self, "trainer", None))
         return MixedDomainSampler(
-            ds, ds.positions(SKETCH), ds.positions(PHOTO), self.batch_size, self.sketch_fraction,
-            seed=self.split_seed + 1000003 * global_seed(), num_replicas=world, rank=rank,
+            ds,
+            ds.positions(SKETCH),
+            ds.positions(PHOTO),
+            self.batch_size,
+            self.sketch_fraction,
+            seed=self.split_seed + 1000003 * global_seed(),
+            num_replicas=world,
+            rank=rank,
         )
 
     def train_dataloader(self):
         self.setup("fit")
-        return make_loader(self.datasets["train"], sampler=self.train_sampler(), drop_last=True,
-                           **self._loader_kwargs())
+        return make_loader(
+            self.datasets["train"], sampler=self.train_sampler(), drop_last=True, **self._loader_kwargs()
+        )
 
     def _eval_loader(self, stage: str):
         self.setup(stage)
         ds = self.datasets[stage]
         if len(ds) == 0:
             return []
-        return make_loader(ds, sampler=eval_sampler(ds, getattr(self, "trainer", None)), **self._loader_kwargs())
+        return make_loader(
+            ds, sampler=eval_sampler(ds, getattr(self, "trainer", None)), **self._loader_kwargs()
+        )
 
     def val_dataloader(self):
         return self._eval_loader("val")

@@ -96,7 +96,9 @@ def build_train_transform(
             steps.append(
                 T.RandomAffine(
                     degrees=float(affine_degrees),
-                    translate=(float(affine_translate), float(affine_translate)) if affine_translate else None,
+                    translate=(float(affine_translate), float(affine_translate))
+                    if affine_translate
+                    else None,
                     scale=scale if scale != (1.0, 1.0) else None,
                     interpolation=InterpolationMode.BILINEAR,
                     fill=fill,

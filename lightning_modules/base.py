@@ -61,11 +61,25 @@ class SketchquantModule(pl.LightningModule):
     def _log_step(self, out: dict[str, Any], stage: str, batch_size: int) -> None:
         on_step = stage == "train"
         for name, value in out.get("losses", {}).items():
-            self.log(f"{stage}/{name}", value, on_step=on_step, on_epoch=True, batch_size=batch_size,
-                     sync_dist=True, prog_bar=name == "loss")
+            self.log(
+                f"{stage}/{name}",
+                value,
+                on_step=on_step,
+                on_epoch=True,
+                batch_size=batch_size,
+                sync_dist=True,
+                prog_bar=name == "loss",
+            )
         for name, value in out.get("metrics", {}).items():
-            self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, batch_size=batch_size,
-                     sync_dist=True, prog_bar=stage == "val")
+            self.log(
+                f"{stage}/{name}",
+                value,
+                on_step=False,
+                on_epoch=True,
+                batch_size=batch_size,
+                sync_dist=True,
+                prog_bar=stage == "val",
+            )
 
     def training_step(self, batch: dict, batch_idx: int):
         out = self._common_step(batch, "train")

@@ -46,9 +46,17 @@ class QuantizationModule(SketchquantModule):
         self.save_hyperparameters()
         trunk = create_backbone(backbone, weights=weights, num_classes=None)
         self.encoder = QuantizationEncoder(
-            num_classes=num_classes, backbone_module=trunk, feature_stage=feature_stage, window=window,
-            kernel=tuple(kernel), stride=tuple(stride), num_stripes=num_stripes, dim=dim, bits=bits,
-            image_size=image_size, per_window_classifier=per_window_classifier,
+            num_classes=num_classes,
+            backbone_module=trunk,
+            feature_stage=feature_stage,
+            window=window,
+            kernel=tuple(kernel),
+            stride=tuple(stride),
+            num_stripes=num_stripes,
+            dim=dim,
+            bits=bits,
+            image_size=image_size,
+            per_window_classifier=per_window_classifier,
         )
         self.alpha = 0.0
 

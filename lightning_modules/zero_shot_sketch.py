@@ -44,8 +44,9 @@ class ZeroShotSketchModule(SketchquantModule):
         head = head_init
         if head == "svd" and weights == "none":
             head = "random"  # no ImageNet classifier to factor
-        self.net = SketchNet(num_classes, backbone, weights=weights, embed_dim=embed_dim, head_init=head,
-                             imagenet_head=True)
+        self.net = SketchNet(
+            num_classes, backbone, weights=weights, embed_dim=embed_dim, head_init=head, imagenet_head=True
+        )
         self._teacher: tuple[FrozenTeacher, ...] = (self.net.make_teacher(),) if lambda_kd else ()
 
     # -------------------------------------------------------------------------------------------
@@ -72,8 +73,17 @@ class ZeroShotSketchModule(SketchquantModule):
                     "lambda_kd > 0 but the batch has no teacher logits: add callbacks.TeacherDistillation "
                     "to the Trainer (sketchquant.run does) or set model.lambda_kd=0"
                 )
-            losses = sbir_loss(out.features, out.logits, labels, domain, out.imagenet_logits, teacher_logits,
-                               lambda_kd=hp.lambda_kd, lambda_da=hp.lambda_da, tau=hp.tau)
+            losses = sbir_loss(
+                out.features,
+                out.logits,
+                labels,
+                domain,
+                out.imagenet_logits,
+                teacher_logits,
+                lambda_kd=hp.lambda_kd,
+                lambda_da=hp.lambda_da,
+                tau=hp.tau,
+            )
             loss = losses.pop("loss")
             losses = {"loss": loss.detach(), **losses}
             acc = (out.logits.argmax(-1) == labels).float().mean()

@@ -21,7 +21,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    t = sub.add_parser("train", help="train an experiment (then test its best checkpoint)", epilog=EPILOG_OVERRIDES)
+    t = sub.add_parser(
+        "train", help="train an experiment (then test its best checkpoint)", epilog=EPILOG_OVERRIDES
+    )
     t.add_argument("experiment", help="a name from configs/experiment/ (see `sketchquant list`)")
     t.add_argument("overrides", nargs="*", metavar="key=value")
 
@@ -29,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--ckpt", required=True, help="a checkpoint written by `sketchquant train`")
     e.add_argument("overrides", nargs="*", metavar="key=value")
 
-    c = sub.add_parser("config", help="print the resolved config YAML (runs nothing)", epilog=EPILOG_OVERRIDES)
+    c = sub.add_parser(
+        "config", help="print the resolved config YAML (runs nothing)", epilog=EPILOG_OVERRIDES
+    )
     c.add_argument("experiment")
     c.add_argument("overrides", nargs="*", metavar="key=value")
 
@@ -104,8 +108,15 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "eval-features":
         from sketchquant.retrieval.npz_eval import eval_features
 
-        eval_features(args.query, args.gallery, protocol=args.protocol, ks=tuple(args.k), ap=args.ap,
-                      as_json=args.json, metric=args.metric)
+        eval_features(
+            args.query,
+            args.gallery,
+            protocol=args.protocol,
+            ks=tuple(args.k),
+            ap=args.ap,
+            as_json=args.json,
+            metric=args.metric,
+        )
     elif args.command == "encode":
         from sketchquant.codes import encode
 
@@ -121,8 +132,14 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "sweep":
         from sketchquant.sweep import run_sweep
 
-        run_sweep(args.spec, online=args.online, workers=args.workers, count=args.count, out=args.out,
-                  overrides=args.overrides)
+        run_sweep(
+            args.spec,
+            online=args.online,
+            workers=args.workers,
+            count=args.count,
+            out=args.out,
+            overrides=args.overrides,
+        )
     elif args.command == "data":
         from datamodules.cli_data import data_make, data_preview
 

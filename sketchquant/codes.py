@@ -65,7 +65,9 @@ def load_quantization_model(ckpt: str | os.PathLike, overrides: Sequence[str] = 
         num_classes = num_classes or datamodule.num_classes
         multi = datamodule.multi_label if multi is None else multi
     if num_classes is None or multi is None:
-        raise ConfigError(f"checkpoint {ckpt} does not say how many classes its model has (no hyper_parameters)")
+        raise ConfigError(
+            f"checkpoint {ckpt} does not say how many classes its model has (no hyper_parameters)"
+        )
     cfg.model.weights = "none"  # everything comes from the state_dict
     module = build_module(cfg, SimpleNamespace(num_classes=int(num_classes), multi_label=bool(multi)))
     try:
@@ -131,13 +133,25 @@ def _split_dataset(dm, split: str):
         keep = QUERY if split == "query" else GALLERY
     pos = np.arange(len(src)) if keep is None else src.positions(keep)
     tf = build_eval_transform(dm.image_size, dm.mean, dm.std, dm.interpolation)
-    return SampleDataset([src.paths[i] for i in pos], [src.labels[i] for i in pos], src.domains[pos],
-                         src.indices[pos], {d: tf for d in (QUERY, GALLERY)},
-                         multi_label=src.multi_label, num_classes=src.num_classes)
+    return SampleDataset(
+        [src.paths[i] for i in pos],
+        [src.labels[i] for i in pos],
+        src.domains[pos],
+        src.indices[pos],
+        {d: tf for d in (QUERY, GALLERY)},
+        multi_label=src.multi_label,
+        num_classes=src.num_classes,
+    )
 
 
-def encode(ckpt: str | os.PathLike, out: str | os.PathLike, split: str = "database",
-           overrides: Sequence[str] = (), *, batch_size: int | None = None) -> dict[str, Any]:
+def encode(
+    ckpt: str | os.PathLike,
+    out: str | os.PathLike,
+    split: str = "database",
+    overrides: Sequence[str] = (),
+    *,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
     """Encode ``split`` (``database`` / ``query`` / ``train``) of the checkpoint's data into ``out``.
 
     ``overrides`` (``key=value``) go on top of the checkpoint's config, e.g. ``data.root=...``.
@@ -157,11 +171,14 @@ def encode(ckpt: str | os.PathLike, out: str | os.PathLike, split: str = "databa
     dm.setup("test")
     enc = module.encoder
     if int(dm.num_classes) != int(enc.num_classes):
-        raise ValueError(f"the data under {dm.root} has {dm.num_classes} classes but checkpoint {ckpt} was "
-                         f"trained on {enc.num_classes}")
+        raise ValueError(
+            f"the data under {dm.root} has {dm.num_classes} classes but checkpoint {ckpt} was "
+            f"trained on {enc.num_classes}"
+        )
     ds = _split_dataset(dm, split)
-    loader = DataLoader(ds, batch_size=int(batch_size or dm.batch_size), shuffle=False,
-                        num_workers=int(dm.num_workers))
+    loader = DataLoader(
+        ds, batch_size=int(batch_size or dm.batch_size), shuffle=False, num_workers=int(dm.num_workers)
+    )
     codes, labels = [], []
     with torch.no_grad():
         for batch in loader:
@@ -184,8 +201,10 @@ def encode(ckpt: str | os.PathLike, out: str | os.PathLike, split: str = "databa
     }
     _atomic_savez(path, arrays)
     n, per = codes_np.shape
-    print(f"encoded {n} {split} images -> {path}: {per} bytes per image ({enc.num_windows} windows x "
-          f"{enc.dim} dims, {enc.bits}-bit codes in uint8), {_human(codes_np.nbytes)} of codes")
+    print(
+        f"encoded {n} {split} images -> {path}: {per} bytes per image ({enc.num_windows} windows x "
+        f"{enc.dim} dims, {enc.bits}-bit codes in uint8), {_human(codes_np.nbytes)} of codes"
+    )
     return {"path": str(path), "n": int(n), "bytes_per_image": int(per), "total_bytes": int(codes_np.nbytes)}
 
 
@@ -205,7 +224,9 @@ def read_codes(codes_npz: str | os.PathLike) -> dict[str, Any]:
     except Exception as err:
         raise ValueError(f"codes file {path} is not a readable .npz: {err}") from err
     if "codes" not in data:
-        raise ValueError(f"codes file {path} has no 'codes' field (fields: {', '.join(sorted(data)) or 'none'})")
+        raise ValueError(
+            f"codes file {path} has no 'codes' field (fields: {', '.join(sorted(data)) or 'none'})"
+        )
     codes = data["codes"]
     if codes.dtype != np.uint8:
         raise ValueError(f"codes file {path}: field 'codes' must be uint8, got {codes.dtype}")
@@ -216,16 +237,21 @@ def read_codes(codes_npz: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"codes file {path}: field 'codes' has no rows")
     for field in ("labels", "paths"):
         if field in data and len(data[field]) != n:
-            raise ValueError(f"codes file {path}: field '{field}' has {len(data[field])} entries, 'codes' {n} rows")
+            raise ValueError(
+                f"codes file {path}: field '{field}' has {len(data[field])} entries, 'codes' {n} rows"
+            )
     if "num_windows" in data and "dim" in data:
         expect = int(data["num_windows"]) * int(data["dim"])
         if expect != codes.shape[1]:
-            raise ValueError(f"codes file {path}: 'codes' has {codes.shape[1]} columns but num_windows × dim "
-                             f"= {expect}")
+            raise ValueError(
+                f"codes file {path}: 'codes' has {codes.shape[1]} columns but num_windows × dim = {expect}"
+            )
     if "bits" in data:
         top = (1 << int(data["bits"])) - 1
         if int(codes.max()) > top:
-            raise ValueError(f"codes file {path}: field 'codes' holds {int(codes.max())} > 2^bits - 1 = {top}")
+            raise ValueError(
+                f"codes file {path}: field 'codes' holds {int(codes.max())} > 2^bits - 1 = {top}"
+            )
     return data
 
 
@@ -257,8 +283,10 @@ def build_index(codes_npz: str | os.PathLike, out: str | os.PathLike) -> dict[st
     }
     meta = save_index(index, out, metadata=meta)
     n, d = data["codes"].shape
-    print(f"indexed {n} codes of {d} bytes -> {out} (+ {out}.json), IndexScalarQuantizer QT_8bit_direct, "
-          "squared L2")
+    print(
+        f"indexed {n} codes of {d} bytes -> {out} (+ {out}.json), IndexScalarQuantizer QT_8bit_direct, "
+        "squared L2"
+    )
     return meta
 
 
@@ -283,8 +311,15 @@ def _read_query_images(images: Sequence[str | os.PathLike]) -> list:
     return pics
 
 
-def search(ckpt: str | os.PathLike, index_path: str | os.PathLike, images: Sequence[str | os.PathLike],
-           k: int = 10, overrides: Sequence[str] = (), *, quiet: bool = False) -> list[dict[str, Any]]:
+def search(
+    ckpt: str | os.PathLike,
+    index_path: str | os.PathLike,
+    images: Sequence[str | os.PathLike],
+    k: int = 10,
+    overrides: Sequence[str] = (),
+    *,
+    quiet: bool = False,
+) -> list[dict[str, Any]]:
     """Rank the indexed database for each query image; prints and returns
     ``[{"query", "results": [{"rank", "index", "path", "distance", "labels"}]}]`` (``distance`` is the
     squared L2 distance between uint8 codes; ``labels`` are class names when the index knows them)."""
@@ -300,8 +335,10 @@ def search(ckpt: str | os.PathLike, index_path: str | os.PathLike, images: Seque
     enc = module.encoder
     index, meta = load_index(index_path, expected_dim=enc.feature_dim)
     if meta.get("bits") is not None and int(meta["bits"]) != enc.bits:
-        raise ValueError(f"index {index_path} holds {meta['bits']}-bit codes but checkpoint {ckpt} makes "
-                         f"{enc.bits}-bit codes")
+        raise ValueError(
+            f"index {index_path} holds {meta['bits']}-bit codes but checkpoint {ckpt} makes "
+            f"{enc.bits}-bit codes"
+        )
     made_by = meta.get("checkpoint")
     if made_by and Path(made_by).resolve() != Path(ckpt).resolve():
         print(f"warning: index {index_path} was built with {made_by}, searching with {ckpt}", file=sys.stderr)
@@ -331,8 +368,15 @@ def search(ckpt: str | os.PathLike, index_path: str | os.PathLike, images: Seque
         for r, (d, i) in enumerate(zip(dist[qi].tolist(), ind[qi].tolist()), 1):
             if i < 0:
                 continue
-            rows.append({"rank": r, "index": int(i), "path": paths[i] if paths else str(i),
-                         "distance": float(d), "labels": label_names(i)})
+            rows.append(
+                {
+                    "rank": r,
+                    "index": int(i),
+                    "path": paths[i] if paths else str(i),
+                    "distance": float(d),
+                    "labels": label_names(i),
+                }
+            )
         results.append({"query": str(img), "results": rows})
         if not quiet:
             print(f"query {img} ({enc.feature_dim} bytes): top {len(rows)} of {index.ntotal}")

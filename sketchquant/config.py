@@ -263,7 +263,9 @@ def config_dir() -> Path:
     env = os.environ.get("SKETCHQUANT_CONFIG_DIR")
     path = Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
     if not path.is_dir():
-        raise ConfigError(f"config folder {path} not found (set SKETCHQUANT_CONFIG_DIR to your configs/ folder)")
+        raise ConfigError(
+            f"config folder {path} not found (set SKETCHQUANT_CONFIG_DIR to your configs/ folder)"
+        )
     return path
 
 
@@ -450,7 +452,9 @@ def compose(experiment: str, overrides: list[str] | None = None, root: Path | No
         merged: dict = {}
         for item in defaults:
             if not isinstance(item, dict):
-                raise ConfigError(f"experiment {experiment}: 'defaults' entries must be group: choice, got {item!r}")
+                raise ConfigError(
+                    f"experiment {experiment}: 'defaults' entries must be group: choice, got {item!r}"
+                )
             merged.update(item)
         defaults = merged
     for group in defaults:

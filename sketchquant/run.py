@@ -84,7 +84,9 @@ def find_resume(cfg: DictConfig) -> tuple[Path, Path] | None:
     else:
         ckpt = Path(cfg.resume)
         if not ckpt.is_file():
-            raise ConfigError(f"resume={cfg.resume!r}: no such checkpoint file (expected .../checkpoints/last.ckpt)")
+            raise ConfigError(
+                f"resume={cfg.resume!r}: no such checkpoint file (expected .../checkpoints/last.ckpt)"
+            )
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     return run_dir, ckpt
 
@@ -100,7 +102,14 @@ def _setup_file_logging(run_dir: Path) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(lambda record: getattr(rank_zero_only, "rank", 0) == 0)  # ddp_fork: rank 1 inherits it
     handler.sketchquant_run_log = True
-    for name in ("sketchquant", "pytorch_lightning", "lightning", "datamodules", "lightning_modules", "callbacks"):
+    for name in (
+        "sketchquant",
+        "pytorch_lightning",
+        "lightning",
+        "datamodules",
+        "lightning_modules",
+        "callbacks",
+    ):
         logger = logging.getLogger(name)
         for old in [h for h in logger.handlers if getattr(h, "sketchquant_run_log", False)]:
             logger.removeHandler(old)  # an earlier train() in this process: its run's log stays its own
@@ -112,8 +121,10 @@ def _setup_file_logging(run_dir: Path) -> None:
 
 @rank_zero_only
 def _write_config(run_dir: Path, cfg: DictConfig, resumed: bool) -> None:
-    name = "config.yaml" if not resumed or not (run_dir / "config.yaml").exists() else (
-        f"config.resume-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
+    name = (
+        "config.yaml"
+        if not resumed or not (run_dir / "config.yaml").exists()
+        else (f"config.resume-{time.strftime('%Y%m%d-%H%M%S')}.yaml")
     )
     atomic_write_text(run_dir / name, to_yaml(cfg))
 
@@ -156,7 +167,9 @@ class _AppendingCSVLogger(CSVLogger):
 def _best_model_score(checkpoint_callback: Any, best: str) -> float | None:
     """``best_model_score``; under ddp_spawn/ddp_fork it stays in the worker (Lightning sends back only the
     path), so read it from the best checkpoint's ModelCheckpoint state."""
-    score = getattr(checkpoint_callback, "best_model_score", None) if checkpoint_callback is not None else None
+    score = (
+        getattr(checkpoint_callback, "best_model_score", None) if checkpoint_callback is not None else None
+    )
     if score is None and best and Path(best).is_file():
         import torch
 
@@ -235,8 +248,13 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, *, progress_bar: bool) -> li
             auto_insert_metric_name=False,
         ),
         # last.ckpt after EVERY epoch (Lightning's save_last only refreshes it when a best one is saved)
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
-                        enable_version_counter=False),
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            enable_version_counter=False,
+        ),
         RetrievalEvaluator(**as_kwargs(cfg.eval), run_dir=str(run_dir)),
         LearningRateMonitor(logging_interval="step"),
         EpochSummary(echo=not progress_bar),
@@ -328,8 +346,10 @@ def results_table(metrics: dict[str, float]) -> tuple[list[str], list[tuple[str,
         rows.setdefault(variant, {})[parts[-1]] = value
     columns = sorted({c for r in rows.values() for c in r}, key=lambda c: (not c.startswith("map"), c))
     order = {"raw": 0, "proto": 1, "fused": 2, "codes": 3, "float": 4}
-    body = [(v, [f"{rows[v][c]:.4f}" if c in rows[v] else "" for c in columns])
-            for v in sorted(rows, key=lambda v: (order.get(v, 9), v))]
+    body = [
+        (v, [f"{rows[v][c]:.4f}" if c in rows[v] else "" for c in columns])
+        for v in sorted(rows, key=lambda v: (order.get(v, 9), v))
+    ]
     return columns, body
 
 
@@ -371,8 +391,12 @@ def _float_metrics(results: list[dict] | dict) -> dict[str, float]:
 def _quiet_known_warnings() -> None:
     import warnings
 
-    for pattern in (".*exists and is not empty.*", ".*does not have many workers.*", ".*LeafSpec.*",
-                    ".*is deprecated, use.*TreeSpec.*"):
+    for pattern in (
+        ".*exists and is not empty.*",
+        ".*does not have many workers.*",
+        ".*LeafSpec.*",
+        ".*is deprecated, use.*TreeSpec.*",
+    ):
         warnings.filterwarnings("ignore", message=pattern)
 
 
@@ -408,7 +432,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _write_results(run_dir, metrics, best or "last weights", val=val)
         if cfg.test_after_fit:
             if trainer.is_global_zero:
-                _print_results(f"{cfg.experiment}: test — {Path(best).name if best else 'last weights'}", metrics)
+                _print_results(
+                    f"{cfg.experiment}: test — {Path(best).name if best else 'last weights'}", metrics
+                )
     finally:
         _finish_loggers(trainer)
         _restore_env("SKETCHQUANT_RUN_DIR", outer_run_dir_env)
@@ -424,15 +450,21 @@ def _restore_env(name: str, value: str | None) -> None:
 
 
 @rank_zero_only
-def _write_results(run_dir: Path, metrics: dict[str, float], ckpt: str, name: str = "results.json",
-                   val: dict[str, float] | None = None) -> None:
+def _write_results(
+    run_dir: Path,
+    metrics: dict[str, float],
+    ckpt: str,
+    name: str = "results.json",
+    val: dict[str, float] | None = None,
+) -> None:
     """``results.json``: ``{"checkpoint", "val": {monitor: best score}, "metrics": {test metrics}}``."""
     payload = {"checkpoint": str(ckpt), "val": val or {}, "metrics": metrics}
     atomic_write_text(run_dir / name, json.dumps(payload, indent=2))
 
 
-def load_checkpoint_config(path: str | os.PathLike, overrides: list[str] | None = None,
-                           expect_model: str | None = None) -> tuple[DictConfig, dict]:
+def load_checkpoint_config(
+    path: str | os.PathLike, overrides: list[str] | None = None, expect_model: str | None = None
+) -> tuple[DictConfig, dict]:
     """The resolved config a checkpoint carries (with ``overrides`` on top) and the raw checkpoint."""
     import torch
 
@@ -445,7 +477,9 @@ def load_checkpoint_config(path: str | os.PathLike, overrides: list[str] | None 
         raise ConfigError(f"cannot read checkpoint {path}: {err}") from err
     saved = ckpt.get(CONFIG_KEY) if isinstance(ckpt, dict) else None
     if not saved:
-        raise ConfigError(f"checkpoint {path} was not written by sketchquant (no '{CONFIG_KEY}' config inside)")
+        raise ConfigError(
+            f"checkpoint {path} was not written by sketchquant (no '{CONFIG_KEY}' config inside)"
+        )
     cfg = from_container(saved, overrides)
     if expect_model and cfg.model.name != expect_model:
         raise ConfigError(

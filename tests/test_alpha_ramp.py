@@ -65,9 +65,16 @@ def _loader():
 
 
 def _trainer(ramp, max_epochs):
-    return pl.Trainer(max_epochs=max_epochs, callbacks=[ramp], enable_checkpointing=False, logger=False,
-                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                      num_sanity_val_steps=0)
+    return pl.Trainer(
+        max_epochs=max_epochs,
+        callbacks=[ramp],
+        enable_checkpointing=False,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        num_sanity_val_steps=0,
+    )
 
 
 def test_callback_epoch_unit_sets_and_logs():

@@ -18,13 +18,29 @@ WINDOWS, DIM = 4, 8  # test_resnet at 32 px, feature_stage -2: 2×2 map, 1×1 wi
 
 def tiny_overrides(tmp) -> list[str]:
     return [
-        "model.backbone=test_resnet", "model.weights=none", f"model.dim={DIM}", "model.feature_stage=-2",
-        "model.kernel=[1,1]", "model.stride=[1,1]", "model.optim.lr=0.01", "model.alpha.t1=1",
-        "model.alpha.t2=2", f"data.root={tmp}/scenes", f"data.generator.num_classes={NUM_CLASSES}",
-        f"data.generator.num_train={N_TRAIN}", f"data.generator.num_query={N_QUERY}",
-        f"data.generator.num_database={N_DB}", "data.generator.image_size=32", "data.image_size=32",
-        "data.batch_size=16", "data.num_workers=0", "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
-        "trainer.enable_progress_bar=false", f"run_dir={tmp}/runs", "eval.grid=false",
+        "model.backbone=test_resnet",
+        "model.weights=none",
+        f"model.dim={DIM}",
+        "model.feature_stage=-2",
+        "model.kernel=[1,1]",
+        "model.stride=[1,1]",
+        "model.optim.lr=0.01",
+        "model.alpha.t1=1",
+        "model.alpha.t2=2",
+        f"data.root={tmp}/scenes",
+        f"data.generator.num_classes={NUM_CLASSES}",
+        f"data.generator.num_train={N_TRAIN}",
+        f"data.generator.num_query={N_QUERY}",
+        f"data.generator.num_database={N_DB}",
+        "data.generator.image_size=32",
+        "data.image_size=32",
+        "data.batch_size=16",
+        "data.num_workers=0",
+        "trainer.max_epochs=2",
+        "trainer.log_every_n_steps=1",
+        "trainer.enable_progress_bar=false",
+        f"run_dir={tmp}/runs",
+        "eval.grid=false",
     ]
 
 
@@ -51,7 +67,9 @@ def db_codes(trained):
 
 
 def _csv_paths(root, split):
-    return [str(root / line.split(",")[0]) for line in (root / f"{split}.csv").read_text().splitlines() if line]
+    return [
+        str(root / line.split(",")[0]) for line in (root / f"{split}.csv").read_text().splitlines() if line
+    ]
 
 
 def test_encode_database_writes_uint8_codes(trained, db_codes, capsys):
@@ -123,7 +141,9 @@ def test_index_and_search_finds_the_image_itself(trained, db_codes, capsys):
     meta = build_index(db_codes["path"], index_path)
     assert meta["dimension"] == WINDOWS * DIM and meta["ntotal"] == N_DB and meta["bits"] == 8
     side = json.loads((trained["tmp"] / "db.faiss.json").read_text())
-    assert side["paths"] == _csv_paths(trained["root"], "database") and len(side["class_names"]) == NUM_CLASSES
+    assert (
+        side["paths"] == _csv_paths(trained["root"], "database") and len(side["class_names"]) == NUM_CLASSES
+    )
     z = np.load(db_codes["path"])
     codes = z["codes"]
     # a database image whose code no other image shares: it must come back first at distance 0

@@ -23,7 +23,9 @@ def test_experiment_picks_group_choices_and_body_wins():
 
 
 def test_dotted_overrides_and_types():
-    cfg = compose("zs_sbir", ["trainer.max_epochs=3", "model.lambda_da=0.5", "eval.map_at=[all,100]", "seed=7"])
+    cfg = compose(
+        "zs_sbir", ["trainer.max_epochs=3", "model.lambda_da=0.5", "eval.map_at=[all,100]", "seed=7"]
+    )
     assert cfg.trainer.max_epochs == 3 and isinstance(cfg.trainer.max_epochs, int)
     assert cfg.model.lambda_da == 0.5
     assert list(cfg.eval.map_at) == ["all", 100]
@@ -101,8 +103,9 @@ def test_config_round_trip_through_container():
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "sketchquant.cli", *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "sketchquant.cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_config_prints_what_train_would_use():

@@ -34,8 +34,22 @@ def test_sbir_json_only_json_on_stdout(tmp_path, capsys):
     out = capsys.readouterr().out
     parsed = json.loads(out)  # the whole of stdout is one JSON object
     assert out.count("\n") == 1
-    for key in ("map_all", "map_5", "map_20", "p_5", "p_20", "map_all_micro", "p_20_micro", "num_queries",
-                "num_queries_no_relevant", "protocol", "ap", "query", "gallery", "num_gallery"):
+    for key in (
+        "map_all",
+        "map_5",
+        "map_20",
+        "p_5",
+        "p_20",
+        "map_all_micro",
+        "p_20_micro",
+        "num_queries",
+        "num_queries_no_relevant",
+        "protocol",
+        "ap",
+        "query",
+        "gallery",
+        "num_gallery",
+    ):
         assert key in parsed, key
     assert parsed == json.loads(json.dumps(res))
     want = sbir_metrics(q, ql, g, gl, map_at=("all", 5, 20), p_at=(5, 20))
@@ -63,7 +77,9 @@ def test_hashing_multilabel(tmp_path, capsys):
     parsed = json.loads(capsys.readouterr().out)
     assert {"map_all", "map_10", "p_10"} <= set(parsed)
     want = hashing_metrics(q, ql, g, gl, map_at=("all", 10), p_at=(10,))
-    assert res["map_10"] == pytest.approx(want["map_10"]) and parsed["map_all"] == pytest.approx(want["map_all"])
+    assert res["map_10"] == pytest.approx(want["map_10"]) and parsed["map_all"] == pytest.approx(
+        want["map_all"]
+    )
 
 
 def test_errors_name_file_and_field(tmp_path):
@@ -76,7 +92,9 @@ def test_errors_name_file_and_field(tmp_path):
     nan[2, 3] = np.nan
     with pytest.raises(ValueError, match=r"nan.npz: field 'features' contains 1 non-finite"):
         eval_features(_write(tmp_path, "nan.npz", nan, ql), gp)
-    with pytest.raises(ValueError, match=r"short.npz: field 'labels' has 11 entries but 'features' has 12 rows"):
+    with pytest.raises(
+        ValueError, match=r"short.npz: field 'labels' has 11 entries but 'features' has 12 rows"
+    ):
         eval_features(_write(tmp_path, "short.npz", q, ql[:11]), gp)
     with pytest.raises(ValueError, match=r"flat.npz: field 'features' must be N × d"):
         eval_features(_write(tmp_path, "flat.npz", q[:, 0], ql), gp)

@@ -16,8 +16,11 @@ TINY = dict(num_classes=6, num_unseen=2, photos_per_class=3, sketches_per_class=
 
 
 def digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_benchmark_layout_and_counts(tmp_path):
@@ -84,8 +87,11 @@ def test_contact_sheets_and_cli_helpers(tmp_path, capsys):
     sheet = make_contact_sheet(bench, tmp_path / "sheet.png", classes=4, per_domain=2)
     with Image.open(sheet) as im:
         assert im.size[0] > 4 * 32 and im.size[1] > 4 * 32
-    scenes = data_make(tmp_path / "s", "scenes", {"num_train": 4, "num_query": 2, "num_database": 2,
-                                                   "image_size": 32, "num_classes": 4})
+    scenes = data_make(
+        tmp_path / "s",
+        "scenes",
+        {"num_train": 4, "num_query": 2, "num_database": 2, "image_size": 32, "num_classes": 4},
+    )
     data_preview(scenes, tmp_path / "sheet2.png")
     assert (tmp_path / "sheet2.png").exists() and "contact sheet" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown sketch_photo generator option 'colour'"):

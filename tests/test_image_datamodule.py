@@ -27,8 +27,9 @@ def csv_root(tmp_path) -> Path:
     root = tmp_path / "set"
     for i in range(10):
         _png(root / "images" / f"{i}.png", 20 * i)
-    (root / "train.csv").write_text("path,labels\nimages/0.png,a;b\nimages/1.png,c\nimages/2.png,b\n"
-                                    "images/3.png,a\nimages/4.png,\n")
+    (root / "train.csv").write_text(
+        "path,labels\nimages/0.png,a;b\nimages/1.png,c\nimages/2.png,b\nimages/3.png,a\nimages/4.png,\n"
+    )
     (root / "query.csv").write_text("images/5.png,a\nimages/6.png,b;c\n")
     (root / "database.csv").write_text("# database\nimages/7.png,c\n\nimages/8.png,a;c\nimages/9.png,b\n")
     return root
@@ -61,7 +62,12 @@ def test_classes_txt_order_and_unknown_label(csv_root):
     (csv_root / "classes.txt").write_text("c\nb\na\nd\n")
     dm = ImageDataModule(str(csv_root), **KW)
     dm.setup()
-    assert dm.class_names == ["c", "b", "a", "d"] and dm.datasets["train"][1]["label"].tolist() == [1, 0, 0, 0]
+    assert dm.class_names == ["c", "b", "a", "d"] and dm.datasets["train"][1]["label"].tolist() == [
+        1,
+        0,
+        0,
+        0,
+    ]
     (csv_root / "classes.txt").write_text("a\nb\n")
     with pytest.raises(ValueError, match=r"label\(s\) \['c'\] are not in .*classes.txt"):
         ImageDataModule(str(csv_root), **KW).setup()

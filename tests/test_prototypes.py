@@ -35,7 +35,7 @@ def test_prototypes_equal_faiss_decode():
     # each half is one of the K centres of its subspace
     cents = faiss.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub)
     for s in range(2):
-        sub = proto[:, s * 8:(s + 1) * 8]
+        sub = proto[:, s * 8 : (s + 1) * 8]
         assert all(np.abs(cents[s] - row).sum(1).min() == 0 for row in sub)
     assert len({tuple(r) for r in proto}) <= 64
     # same seed → same quantiser
@@ -60,7 +60,9 @@ def test_distance_fusion_formula():
     fn = fused_distance_fn(q, x, proto, lam=0.3)
     got = fn(torch.arange(3, 7)).numpy()
     qq = q[3:7].astype(np.float64)
-    want = 0.7 * np.linalg.norm(qq[:, None] - proto[None], axis=2) + 0.3 * np.linalg.norm(qq[:, None] - x[None], axis=2)
+    want = 0.7 * np.linalg.norm(qq[:, None] - proto[None], axis=2) + 0.3 * np.linalg.norm(
+        qq[:, None] - x[None], axis=2
+    )
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
@@ -83,7 +85,8 @@ def test_prototype_retrieval_metrics_both_fusions():
     want = sbir_metrics(qn, ql, 0.8 * xh + 0.2 * xn, labels, normalize=False, p_at=(10,))
     assert res_f["fused"]["map_all"] == pytest.approx(want["map_all"], abs=1e-6)
     assert res_f["proto"]["map_all"] == pytest.approx(
-        sbir_metrics(qn, ql, xh, labels, normalize=False, p_at=(10,))["map_all"], abs=1e-9)
+        sbir_metrics(qn, ql, xh, labels, normalize=False, p_at=(10,))["map_all"], abs=1e-9
+    )
 
 
 def test_pq_errors():

@@ -40,8 +40,9 @@ def test_per_window_linear_windows_are_independent():
 def encoder():
     torch.manual_seed(0)
     # test_resnet at 64 px: last stage is 96 × 2 × 2 -> kernel 1 stride 1 gives 4 windows
-    return QuantizationEncoder(backbone="test_resnet", kernel=1, stride=1, dim=8, bits=8, num_classes=5,
-                               image_size=64)
+    return QuantizationEncoder(
+        backbone="test_resnet", kernel=1, stride=1, dim=8, bits=8, num_classes=5, image_size=64
+    )
 
 
 def test_encoder_shapes_and_dtypes(encoder):
@@ -65,8 +66,9 @@ def test_encoder_shapes_and_dtypes(encoder):
 
 
 def test_codes_within_range_low_bits():
-    enc = QuantizationEncoder(backbone="test_resnet", window="global", dim=16, bits=2, num_classes=3,
-                              image_size=32)
+    enc = QuantizationEncoder(
+        backbone="test_resnet", window="global", dim=16, bits=2, num_classes=3, image_size=32
+    )
     assert enc.num_windows == 1
     with torch.no_grad():
         enc.fc.conv.weight.mul_(50.0)  # large activations: many codes hit the top value
@@ -76,11 +78,27 @@ def test_codes_within_range_low_bits():
 
 
 def test_stripes_and_sliding_window_counts():
-    enc = QuantizationEncoder(backbone="test_resnet", feature_stage=-2, window="sliding", kernel=2, stride=1,
-                              dim=4, num_classes=2, image_size=64)
+    enc = QuantizationEncoder(
+        backbone="test_resnet",
+        feature_stage=-2,
+        window="sliding",
+        kernel=2,
+        stride=1,
+        dim=4,
+        num_classes=2,
+        image_size=64,
+    )
     assert enc.feature_hw == (4, 4) and enc.feature_channels == 192 and enc.num_windows == 9
-    enc = QuantizationEncoder(backbone="test_resnet", feature_stage=-2, window="stripes", num_stripes=4,
-                              dim=4, num_classes=2, image_size=64, per_window_classifier=True)
+    enc = QuantizationEncoder(
+        backbone="test_resnet",
+        feature_stage=-2,
+        window="stripes",
+        num_stripes=4,
+        dim=4,
+        num_classes=2,
+        image_size=64,
+        per_window_classifier=True,
+    )
     assert enc.num_windows == 4 and isinstance(enc.classifier, PerWindowLinear)
     assert enc(torch.randn(2, 3, 64, 64)).logits.shape == (2, 4, 2)
 
@@ -103,8 +121,9 @@ def test_backbone_module_features_only_and_classifier():
     assert enc.feature_channels == 96 and enc.num_windows == 4
     clf = timm.create_model("test_resnet", pretrained=False)
     bn_mean = clf.bn1.running_mean.clone()
-    enc = QuantizationEncoder(backbone_module=clf, feature_stage=-2, kernel=2, dim=4, num_classes=2,
-                              image_size=64)
+    enc = QuantizationEncoder(
+        backbone_module=clf, feature_stage=-2, kernel=2, dim=4, num_classes=2, image_size=64
+    )
     assert enc.feature_channels == 192 and enc.num_windows == 9
     assert torch.equal(clf.bn1.running_mean, bn_mean)  # the dummy forward ran in eval mode
     out = enc(torch.randn(2, 3, 64, 64))
@@ -131,8 +150,9 @@ def test_classification_loss():
 def test_tiny_optimisation_lowers_loss():
     torch.manual_seed(0)
     # 32 px, second-to-last stage: 192 × 2 × 2 map, kernel 1 -> 4 windows (cheap)
-    enc = QuantizationEncoder(backbone="test_resnet", feature_stage=-2, kernel=1, dim=8, bits=8, num_classes=3,
-                              image_size=32)
+    enc = QuantizationEncoder(
+        backbone="test_resnet", feature_stage=-2, kernel=1, dim=8, bits=8, num_classes=3, image_size=32
+    )
     assert enc.num_windows == 4
     x = torch.randn(8, 3, 32, 32)
     y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
@@ -141,7 +161,9 @@ def test_tiny_optimisation_lowers_loss():
 
     def loss_fn():
         out = enc(x)
-        return classification_loss(out.logits, y, multi_label=False) + alpha * quantization_loss(out.continuous)
+        return classification_loss(out.logits, y, multi_label=False) + alpha * quantization_loss(
+            out.continuous
+        )
 
     enc.train()
     first = loss_fn().item()

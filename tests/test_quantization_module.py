@@ -17,9 +17,20 @@ NUM_CLASSES = 5
 def _module(**kw):
     from lightning_modules import QuantizationModule
 
-    args = dict(num_classes=NUM_CLASSES, multi_label=True, backbone="test_resnet", weights="none",
-                feature_stage=-2, kernel=(1, 1), stride=(1, 1), dim=8, bits=8, image_size=32,
-                optim={"name": "adam", "lr": 1e-2, "weight_decay": 0.0, "schedule": "none"}, max_epochs=1)
+    args = dict(
+        num_classes=NUM_CLASSES,
+        multi_label=True,
+        backbone="test_resnet",
+        weights="none",
+        feature_stage=-2,
+        kernel=(1, 1),
+        stride=(1, 1),
+        dim=8,
+        bits=8,
+        image_size=32,
+        optim={"name": "adam", "lr": 1e-2, "weight_decay": 0.0, "schedule": "none"},
+        max_epochs=1,
+    )
     args.update(kw)
     return QuantizationModule(**args)
 
@@ -28,8 +39,12 @@ def _batch(n=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     labels = (torch.rand(n, NUM_CLASSES, generator=g) < 0.3).float()
     labels[torch.arange(n), torch.randint(0, NUM_CLASSES, (n,), generator=g)] = 1.0
-    return {"image": torch.randn(n, 3, 32, 32, generator=g), "label": labels,
-            "domain": torch.zeros(n, dtype=torch.long), "index": torch.arange(n)}
+    return {
+        "image": torch.randn(n, 3, 32, 32, generator=g),
+        "label": labels,
+        "domain": torch.zeros(n, dtype=torch.long),
+        "index": torch.arange(n),
+    }
 
 
 def test_training_steps_lower_the_loss():
@@ -87,15 +102,33 @@ def test_fit_alpha_ramp_reaches_module_and_val_logs_both_embeddings(tmp_path):
     from sketchquant.run import build_datamodule, build_module, build_trainer
 
     epochs = 3
-    cfg = compose("quantization", [
-        "model.backbone=test_resnet", "model.weights=none", "model.dim=8", "model.feature_stage=-2",
-        "model.kernel=[1,1]", "model.alpha.final=2.0", "model.alpha.t1=0", "model.alpha.t2=4",
-        f"data.root={tmp_path}/scenes", f"data.generator.num_classes={NUM_CLASSES}",
-        "data.generator.num_train=32", "data.generator.num_query=8", "data.generator.num_database=24",
-        "data.generator.image_size=32", "data.image_size=32", "data.batch_size=16", "data.num_workers=0",
-        f"trainer.max_epochs={epochs}", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
-        f"run_dir={tmp_path}/runs", "eval.grid=false",
-    ])
+    cfg = compose(
+        "quantization",
+        [
+            "model.backbone=test_resnet",
+            "model.weights=none",
+            "model.dim=8",
+            "model.feature_stage=-2",
+            "model.kernel=[1,1]",
+            "model.alpha.final=2.0",
+            "model.alpha.t1=0",
+            "model.alpha.t2=4",
+            f"data.root={tmp_path}/scenes",
+            f"data.generator.num_classes={NUM_CLASSES}",
+            "data.generator.num_train=32",
+            "data.generator.num_query=8",
+            "data.generator.num_database=24",
+            "data.generator.image_size=32",
+            "data.image_size=32",
+            "data.batch_size=16",
+            "data.num_workers=0",
+            f"trainer.max_epochs={epochs}",
+            "trainer.log_every_n_steps=1",
+            "trainer.enable_progress_bar=false",
+            f"run_dir={tmp_path}/runs",
+            "eval.grid=false",
+        ],
+    )
     dm = build_datamodule(cfg)
     dm.prepare_data()
     dm.setup("fit")
@@ -111,7 +144,9 @@ def test_fit_alpha_ramp_reaches_module_and_val_logs_both_embeddings(tmp_path):
     with open(run_dir / "metrics.csv") as fh:
         rows = [r for r in csv.DictReader(fh) if r.get("train/alpha")]
     by_epoch = {int(r["epoch"]): float(r["train/alpha"]) for r in rows}
-    assert by_epoch == {e: pytest.approx(alpha_schedule(e, alpha_final=2.0, t1=0, t2=4)) for e in range(epochs)}
+    assert by_epoch == {
+        e: pytest.approx(alpha_schedule(e, alpha_final=2.0, t1=0, t2=4)) for e in range(epochs)
+    }
     logged = trainer.callback_metrics
     for key in ("val/codes/map_1000", "val/float/map_1000", "val/codes/map_all", "val/float/map_all"):
         assert key in logged and 0.0 <= float(logged[key]) <= 1.0, key

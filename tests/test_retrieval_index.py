@@ -56,8 +56,16 @@ def test_search_ties_lowest_index_first():
 def test_round_trip_with_metadata(tmp_path):
     g = np.random.default_rng(2).normal(size=(6, 4)).astype(np.float32)
     path = tmp_path / "sub" / "gallery.faiss"
-    meta = save_index(build_float_index(g), path, {"class_names": ["a", "b"], "labels": np.array([0, 1, 0, 1, 0, 1]),
-                                                    "paths": [f"p{i}.png" for i in range(6)], "checkpoint": "x.ckpt"})
+    meta = save_index(
+        build_float_index(g),
+        path,
+        {
+            "class_names": ["a", "b"],
+            "labels": np.array([0, 1, 0, 1, 0, 1]),
+            "paths": [f"p{i}.png" for i in range(6)],
+            "checkpoint": "x.ckpt",
+        },
+    )
     assert path.is_file() and (tmp_path / "sub" / "gallery.faiss.json").is_file()
     idx, loaded = load_index(path, expected_dim=4)
     assert loaded == meta == json.loads((tmp_path / "sub" / "gallery.faiss.json").read_text())

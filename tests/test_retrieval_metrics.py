@@ -170,8 +170,9 @@ def test_sbir_matches_sake_reference_random(chunk_size, ap):
     qn = q / np.linalg.norm(q, axis=1, keepdims=True)
     gn = g / np.linalg.norm(g, axis=1, keepdims=True)
     want = ref_sbir(sq_l2(qn, gn), ql, gl, ["all", 25, 200, 1000], [1, 10, 100, 400], voc=ap == "voc")
-    got = sbir_metrics(q, ql, g, gl, map_at=("all", 25, 200, 1000), p_at=(1, 10, 100, 400), ap=ap,
-                       chunk_size=chunk_size)
+    got = sbir_metrics(
+        q, ql, g, gl, map_at=("all", 25, 200, 1000), p_at=(1, 10, 100, 400), ap=ap, chunk_size=chunk_size
+    )
     _assert_match(got, want)
     assert got["num_queries_no_relevant"] == 2
 
@@ -185,8 +186,15 @@ def test_sbir_topk_path_matches_reference():
     qn = q / np.linalg.norm(q, axis=1, keepdims=True)
     gn = g / np.linalg.norm(g, axis=1, keepdims=True)
     want = ref_sbir(sq_l2(qn, gn), ql, gl, [20, 50], [10, 30])
-    got = sbir_metrics(torch.from_numpy(q), torch.from_numpy(ql), torch.from_numpy(g), torch.from_numpy(gl),
-                       map_at=(20, 50), p_at=(10, 30), chunk_size=9)
+    got = sbir_metrics(
+        torch.from_numpy(q),
+        torch.from_numpy(ql),
+        torch.from_numpy(g),
+        torch.from_numpy(gl),
+        map_at=(20, 50),
+        p_at=(10, 30),
+        chunk_size=9,
+    )
     _assert_match(got, want)
 
 
@@ -265,7 +273,9 @@ def test_from_distances_and_distance_fn_agree():
     q, ql, g, gl = _tie_data(rng, 40, 120, 3)
     dist = sq_l2(q, g).astype(np.float32)
     want = ref_sbir(dist, ql, gl, ["all", 20], [10])
-    _assert_match(sbir_metrics_from_distances(dist, ql, gl, map_at=("all", 20), p_at=(10,), chunk_size=6), want)
+    _assert_match(
+        sbir_metrics_from_distances(dist, ql, gl, map_at=("all", 20), p_at=(10,), chunk_size=6), want
+    )
     dt = torch.from_numpy(dist)
     got = sbir_metrics(q, ql, g, gl, map_at=("all", 20), p_at=(10,), distance_fn=lambda idx: dt[idx])
     _assert_match(got, want)
@@ -351,14 +361,21 @@ def test_hashing_uint8_codes_and_int_labels():
 # ----------------------------------------------------------------------------------------------------
 def _ok():
     rng = np.random.default_rng(11)
-    return (rng.normal(size=(5, 4)).astype(np.float32), np.arange(5) % 2,
-            rng.normal(size=(7, 4)).astype(np.float32), np.arange(7) % 2)
+    return (
+        rng.normal(size=(5, 4)).astype(np.float32),
+        np.arange(5) % 2,
+        rng.normal(size=(7, 4)).astype(np.float32),
+        np.arange(7) % 2,
+    )
 
 
 def test_error_dimension_mismatch_names_both_dims():
     q, ql, g, gl = _ok()
-    with pytest.raises(ValueError, match=r"query_feats \(q.npz\) has dimension 4 but gallery_feats \(g.npz\) has "
-                                         r"dimension 3"):
+    with pytest.raises(
+        ValueError,
+        match=r"query_feats \(q.npz\) has dimension 4 but gallery_feats \(g.npz\) has "
+        r"dimension 3",
+    ):
         sbir_metrics(q, ql, g[:, :3], gl, source=("q.npz", "g.npz"))
 
 
@@ -390,14 +407,17 @@ def test_error_label_length():
         hashing_metrics(q, np.eye(2)[ql], g, np.eye(2)[gl][:6])
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(map_at=(0,)), "map_at contains k=0"),
-    (dict(p_at=(-5,)), "p_at contains k=-5"),
-    (dict(map_at=("top",)), "map_at contains 'top'"),
-    (dict(ap="bogus"), "unknown ap 'bogus'"),
-    (dict(metric="cosine"), "unknown metric 'cosine'"),
-    (dict(map_at=(), p_at=()), "nothing to compute"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(map_at=(0,)), "map_at contains k=0"),
+        (dict(p_at=(-5,)), "p_at contains k=-5"),
+        (dict(map_at=("top",)), "map_at contains 'top'"),
+        (dict(ap="bogus"), "unknown ap 'bogus'"),
+        (dict(metric="cosine"), "unknown metric 'cosine'"),
+        (dict(map_at=(), p_at=()), "nothing to compute"),
+    ],
+)
 def test_error_bad_options(kwargs, match):
     q, ql, g, gl = _ok()
     with pytest.raises(ValueError, match=match):
@@ -440,7 +460,9 @@ def test_class_row_ranks_exact_with_ties(n_buckets):
         rank_of = np.empty(n, np.int64)
         rank_of[order] = np.arange(1, n + 1)
         want = np.sort(rank_of[s:e])
-        got = _class_row_ranks(d.copy(), (s, e), gidx, n_buckets, np.empty(n, np.float32), np.empty(n, np.intp))
+        got = _class_row_ranks(
+            d.copy(), (s, e), gidx, n_buckets, np.empty(n, np.float32), np.empty(n, np.intp)
+        )
         np.testing.assert_array_equal(got, want)
 
 

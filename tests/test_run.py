@@ -37,10 +37,14 @@ def test_run_folder_contents(tiny_zs, tmp_path):
     assert "last.ckpt" in ckpts and any(p.startswith("best-epoch") for p in ckpts)
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.endswith(".tmp")]
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert {"train/loss_step", "train/cls_step", "train/kd_step", "train/da_step", "val/map_all"} <= set(header)
+    assert {"train/loss_step", "train/cls_step", "train/kd_step", "train/da_step", "val/map_all"} <= set(
+        header
+    )
     assert "run folder" in (run / "train.log").read_text()
     results = json.loads((run / "results.json").read_text())
-    assert {"test/map_all", "test/proto/map_all", "test/fused/map_all", "test/p_100"} <= set(results["metrics"])
+    assert {"test/map_all", "test/proto/map_all", "test/fused/map_all", "test/p_100"} <= set(
+        results["metrics"]
+    )
     assert "val/map_all" in results["val"]
     assert 0.0 <= results["metrics"]["test/map_all"] <= 1.0
     # the checkpoint carries the resolved config
@@ -61,10 +65,14 @@ class _StopAfterFirstEpoch(pl.Callback):
 
 @pytest.mark.slow
 def test_resume_matches_straight_run(tiny_zs, tmp_path, monkeypatch):
-    base = tiny_zs(seed=3, **{"trainer.deterministic": "true", "trainer.max_epochs": 2, "test_after_fit": "false"})
+    base = tiny_zs(
+        seed=3, **{"trainer.deterministic": "true", "trainer.max_epochs": 2, "test_after_fit": "false"}
+    )
     straight = _train([*base, "name=straight"])
     original = run_module.build_callbacks
-    monkeypatch.setattr(run_module, "build_callbacks", lambda *a, **k: [*original(*a, **k), _StopAfterFirstEpoch()])
+    monkeypatch.setattr(
+        run_module, "build_callbacks", lambda *a, **k: [*original(*a, **k), _StopAfterFirstEpoch()]
+    )
     first = _train([*base, "name=resumed"])
     monkeypatch.setattr(run_module, "build_callbacks", original)
     assert torch.load(Path(first["run_dir"]) / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0
@@ -75,7 +83,9 @@ def test_resume_matches_straight_run(tiny_zs, tmp_path, monkeypatch):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
-    ck = torch.load(Path(second["run_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ck = torch.load(
+        Path(second["run_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
     assert ck["epoch"] == 1 and ck["optimizer_states"] and ck["lr_schedulers"]
     assert any(p.name.startswith("config.resume-") for p in Path(second["run_dir"]).iterdir())
 
@@ -118,9 +128,9 @@ def test_evaluate_checkpoint_and_refuse_foreign_files(tiny_zs, tmp_path):
     res = evaluate(str(ckpt), ["eval.prototypes=false"])
     assert "test/map_all" in res["test"] and "test/proto/map_all" not in res["test"]
     written = list(Path(out["run_dir"]).glob("eval-*.json"))
-    assert len(written) == 1 and json.loads(written[0].read_text())["metrics"]["test/map_all"] == pytest.approx(
-        res["test"]["test/map_all"]
-    )
+    assert len(written) == 1 and json.loads(written[0].read_text())["metrics"][
+        "test/map_all"
+    ] == pytest.approx(res["test"]["test/map_all"])
     with pytest.raises(ConfigError, match="needs a 'quantization' model"):
         load_checkpoint_config(ckpt, expect_model="quantization")
     foreign = tmp_path / "foreign.ckpt"

@@ -44,8 +44,11 @@ def test_folder_layout_splits_and_attributes(bench):
     assert dm.num_seen_classes == 4 and dm.num_classes == 6
     assert dm.class_names == dm.seen_classes + dm.unseen_classes
     # 5 per class and domain, 20% held out -> 4 train + 1 val per seen class
-    assert dm.counts == {"train": {"sketch": 16, "photo": 16}, "val": {"sketch": 4, "photo": 4},
-                         "test": {"sketch": 10, "photo": 10}}
+    assert dm.counts == {
+        "train": {"sketch": 16, "photo": 16},
+        "val": {"sketch": 4, "photo": 4},
+        "test": {"sketch": 10, "photo": 10},
+    }
     idx = np.concatenate([dm.datasets[s].indices for s in ("train", "val", "test")])
     assert len(set(idx.tolist())) == len(idx) == 60
     s = dm.datasets["test"][0]
@@ -95,7 +98,8 @@ def test_mixed_sampler_shards_by_rank():
     first = list(s)
     s.set_epoch(1)
     assert list(s) != first and sorted(set(x for x in first if x >= 30)) == sorted(
-        x for x in first if x >= 30)  # photos not repeated within an epoch
+        x for x in first if x >= 30
+    )  # photos not repeated within an epoch
 
 
 def test_truncated_image_skip_and_error(bench):
@@ -131,7 +135,9 @@ def test_folder_errors(bench, tmp_path):
     with pytest.raises(ValueError, match=rf"class '{names[0]}' has no photo images"):
         SketchPhotoDataModule(str(bench), **KW).setup()
     shutil.rmtree(bench / "photo")
-    with pytest.raises(FileNotFoundError, match=r"(?s)photo folder of the 'folder' layout.*unseen_classes.txt"):
+    with pytest.raises(
+        FileNotFoundError, match=r"(?s)photo folder of the 'folder' layout.*unseen_classes.txt"
+    ):
         SketchPhotoDataModule(str(bench), **KW).setup()
 
 
@@ -174,8 +180,10 @@ def sake(tmp_path) -> Path:
     split.mkdir(parents=True)
     (split / "cname_cid.txt").write_text("".join(f"{c} {i}\n" for i, c in enumerate(seen)))
     (split / "cname_cid_zero.txt").write_text("".join(f"{c} {i}\n" for i, c in enumerate(unseen)))
-    for version, folder in (("sketch_tx_000000000000_ready", "256x256/sketch/tx_000000000000_ready"),
-                            ("all_photo", "256x256/photo/tx_000000000000")):
+    for version, folder in (
+        ("sketch_tx_000000000000_ready", "256x256/sketch/tx_000000000000_ready"),
+        ("all_photo", "256x256/photo/tx_000000000000"),
+    ):
         lists: dict[str, list[str]] = {"train": [], "test": [], "zero": []}
         for part, classes, n in (("train", seen, 4), ("test", seen, 1), ("zero", unseen, 3)):
             for cid, c in enumerate(classes):
@@ -197,8 +205,11 @@ def test_sake_layout(sake, caplog):
     assert "all_photo_filelist_test.txt not found" in caplog.text
     assert dm.seen_classes == ["cat", "hot air balloon", "pig"] and dm.unseen_classes == ["bat", "cow"]
     # sketches: train 4/class, val = test list 1/class; photos: 4/class train, 25% held out -> 3 + 1
-    assert dm.counts == {"train": {"sketch": 12, "photo": 9}, "val": {"sketch": 3, "photo": 3},
-                         "test": {"sketch": 6, "photo": 6}}
+    assert dm.counts == {
+        "train": {"sketch": 12, "photo": 9},
+        "val": {"sketch": 3, "photo": 3},
+        "test": {"sketch": 6, "photo": 6},
+    }
     test = all_batches(dm.test_dataloader())
     assert sorted(set(torch.cat([b["label"] for b in test]).tolist())) == [3, 4]
     for b in all_batches(dm.train_dataloader()) + all_batches(dm.val_dataloader()):
@@ -223,7 +234,9 @@ def test_sake_errors(sake):
     with pytest.raises(ValueError, match="the test split has no photo images"):
         SketchPhotoDataModule(str(sake), **mk).setup()
     (split / "all_photo_filelist_zero.txt").write_text("some/file.png 7\n")
-    with pytest.raises(ValueError, match=r"all_photo_filelist_zero.txt:1: label 7 is not in the class-name file"):
+    with pytest.raises(
+        ValueError, match=r"all_photo_filelist_zero.txt:1: label 7 is not in the class-name file"
+    ):
         SketchPhotoDataModule(str(sake), **mk).setup()
     (split / "all_photo_filelist_zero.txt").unlink()
     with pytest.raises(FileNotFoundError, match=r"(?s)missing .*all_photo_filelist_zero.txt.*cname_cid.txt"):

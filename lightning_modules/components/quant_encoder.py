@@ -42,19 +42,28 @@ class PerWindowLinear(nn.Module):
     initialised like an ``nn.Linear(C, d)`` (the conv's default init uses the same fan-in ``C``).
     """
 
-    def __init__(self, num_windows: int, in_features: int, out_features: int, relu: bool = True,
-                 bias: bool = True):
+    def __init__(
+        self, num_windows: int, in_features: int, out_features: int, relu: bool = True, bias: bool = True
+    ):
         super().__init__()
-        for name, value in (("num_windows", num_windows), ("in_features", in_features),
-                            ("out_features", out_features)):
+        for name, value in (
+            ("num_windows", num_windows),
+            ("in_features", in_features),
+            ("out_features", out_features),
+        ):
             if int(value) < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         self.num_windows = int(num_windows)
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.relu = relu
-        self.conv = nn.Conv1d(self.num_windows * self.in_features, self.num_windows * self.out_features,
-                              kernel_size=1, groups=self.num_windows, bias=bias)
+        self.conv = nn.Conv1d(
+            self.num_windows * self.in_features,
+            self.num_windows * self.out_features,
+            kernel_size=1,
+            groups=self.num_windows,
+            bias=bias,
+        )
 
     @classmethod
     def from_linears(cls, linears: Sequence[nn.Linear], relu: bool = True) -> PerWindowLinear:
@@ -63,8 +72,9 @@ class PerWindowLinear(nn.Module):
         if not linears:
             raise ValueError("from_linears needs at least one nn.Linear")
         first = linears[0]
-        if any(lin.in_features != first.in_features or lin.out_features != first.out_features
-               for lin in linears):
+        if any(
+            lin.in_features != first.in_features or lin.out_features != first.out_features for lin in linears
+        ):
             raise ValueError("all linears must have the same in_features and out_features")
         has_bias = first.bias is not None
         if any((lin.bias is not None) != has_bias for lin in linears):
@@ -83,23 +93,26 @@ class PerWindowLinear(nn.Module):
         lin = nn.Linear(self.in_features, d, bias=self.conv.bias is not None)
         lin.to(device=self.conv.weight.device, dtype=self.conv.weight.dtype)
         with torch.no_grad():
-            lin.weight.copy_(self.conv.weight[p * d:(p + 1) * d, :, 0])
+            lin.weight.copy_(self.conv.weight[p * d : (p + 1) * d, :, 0])
             if self.conv.bias is not None:
-                lin.bias.copy_(self.conv.bias[p * d:(p + 1) * d])
+                lin.bias.copy_(self.conv.bias[p * d : (p + 1) * d])
         return lin
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3 or x.shape[1] != self.num_windows or x.shape[2] != self.in_features:
-            raise ValueError(f"PerWindowLinear expects B×{self.num_windows}×{self.in_features}, "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"PerWindowLinear expects B×{self.num_windows}×{self.in_features}, got {tuple(x.shape)}"
+            )
         b = x.shape[0]
         y = self.conv(x.reshape(b, self.num_windows * self.in_features, 1))
         y = y.reshape(b, self.num_windows, self.out_features)
         return F.relu(y) if self.relu else y
 
     def extra_repr(self) -> str:
-        return (f"num_windows={self.num_windows}, in_features={self.in_features}, "
-                f"out_features={self.out_features}, relu={self.relu}")
+        return (
+            f"num_windows={self.num_windows}, in_features={self.in_features}, "
+            f"out_features={self.out_features}, relu={self.relu}"
+        )
 
 
 class _Trunk(nn.Module):
@@ -143,8 +156,9 @@ def _make_trunk(module: nn.Module, feature_stage: int, probe_input: torch.Tensor
         return _Trunk(module, "list", feature_stage)
     if torch.is_tensor(out) and out.dim() == 4:
         if feature_stage != -1:
-            raise ValueError("backbone_module returns a single feature map; feature_stage must be -1, "
-                             f"got {feature_stage}")
+            raise ValueError(
+                f"backbone_module returns a single feature map; feature_stage must be -1, got {feature_stage}"
+            )
         return _Trunk(module, "tensor", 0)
     if hasattr(module, "forward_intermediates"):
         index = feature_stage
@@ -153,9 +167,11 @@ def _make_trunk(module: nn.Module, feature_stage: int, probe_input: torch.Tensor
             # never get a gradient (DDP's unused-parameter error); returns the absolute stage index
             index = int(module.prune_intermediate_layers([feature_stage], prune_head=True)[0])
         return _Trunk(module, "intermediates", index)
-    raise ValueError("backbone_module must be a timm features_only model (returns a list of feature maps), "
-                     "a model returning one B×C×H×W map, or a timm model with forward_intermediates; "
-                     f"got {type(module).__name__} returning {type(out).__name__}")
+    raise ValueError(
+        "backbone_module must be a timm features_only model (returns a list of feature maps), "
+        "a model returning one B×C×H×W map, or a timm model with forward_intermediates; "
+        f"got {type(module).__name__} returning {type(out).__name__}"
+    )
 
 
 class QuantizationEncoder(nn.Module):
@@ -223,8 +239,13 @@ class QuantizationEncoder(nn.Module):
                 probe_input = probe_input.to(device=first.device, dtype=first.dtype)
 
         if backbone_module is None:
-            backbone_module = timm.create_model(backbone, pretrained=pretrained, features_only=True,
-                                                out_indices=(self.feature_stage,), in_chans=in_chans)
+            backbone_module = timm.create_model(
+                backbone,
+                pretrained=pretrained,
+                features_only=True,
+                out_indices=(self.feature_stage,),
+                in_chans=in_chans,
+            )
             self.backbone_name = backbone
             # the model returns exactly the one requested stage
             self.trunk = _Trunk(backbone_module, "list", 0)
@@ -315,12 +336,16 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, multi_label:
     b, p, k = logits.shape
     if multi_label:
         if labels.shape != (b, k):
-            raise ValueError(f"multi-label targets must be multi-hot B×K = {(b, k)}, got {tuple(labels.shape)}")
+            raise ValueError(
+                f"multi-label targets must be multi-hot B×K = {(b, k)}, got {tuple(labels.shape)}"
+            )
         target = labels.to(logits.dtype).unsqueeze(1).expand(b, p, k)
         return F.binary_cross_entropy_with_logits(logits, target)
     flat = logits.reshape(b * p, k)
     if labels.dim() == 1:
         return F.cross_entropy(flat, labels.long().repeat_interleave(p))
     if labels.shape != (b, k):
-        raise ValueError(f"single-label targets must be B ids or B×K probabilities, got {tuple(labels.shape)}")
+        raise ValueError(
+            f"single-label targets must be B ids or B×K probabilities, got {tuple(labels.shape)}"
+        )
     return F.cross_entropy(flat, labels.to(logits.dtype).repeat_interleave(p, dim=0))

@@ -12,9 +12,16 @@ import numpy as np
 import torch
 
 
-def precision_recall_curve(query_feats: Any, query_labels: Any, gallery_feats: Any, gallery_labels: Any, *,
-                           levels: int = 11, normalize: bool = True, max_queries: int = 256
-                           ) -> tuple[np.ndarray, np.ndarray]:
+def precision_recall_curve(
+    query_feats: Any,
+    query_labels: Any,
+    gallery_feats: Any,
+    gallery_labels: Any,
+    *,
+    levels: int = 11,
+    normalize: bool = True,
+    max_queries: int = 256,
+) -> tuple[np.ndarray, np.ndarray]:
     """Returns ``(recall_levels, mean_interpolated_precision)``; multi-hot labels use share-a-label relevance.
 
     Interpolated precision at recall r = max precision at any rank whose recall ≥ r (VOC 11-point style);
@@ -31,9 +38,11 @@ def precision_recall_curve(query_feats: Any, query_labels: Any, gallery_feats: A
         q = torch.nn.functional.normalize(q, dim=1)
         g = torch.nn.functional.normalize(g, dim=1)
     dist = torch.cdist(q, g)
-    order = torch.from_numpy(np.lexsort((np.broadcast_to(np.arange(g.shape[0]), dist.shape), dist.numpy()), axis=-1))
+    order = torch.from_numpy(
+        np.lexsort((np.broadcast_to(np.arange(g.shape[0]), dist.shape), dist.numpy()), axis=-1)
+    )
     if gl.dim() == 1:
-        rel = (ql[:, None] == gl[None, :])
+        rel = ql[:, None] == gl[None, :]
     else:
         rel = (ql.float() @ gl.float().T) > 0
     rel = torch.gather(rel, 1, order).float()

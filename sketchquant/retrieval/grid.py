@@ -26,8 +26,9 @@ def _thumb(path: str, size: int) -> Image.Image:
         return canvas
 
 
-def retrieval_grid(rows: Sequence[tuple[str, Sequence[tuple[str, bool]]]], size: int = 64, border: int = 4,
-                   gap: int = 12) -> Image.Image:
+def retrieval_grid(
+    rows: Sequence[tuple[str, Sequence[tuple[str, bool]]]], size: int = 64, border: int = 4, gap: int = 12
+) -> Image.Image:
     """``rows``: ``[(query_path, [(gallery_path, relevant), ...]), ...]`` → one RGB image."""
     if not rows:
         raise ValueError("retrieval_grid needs at least one row")

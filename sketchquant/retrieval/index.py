@@ -23,8 +23,14 @@ import faiss
 import numpy as np
 import torch
 
-__all__ = ["build_float_index", "build_code_index", "save_index", "load_index", "search_index",
-           "index_metadata"]
+__all__ = [
+    "build_float_index",
+    "build_code_index",
+    "save_index",
+    "load_index",
+    "search_index",
+    "index_metadata",
+]
 
 SIDECAR_SUFFIX = ".json"
 
@@ -110,7 +116,9 @@ def index_metadata(index: faiss.Index, metadata: dict | None = None) -> dict:
     meta["dimension"], meta["metric"], meta["ntotal"] = int(index.d), metric, int(index.ntotal)
     for field in ("labels", "paths"):
         if meta.get(field) is not None and len(meta[field]) != index.ntotal:
-            raise ValueError(f"metadata {field} has {len(meta[field])} entries but the index holds {index.ntotal}")
+            raise ValueError(
+                f"metadata {field} has {len(meta[field])} entries but the index holds {index.ntotal}"
+            )
     return meta
 
 
@@ -166,7 +174,9 @@ def load_index(path: str | os.PathLike, expected_dim: int | None = None) -> tupl
     except RuntimeError as exc:
         raise ValueError(f"index file {path} cannot be read by faiss: {str(exc).splitlines()[0]}") from exc
     if int(index.d) != int(meta["dimension"]):
-        raise ValueError(f"index {path} has dimension {index.d} but its sidecar {side} says {meta['dimension']}")
+        raise ValueError(
+            f"index {path} has dimension {index.d} but its sidecar {side} says {meta['dimension']}"
+        )
     if expected_dim is not None and int(index.d) != int(expected_dim):
         raise ValueError(f"index {path} has dimension {index.d} but the model produces {expected_dim}")
     return index, meta

@@ -138,21 +138,26 @@ def _check_single_labels(y: Any, n: int, field: str, feats_field: str, source: s
     return t.to(torch.int64)
 
 
-def _check_multi_labels(y: Any, n: int, field: str, feats_field: str, source: str | None,
-                        num_classes: int | None = None) -> torch.Tensor:
+def _check_multi_labels(
+    y: Any, n: int, field: str, feats_field: str, source: str | None, num_classes: int | None = None
+) -> torch.Tensor:
     t = _to_tensor(y, field, source)
     if t.ndim == 1:
         if t.is_floating_point() and not bool((t == t.round()).all()):
             raise ValueError(f"{_label(field, source)} must hold integer class ids (1-D) or 0/1 rows (2-D)")
         if t.shape[0] != n:
-            raise ValueError(f"{_label(field, source)} has {t.shape[0]} entries but {feats_field} has {n} rows")
+            raise ValueError(
+                f"{_label(field, source)} has {t.shape[0]} entries but {feats_field} has {n} rows"
+            )
         t = t.to(torch.int64)
         if t.numel() and int(t.min()) < 0:
             raise ValueError(f"{_label(field, source)} has negative class ids")
         c = num_classes if num_classes is not None else int(t.max()) + 1
         return F.one_hot(t, c).to(torch.float32)
     if t.ndim != 2:
-        raise ValueError(f"{_label(field, source)} must be N ints or an N×C 0/1 array, got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"{_label(field, source)} must be N ints or an N×C 0/1 array, got shape {tuple(t.shape)}"
+        )
     if t.shape[0] != n:
         raise ValueError(f"{_label(field, source)} has {t.shape[0]} rows but {feats_field} has {n} rows")
     t = t.to(torch.float32)
@@ -173,7 +178,9 @@ def _parse_ks(ks: Any, field: str) -> list[int | str]:
                 try:
                     k = int(k)
                 except ValueError:
-                    raise ValueError(f"{field} contains {k!r}; k must be a positive integer or 'all'") from None
+                    raise ValueError(
+                        f"{field} contains {k!r}; k must be a positive integer or 'all'"
+                    ) from None
             else:
                 out.append("all")
                 continue
@@ -226,7 +233,9 @@ def _prepare(q: torch.Tensor, g: torch.Tensor, normalize: bool) -> tuple[torch.T
     return q, g, False
 
 
-def _make_distance_fn(q: torch.Tensor, g: torch.Tensor, metric: str) -> Callable[[torch.Tensor, torch.Tensor], None]:
+def _make_distance_fn(
+    q: torch.Tensor, g: torch.Tensor, metric: str
+) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """``fill(query_indices, out)`` writes the ``n × N`` distances into ``out`` (no new big allocation)."""
     g_t = g.T
     q_max = float((q * q).sum(1).max()) ** 0.5
@@ -234,9 +243,11 @@ def _make_distance_fn(q: torch.Tensor, g: torch.Tensor, metric: str) -> Callable
     if not math.isfinite((q_max + g_max) ** 2) or (q_max + g_max) ** 2 > 1e37:
         raise ValueError("feature norms are too large: distances would overflow float32")
     if metric == "ip":
+
         def fill_ip(idx: torch.Tensor, out: torch.Tensor) -> None:
             torch.matmul(q[idx], g_t, out=out)
             out.neg_()
+
         return fill_ip
     g_sq = (g * g).sum(1)
 
@@ -253,7 +264,9 @@ def _wrap_user_fn(distance_fn: Callable[[torch.Tensor], Any], n_gallery: int) ->
         d = distance_fn(idx)
         d = d if isinstance(d, torch.Tensor) else torch.as_tensor(np.asarray(d))
         if tuple(d.shape) != (idx.numel(), n_gallery):
-            raise ValueError(f"distance_fn returned shape {tuple(d.shape)}, expected ({idx.numel()}, {n_gallery})")
+            raise ValueError(
+                f"distance_fn returned shape {tuple(d.shape)}, expected ({idx.numel()}, {n_gallery})"
+            )
         out.copy_(d)
 
     return fill
@@ -263,13 +276,15 @@ class _Workspace:
     """Buffers reused by every chunk: fresh multi-MB tensors per chunk cost more in page faults than
     the arithmetic on them."""
 
-    def __init__(self, rows: int, n_gallery: int, device: torch.device, exact_integer: bool,
-                 check_finite: bool = True) -> None:
+    def __init__(
+        self, rows: int, n_gallery: int, device: torch.device, exact_integer: bool, check_finite: bool = True
+    ) -> None:
         self.check_finite = check_finite
         self.n_gallery = n_gallery
         self.exact = exact_integer
-        self.d = torch.empty(rows, n_gallery, device=device,
-                             dtype=torch.float64 if exact_integer else torch.float32)
+        self.d = torch.empty(
+            rows, n_gallery, device=device, dtype=torch.float64 if exact_integer else torch.float32
+        )
         self.t = None if exact_integer else torch.empty(rows, n_gallery, device=device, dtype=torch.int32)
         self.k = torch.empty(rows, n_gallery, device=device, dtype=torch.int64)
         self.offset = torch.arange(n_gallery, device=device, dtype=torch.int64)
@@ -295,7 +310,9 @@ class _Workspace:
             self.lo = lo
             span = int((k.amax() - k.amin()).item()) + 1
             if span * n_gallery >= 2**62:
-                raise ValueError("integer distances are too large to rank exactly; pass float features instead")
+                raise ValueError(
+                    "integer distances are too large to rank exactly; pass float features instead"
+                )
             k.sub_(lo).mul_(n_gallery).add_(self.offset)
             return k
         t = self.t[:m]
@@ -401,8 +418,15 @@ def _flags_to_ranks(flags: torch.Tensor, pad: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------
 # per-query metrics from ranks
 # ----------------------------------------------------------------------------------------------------
-def _per_query(ranks: torch.Tensor, tot_pos: torch.Tensor, n_gallery: int, map_at: list, p_at: list,
-               ap: str, protocol: str) -> dict[str, torch.Tensor]:
+def _per_query(
+    ranks: torch.Tensor,
+    tot_pos: torch.Tensor,
+    n_gallery: int,
+    map_at: list,
+    p_at: list,
+    ap: str,
+    protocol: str,
+) -> dict[str, torch.Tensor]:
     ranks = ranks.to(torch.float64)
     tot = tot_pos.to(torch.float64)
     j = torch.arange(1, ranks.shape[1] + 1, dtype=torch.float64, device=ranks.device)
@@ -418,8 +442,9 @@ def _per_query(ranks: torch.Tensor, tot_pos: torch.Tensor, n_gallery: int, map_a
             denom = torch.clamp(torch.minimum(tot, torch.full_like(tot, kk)), min=1.0)
             out[metric_name("map", k)] = prec.sum(1) / denom
         else:
-            out[metric_name("map", k)] = torch.where(hits > 0, prec.sum(1) / hits.clamp(min=1.0),
-                                                     torch.zeros_like(hits))
+            out[metric_name("map", k)] = torch.where(
+                hits > 0, prec.sum(1) / hits.clamp(min=1.0), torch.zeros_like(hits)
+            )
     for k in p_at:
         kk = n_gallery if k == "all" else min(int(k), n_gallery)
         out[metric_name("p", k)] = (ranks <= kk).sum(1).to(torch.float64) / kk
@@ -439,10 +464,20 @@ def _chunk_rows(n_gallery: int, chunk_size: int | None, memory_budget_mb: float)
     return max(1, int(memory_budget_mb * 2**20 // (_BYTES_PER_CELL * n_gallery)))
 
 
-def _run(fill: Callable[[torch.Tensor, torch.Tensor], None], n_query: int, n_gallery: int,
-         rel_fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], exact_integer: bool, map_at: list,
-         p_at: list, ap: str, protocol: str, chunk: int, device: torch.device,
-         check_finite: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def _run(
+    fill: Callable[[torch.Tensor, torch.Tensor], None],
+    n_query: int,
+    n_gallery: int,
+    rel_fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    exact_integer: bool,
+    map_at: list,
+    p_at: list,
+    ap: str,
+    protocol: str,
+    chunk: int,
+    device: torch.device,
+    check_finite: bool = False,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Per-query metric values (float64, CPU) and each query's number of relevant gallery items.
 
     ``rel_fn(query_indices) -> (relevance n × N bool, #relevant per query n)``."""
@@ -472,7 +507,9 @@ def _run(fill: Callable[[torch.Tensor, torch.Tensor], None], n_query: int, n_gal
     return {k: torch.cat(v) for k, v in per.items()}, torch.cat(tots)
 
 
-def _sbir_rel_fn(ql: torch.Tensor, gl: torch.Tensor) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+def _sbir_rel_fn(
+    ql: torch.Tensor, gl: torch.Tensor
+) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     classes, counts = torch.unique(gl, return_counts=True)
     pos = torch.searchsorted(classes, ql).clamp(max=classes.numel() - 1)
     tot_all = torch.where(classes[pos] == ql, counts[pos], torch.zeros_like(pos))
@@ -493,8 +530,9 @@ def _needs_full(map_at: list, p_at: list, n_gallery: int) -> bool:
     return any(k == "all" for k in ks) or bool(finite and min(max(finite), n_gallery) * 4 >= n_gallery)
 
 
-def _class_row_ranks(d: np.ndarray, blk: tuple[int, int], gidx: np.ndarray, n_buckets: int,
-                     t: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _class_row_ranks(
+    d: np.ndarray, blk: tuple[int, int], gidx: np.ndarray, n_buckets: int, t: np.ndarray, b: np.ndarray
+) -> np.ndarray:
     """Ascending 1-based ranks of the relevant items ``d[s:e]`` of one distance row (float32, gallery
     sorted by class so that the relevant items are one block); ``gidx`` = original gallery index of
     each column (ties → lowest original index). ``t``/``b``: float32/intp scratch of ``d``'s length.
@@ -544,8 +582,9 @@ def _class_row_ranks(d: np.ndarray, blk: tuple[int, int], gidx: np.ndarray, n_bu
     return ranks
 
 
-def _row_metrics(ranks: np.ndarray, n_rel: int, n_gallery: int, map_at: list, p_at: list, ap: str,
-                 out: np.ndarray) -> None:
+def _row_metrics(
+    ranks: np.ndarray, n_rel: int, n_gallery: int, map_at: list, p_at: list, ap: str, out: np.ndarray
+) -> None:
     """:func:`_per_query` (sbir) for one query from its ascending ranks, written into ``out``."""
     j = np.arange(1, ranks.size + 1, dtype=np.float64)
     prec_all = j / ranks
@@ -564,9 +603,18 @@ def _row_metrics(ranks: np.ndarray, n_rel: int, n_gallery: int, map_at: list, p_
         col += 1
 
 
-def _sbir_full_by_class(q: torch.Tensor, ql: torch.Tensor, g: torch.Tensor, gl: torch.Tensor, metric: str,
-                        map_at: list, p_at: list, ap: str, chunk: int,
-                        n_buckets: int | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def _sbir_full_by_class(
+    q: torch.Tensor,
+    ql: torch.Tensor,
+    g: torch.Tensor,
+    gl: torch.Tensor,
+    metric: str,
+    map_at: list,
+    p_at: list,
+    ap: str,
+    chunk: int,
+    n_buckets: int | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """:func:`_run` for the sbir protocol with every relevant rank (k = all), CPU float32 features.
 
     The gallery is sorted by class (stably: the original index still breaks ties), so each query's
@@ -604,7 +652,7 @@ def _sbir_full_by_class(q: torch.Tensor, ql: torch.Tensor, g: torch.Tensor, gl: 
     pool = ThreadPoolExecutor(workers) if workers > 1 else None
     try:
         for lo in range(0, q_order.size, chunk):
-            rows = q_order[lo: lo + chunk]
+            rows = q_order[lo : lo + chunk]
             m = rows.size
             s_t = s_buf[: n_gallery * m].view(n_gallery, m)
             torch.mm(g_sorted, q[torch.from_numpy(rows)].T, out=s_t)
@@ -637,7 +685,9 @@ def _sbir_full_by_class(q: torch.Tensor, ql: torch.Tensor, g: torch.Tensor, gl: 
     return {name: torch.from_numpy(vals[i]) for i, name in enumerate(names)}, torch.from_numpy(tot)
 
 
-def _sbir_aggregate(per: dict[str, torch.Tensor], tot: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+def _sbir_aggregate(
+    per: dict[str, torch.Tensor], tot: torch.Tensor, labels: torch.Tensor
+) -> dict[str, float]:
     keep = tot > 0
     out: dict[str, float] = {}
     lab = labels.cpu()[keep]
@@ -656,12 +706,22 @@ def _sbir_aggregate(per: dict[str, torch.Tensor], tot: torch.Tensor, labels: tor
     return out
 
 
-def sbir_metrics(query_feats: Any, query_labels: Any, gallery_feats: Any, gallery_labels: Any, *,
-                 map_at: Iterable[int | str] = ("all",), p_at: Iterable[int | str] = (100,), ap: str = "voc",
-                 metric: str = "l2", normalize: bool = True,
-                 distance_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 chunk_size: int | None = None, memory_budget_mb: float = 512,
-                 source: Sequence[str] | None = None) -> dict[str, float]:
+def sbir_metrics(
+    query_feats: Any,
+    query_labels: Any,
+    gallery_feats: Any,
+    gallery_labels: Any,
+    *,
+    map_at: Iterable[int | str] = ("all",),
+    p_at: Iterable[int | str] = (100,),
+    ap: str = "voc",
+    metric: str = "l2",
+    normalize: bool = True,
+    distance_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    chunk_size: int | None = None,
+    memory_budget_mb: float = 512,
+    source: Sequence[str] | None = None,
+) -> dict[str, float]:
     """Zero-shot SBIR metrics, SAKE-compatible (see the module docstring for the exact formulas).
 
     ``query_feats`` ``Q × d`` / ``gallery_feats`` ``N × d`` (numpy or torch, any device), labels 1-D class
@@ -684,12 +744,25 @@ def sbir_metrics(query_feats: Any, query_labels: Any, gallery_feats: Any, galler
     _check_dims(q, g, (_label("query_feats", sq), _label("gallery_feats", sg)))
     ql = _check_single_labels(query_labels, q.shape[0], "query_labels", "query_feats", sq)
     gl = _check_single_labels(gallery_labels, g.shape[0], "gallery_labels", "gallery_feats", sg)
-    return _sbir_core(q, ql, g, gl, map_ks, p_ks, ap, metric, normalize, distance_fn, chunk_size, memory_budget_mb)
+    return _sbir_core(
+        q, ql, g, gl, map_ks, p_ks, ap, metric, normalize, distance_fn, chunk_size, memory_budget_mb
+    )
 
 
-def _sbir_core(q: torch.Tensor, ql: torch.Tensor, g: torch.Tensor, gl: torch.Tensor, map_ks: list, p_ks: list,
-               ap: str, metric: str, normalize: bool, distance_fn: Callable | None, chunk_size: int | None,
-               memory_budget_mb: float) -> dict[str, float]:
+def _sbir_core(
+    q: torch.Tensor,
+    ql: torch.Tensor,
+    g: torch.Tensor,
+    gl: torch.Tensor,
+    map_ks: list,
+    p_ks: list,
+    ap: str,
+    metric: str,
+    normalize: bool,
+    distance_fn: Callable | None,
+    chunk_size: int | None,
+    memory_budget_mb: float,
+) -> dict[str, float]:
     n_gallery = g.shape[0]
     device = g.device if distance_fn is None else torch.device("cpu")
     exact = False
@@ -708,15 +781,35 @@ def _sbir_core(q: torch.Tensor, ql: torch.Tensor, g: torch.Tensor, gl: torch.Ten
         return _sbir_aggregate(per, tot, ql)
     chunk = _chunk_rows(n_gallery, chunk_size, memory_budget_mb)
     rel_fn = _sbir_rel_fn(ql_d, gl_d)
-    per, tot = _run(dist_fn, ql.shape[0], n_gallery, rel_fn, exact, map_ks, p_ks, ap, "sbir", chunk, device,
-                    check_finite=distance_fn is not None)
+    per, tot = _run(
+        dist_fn,
+        ql.shape[0],
+        n_gallery,
+        rel_fn,
+        exact,
+        map_ks,
+        p_ks,
+        ap,
+        "sbir",
+        chunk,
+        device,
+        check_finite=distance_fn is not None,
+    )
     return _sbir_aggregate(per, tot, ql)
 
 
-def sbir_metrics_from_distances(dist: Any, query_labels: Any, gallery_labels: Any, *,
-                                map_at: Iterable[int | str] = ("all",), p_at: Iterable[int | str] = (100,),
-                                ap: str = "voc", chunk_size: int | None = None, memory_budget_mb: float = 512,
-                                source: Sequence[str] | None = None) -> dict[str, float]:
+def sbir_metrics_from_distances(
+    dist: Any,
+    query_labels: Any,
+    gallery_labels: Any,
+    *,
+    map_at: Iterable[int | str] = ("all",),
+    p_at: Iterable[int | str] = (100,),
+    ap: str = "voc",
+    chunk_size: int | None = None,
+    memory_budget_mb: float = 512,
+    source: Sequence[str] | None = None,
+) -> dict[str, float]:
     """:func:`sbir_metrics` from a precomputed ``Q × N`` distance matrix (lower = closer; float64 input
     is ranked as float32). Same names and tie rule."""
     sq, sg = _sources(source)
@@ -737,16 +830,27 @@ def sbir_metrics_from_distances(dist: Any, query_labels: Any, gallery_labels: An
 
     rel_fn = _sbir_rel_fn(ql, gl)
     chunk = _chunk_rows(n_gallery, chunk_size, memory_budget_mb)
-    per, tot = _run(dist_fn, d.shape[0], n_gallery, rel_fn, exact, map_ks, p_ks, ap, "sbir", chunk,
-                    torch.device("cpu"))
+    per, tot = _run(
+        dist_fn, d.shape[0], n_gallery, rel_fn, exact, map_ks, p_ks, ap, "sbir", chunk, torch.device("cpu")
+    )
     return _sbir_aggregate(per, tot, ql)
 
 
-def hashing_metrics(query_feats: Any, query_labels: Any, gallery_feats: Any, gallery_labels: Any, *,
-                    map_at: Iterable[int | str] = (1000,), p_at: Iterable[int | str] = (), metric: str = "l2",
-                    normalize: bool = False, distance_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                    chunk_size: int | None = None, memory_budget_mb: float = 512,
-                    source: Sequence[str] | None = None) -> dict[str, float]:
+def hashing_metrics(
+    query_feats: Any,
+    query_labels: Any,
+    gallery_feats: Any,
+    gallery_labels: Any,
+    *,
+    map_at: Iterable[int | str] = (1000,),
+    p_at: Iterable[int | str] = (),
+    metric: str = "l2",
+    normalize: bool = False,
+    distance_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    chunk_size: int | None = None,
+    memory_budget_mb: float = 512,
+    source: Sequence[str] | None = None,
+) -> dict[str, float]:
     """Multi-label retrieval metrics, DeepHash-pytorch ``CalcTopMap``-compatible.
 
     Labels: ``N × C`` 0/1 multi-hot, or ``N`` ints (turned into one-hot). Relevant = shares ≥ 1 label.
@@ -773,8 +877,10 @@ def hashing_metrics(query_feats: Any, query_labels: Any, gallery_feats: Any, gal
     ql = _check_multi_labels(qt, q.shape[0], "query_labels", "query_feats", sq, num_classes)
     gl = _check_multi_labels(gt, g.shape[0], "gallery_labels", "gallery_feats", sg, num_classes)
     if ql.shape[1] != gl.shape[1]:
-        raise ValueError(f"label widths differ: query_labels has {ql.shape[1]} classes but gallery_labels has "
-                         f"{gl.shape[1]}")
+        raise ValueError(
+            f"label widths differ: query_labels has {ql.shape[1]} classes but gallery_labels has "
+            f"{gl.shape[1]}"
+        )
     n_gallery = g.shape[0]
     device = g.device if distance_fn is None else torch.device("cpu")
     exact = False
@@ -791,16 +897,35 @@ def hashing_metrics(query_feats: Any, query_labels: Any, gallery_feats: Any, gal
         return rel, rel.view(torch.uint8).sum(1, dtype=torch.int64)
 
     chunk = _chunk_rows(n_gallery, chunk_size, memory_budget_mb)
-    per, tot = _run(dist_fn, q.shape[0], n_gallery, rel_fn, exact, map_ks, p_ks, "standard", "hashing",
-                    chunk, device, check_finite=distance_fn is not None)
+    per, tot = _run(
+        dist_fn,
+        q.shape[0],
+        n_gallery,
+        rel_fn,
+        exact,
+        map_ks,
+        p_ks,
+        "standard",
+        "hashing",
+        chunk,
+        device,
+        check_finite=distance_fn is not None,
+    )
     out: dict[str, float] = {name: float(v.mean()) for name, v in per.items()}
     out["num_queries"] = int(q.shape[0])
     out["num_queries_no_relevant"] = int((tot == 0).sum())
     return out
 
 
-def topk_neighbors(query_feats: Any, gallery_feats: Any, k: int, metric: str = "l2", normalize: bool = True,
-                   chunk_size: int | None = None, memory_budget_mb: float = 512) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_neighbors(
+    query_feats: Any,
+    gallery_feats: Any,
+    k: int,
+    metric: str = "l2",
+    normalize: bool = True,
+    chunk_size: int | None = None,
+    memory_budget_mb: float = 512,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` nearest gallery items of each query: ``(scores, indices)``, both ``Q × min(k, N)``, CPU.
 
     Same ranking and tie rule as the metrics (ties → lowest gallery index first). ``scores`` are

@@ -29,7 +29,9 @@ def load_npz_features(path: str | os.PathLike, multilabel_ok: bool = False) -> t
             keys = set(data.files)
             for field in ("features", "labels"):
                 if field not in keys:
-                    raise ValueError(f"{path}: missing field {field!r} (fields present: {sorted(keys) or 'none'})")
+                    raise ValueError(
+                        f"{path}: missing field {field!r} (fields present: {sorted(keys) or 'none'})"
+                    )
             feats = data["features"]
             labels = data["labels"]
     except ValueError:
@@ -50,10 +52,14 @@ def load_npz_features(path: str | os.PathLike, multilabel_ok: bool = False) -> t
         want = "N ints or N × C 0/1" if multilabel_ok else "N class ids"
         raise ValueError(f"{path}: field 'labels' must be {want}, got shape {labels.shape}")
     if labels.shape[0] != feats.shape[0]:
-        raise ValueError(f"{path}: field 'labels' has {labels.shape[0]} entries but 'features' has "
-                         f"{feats.shape[0]} rows")
-    if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.bool_)
-            or np.issubdtype(labels.dtype, np.floating)):
+        raise ValueError(
+            f"{path}: field 'labels' has {labels.shape[0]} entries but 'features' has {feats.shape[0]} rows"
+        )
+    if not (
+        np.issubdtype(labels.dtype, np.integer)
+        or np.issubdtype(labels.dtype, np.bool_)
+        or np.issubdtype(labels.dtype, np.floating)
+    ):
         raise ValueError(f"{path}: field 'labels' must be numeric, got dtype {labels.dtype}")
     if np.issubdtype(labels.dtype, np.floating):
         if not np.isfinite(labels).all() or not (labels == np.round(labels)).all():
@@ -81,9 +87,16 @@ def _print_table(result: dict[str, Any], title: str, stream: TextIO) -> None:
             print(f"{key:32s} {value:.4f}" if isinstance(value, float) else f"{key:32s} {value}", file=stream)
 
 
-def eval_features(query_path: str | os.PathLike, gallery_path: str | os.PathLike, protocol: str = "sbir",
-                  ks: Sequence[int] = (100, 200), ap: str = "voc", as_json: bool = False,
-                  metric: str | None = None, stream: TextIO | None = None) -> dict[str, Any]:
+def eval_features(
+    query_path: str | os.PathLike,
+    gallery_path: str | os.PathLike,
+    protocol: str = "sbir",
+    ks: Sequence[int] = (100, 200),
+    ap: str = "voc",
+    as_json: bool = False,
+    metric: str | None = None,
+    stream: TextIO | None = None,
+) -> dict[str, Any]:
     """Evaluate two npz feature files; prints a table, or (``as_json``) one JSON object and nothing else.
 
     - ``sbir``: ``map_all`` plus ``map_<k>`` and ``p_<k>`` for each k (SAKE protocol, class-mean; the
@@ -102,22 +115,35 @@ def eval_features(query_path: str | os.PathLike, gallery_path: str | os.PathLike
     qf, ql = load_npz_features(query_path, multilabel_ok=protocol == "hashing")
     gf, gl = load_npz_features(gallery_path, multilabel_ok=protocol == "hashing")
     if qf.shape[1] != gf.shape[1]:
-        raise ValueError(f"{os.fspath(query_path)} has feature dimension {qf.shape[1]} but "
-                         f"{os.fspath(gallery_path)} has {gf.shape[1]}")
+        raise ValueError(
+            f"{os.fspath(query_path)} has feature dimension {qf.shape[1]} but "
+            f"{os.fspath(gallery_path)} has {gf.shape[1]}"
+        )
     source = (os.fspath(query_path), os.fspath(gallery_path))
     if protocol == "sbir":
-        res = sbir_metrics(qf, ql, gf, gl, map_at=("all", *ks), p_at=tuple(ks), ap=ap, metric=metric,
-                           source=source)
+        res = sbir_metrics(
+            qf, ql, gf, gl, map_at=("all", *ks), p_at=tuple(ks), ap=ap, metric=metric, source=source
+        )
     else:
-        res = hashing_metrics(qf, ql, gf, gl, map_at=("all", *ks), p_at=tuple(ks), metric=metric, source=source)
-    out: dict[str, Any] = {"protocol": protocol, "ap": ap if protocol == "sbir" else "calc_top_map",
-                           "metric": metric, "query": source[0], "gallery": source[1],
-                           "num_gallery": int(gf.shape[0])}
+        res = hashing_metrics(
+            qf, ql, gf, gl, map_at=("all", *ks), p_at=tuple(ks), metric=metric, source=source
+        )
+    out: dict[str, Any] = {
+        "protocol": protocol,
+        "ap": ap if protocol == "sbir" else "calc_top_map",
+        "metric": metric,
+        "query": source[0],
+        "gallery": source[1],
+        "num_gallery": int(gf.shape[0]),
+    }
     out.update(res)
     stream = stream or sys.stdout
     if as_json:
         stream.write(json.dumps(out, sort_keys=False) + "\n")
     else:
-        _print_table({k: v for k, v in out.items() if k not in ("query", "gallery")},
-                     f"{protocol}: {source[0]} → {source[1]}", stream)
+        _print_table(
+            {k: v for k, v in out.items() if k not in ("query", "gallery")},
+            f"{protocol}: {source[0]} → {source[1]}",
+            stream,
+        )
     return out

@@ -49,8 +49,9 @@ def _as_f32(x: Any, field: str) -> np.ndarray:
     return a
 
 
-def fit_product_quantizer(gallery_feats: Any, m: int = 2, k: int = 32, seed: int = 0,
-                          niter: int = 25) -> faiss.ProductQuantizer:
+def fit_product_quantizer(
+    gallery_feats: Any, m: int = 2, k: int = 32, seed: int = 0, niter: int = 25
+) -> faiss.ProductQuantizer:
     """Fit ``faiss.ProductQuantizer(d, m, log2 k)`` on the gallery features (float32 ``N × d``)."""
     x = _as_f32(gallery_feats, "gallery_feats")
     n, d = x.shape
@@ -59,7 +60,9 @@ def fit_product_quantizer(gallery_feats: Any, m: int = 2, k: int = 32, seed: int
     if d % m != 0:
         raise ValueError(f"feature dimension d={d} is not divisible by m={m} subspaces")
     if k <= 1 or k & (k - 1):
-        raise ValueError(f"k={k} centres per subspace must be a power of two ≥ 2 (faiss PQ uses nbits = log2 k)")
+        raise ValueError(
+            f"k={k} centres per subspace must be a power of two ≥ 2 (faiss PQ uses nbits = log2 k)"
+        )
     if k > n:
         raise ValueError(f"k={k} centres per subspace is more than the gallery size {n}")
     pq = faiss.ProductQuantizer(d, m, int(k).bit_length() - 1)
@@ -73,7 +76,9 @@ def prototype_features(pq: faiss.ProductQuantizer, feats: Any) -> np.ndarray:
     """``pq.decode(pq.compute_codes(x))``: every sub-vector replaced by its nearest centre (float32)."""
     x = _as_f32(feats, "feats")
     if x.shape[1] != pq.d:
-        raise ValueError(f"feats have dimension {x.shape[1]} but the quantiser was fitted on dimension {pq.d}")
+        raise ValueError(
+            f"feats have dimension {x.shape[1]} but the quantiser was fitted on dimension {pq.d}"
+        )
     return np.ascontiguousarray(pq.decode(pq.compute_codes(x)), dtype=np.float32)
 
 
@@ -94,8 +99,9 @@ def _euclid(qc: torch.Tensor, g: torch.Tensor, g_sq: torch.Tensor) -> torch.Tens
     return d.clamp_(min=0.0).sqrt_()
 
 
-def fused_distance_fn(query_feats: Any, raw_gallery: Any, proto_gallery: Any,
-                      lam: float = 0.2) -> Callable[[torch.Tensor], torch.Tensor]:
+def fused_distance_fn(
+    query_feats: Any, raw_gallery: Any, proto_gallery: Any, lam: float = 0.2
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """ClusterRetr distance fusion for :func:`~sketchquant.retrieval.metrics.sbir_metrics`'s
     ``distance_fn``: ``f(query_indices) = (1 − λ)·‖q − x̂‖ + λ·‖q − x‖`` (``n × N``, float32).
 
@@ -106,7 +112,9 @@ def fused_distance_fn(query_feats: Any, raw_gallery: Any, proto_gallery: Any,
     x = torch.from_numpy(_as_f32(raw_gallery, "raw_gallery"))
     xh = torch.from_numpy(_as_f32(proto_gallery, "proto_gallery"))
     if x.shape != xh.shape:
-        raise ValueError(f"raw_gallery has shape {tuple(x.shape)} but proto_gallery has shape {tuple(xh.shape)}")
+        raise ValueError(
+            f"raw_gallery has shape {tuple(x.shape)} but proto_gallery has shape {tuple(xh.shape)}"
+        )
     if q.shape[1] != x.shape[1]:
         raise ValueError(f"query_feats has dimension {q.shape[1]} but raw_gallery has dimension {x.shape[1]}")
     if not 0.0 <= lam <= 1.0:
@@ -122,9 +130,19 @@ def fused_distance_fn(query_feats: Any, raw_gallery: Any, proto_gallery: Any,
     return dist
 
 
-def prototype_retrieval_metrics(query: Any, q_labels: Any, gallery: Any, g_labels: Any, m: int = 2, k: int = 32,
-                                lam: float = 0.2, fusion: str = "feature", normalize: bool = True, seed: int = 0,
-                                **metric_kwargs: Any) -> dict[str, dict[str, float]]:
+def prototype_retrieval_metrics(
+    query: Any,
+    q_labels: Any,
+    gallery: Any,
+    g_labels: Any,
+    m: int = 2,
+    k: int = 32,
+    lam: float = 0.2,
+    fusion: str = "feature",
+    normalize: bool = True,
+    seed: int = 0,
+    **metric_kwargs: Any,
+) -> dict[str, dict[str, float]]:
     """SBIR metrics for the ``raw``, ``proto`` and ``fused`` gallery (SPEC §B S5–S6).
 
     ``fusion="feature"``: rank by ``x̃ = (1 − λ)x̂ + λx``; ``fusion="distance"``: rank by
@@ -148,9 +166,11 @@ def prototype_retrieval_metrics(query: Any, q_labels: Any, gallery: Any, g_label
         "proto": sbir_metrics(q, q_labels, xh, g_labels, normalize=False, **metric_kwargs),
     }
     if fusion == "feature":
-        out["fused"] = sbir_metrics(q, q_labels, fuse_features(x, xh, lam), g_labels, normalize=False,
-                                    **metric_kwargs)
+        out["fused"] = sbir_metrics(
+            q, q_labels, fuse_features(x, xh, lam), g_labels, normalize=False, **metric_kwargs
+        )
     else:
-        out["fused"] = sbir_metrics(q, q_labels, x, g_labels, distance_fn=fused_distance_fn(q, x, xh, lam),
-                                    **metric_kwargs)
+        out["fused"] = sbir_metrics(
+            q, q_labels, x, g_labels, distance_fn=fused_distance_fn(q, x, xh, lam), **metric_kwargs
+        )
     return out
