@@ -91,6 +91,17 @@ def find_resume(cfg: DictConfig) -> tuple[Path, Path] | None:
     return run_dir, ckpt
 
 
+#: the loggers whose records go to a run's ``train.log``
+RUN_LOG_LOGGERS = (
+    "sketchquant",
+    "pytorch_lightning",
+    "lightning",
+    "datamodules",
+    "lightning_modules",
+    "callbacks",
+)
+
+
 @rank_zero_only
 def _setup_file_logging(run_dir: Path) -> None:
     """``train.log`` for rank 0. Idempotent: also called in ddp_spawn workers (see :class:`_RunFileLogging`)."""
@@ -102,14 +113,7 @@ def _setup_file_logging(run_dir: Path) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(lambda record: getattr(rank_zero_only, "rank", 0) == 0)  # ddp_fork: rank 1 inherits it
     handler.sketchquant_run_log = True
-    for name in (
-        "sketchquant",
-        "pytorch_lightning",
-        "lightning",
-        "datamodules",
-        "lightning_modules",
-        "callbacks",
-    ):
+    for name in RUN_LOG_LOGGERS:
         logger = logging.getLogger(name)
         for old in [h for h in logger.handlers if getattr(h, "sketchquant_run_log", False)]:
             logger.removeHandler(old)  # an earlier train() in this process: its run's log stays its own

@@ -334,7 +334,7 @@ def test_train_log_handler_is_per_run_and_idempotent(tmp_path):
     its own train.log."""
     import logging
 
-    from sketchquant.run import _setup_file_logging
+    from sketchquant.run import RUN_LOG_LOGGERS, _setup_file_logging
 
     log = logging.getLogger("sketchquant")
     try:
@@ -347,14 +347,7 @@ def test_train_log_handler_is_per_run_and_idempotent(tmp_path):
         assert "second run only" in (tmp_path / "run2" / "train.log").read_text()
         assert "second run only" not in (tmp_path / "run1" / "train.log").read_text()
     finally:
-        for name in (
-            "sketchquant",
-            "pytorch_lightning",
-            "lightning",
-            "datamodules",
-            "lightning_modules",
-            "callbacks",
-        ):
+        for name in RUN_LOG_LOGGERS:
             logger = logging.getLogger(name)
             for h in [h for h in logger.handlers if getattr(h, "sketchquant_run_log", False)]:
                 logger.removeHandler(h)

@@ -259,6 +259,17 @@ def _make_distance_fn(
     return fill_l2
 
 
+def _distance_setup(
+    q: torch.Tensor, g: torch.Tensor, metric: str, normalize: bool, distance_fn: Callable | None
+) -> tuple[torch.device, torch.Tensor, torch.Tensor, bool, Callable]:
+    """Where to rank and how: ``(device, q, g, exact, fill)`` with ``q``/``g`` prepared (normalised, or
+    integer for exact codes) when the built-in distance is used; a user ``distance_fn`` runs on the CPU."""
+    if distance_fn is not None:
+        return torch.device("cpu"), q, g, False, _wrap_user_fn(distance_fn, g.shape[0])
+    q, g, exact = _prepare(q.to(g.device), g, normalize)
+    return g.device, q, g, exact, _make_distance_fn(q, g, metric)
+
+
 def _wrap_user_fn(distance_fn: Callable[[torch.Tensor], Any], n_gallery: int) -> Callable:
     def fill(idx: torch.Tensor, out: torch.Tensor) -> None:
         d = distance_fn(idx)
@@ -764,13 +775,7 @@ def _sbir_core(
     memory_budget_mb: float,
 ) -> dict[str, float]:
     n_gallery = g.shape[0]
-    device = g.device if distance_fn is None else torch.device("cpu")
-    exact = False
-    if distance_fn is None:
-        q, g, exact = _prepare(q.to(device), g, normalize)
-        dist_fn = _make_distance_fn(q, g, metric)
-    else:
-        dist_fn = _wrap_user_fn(distance_fn, n_gallery)
+    device, q, g, exact, dist_fn = _distance_setup(q, g, metric, normalize, distance_fn)
     ql_d = ql.to(device)
     gl_d = gl.to(device)
 
@@ -882,13 +887,7 @@ def hashing_metrics(
             f"{gl.shape[1]}"
         )
     n_gallery = g.shape[0]
-    device = g.device if distance_fn is None else torch.device("cpu")
-    exact = False
-    if distance_fn is None:
-        qf, gf, exact = _prepare(q.to(device), g, normalize)
-        dist_fn = _make_distance_fn(qf, gf, metric)
-    else:
-        dist_fn = _wrap_user_fn(distance_fn, n_gallery)
+    device, _, _, exact, dist_fn = _distance_setup(q, g, metric, normalize, distance_fn)
     ql_d = ql.to(device)
     gl_t = gl.to(device).T.contiguous()
 
