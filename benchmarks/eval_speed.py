@@ -112,7 +112,7 @@ def reference(q, ql, g, gl):
 def run_scale(name: str, ref_queries: int) -> dict:
     import torch
 
-    from sketchquant.retrieval.metrics import sbir_metrics
+    from sketchquant.core.retrieval.metrics import sbir_metrics
 
     cfg = SCALES[name]
     t0 = time.perf_counter()

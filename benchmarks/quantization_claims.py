@@ -123,7 +123,7 @@ def backbone_maps(dm, image_size: int, feature_stage: int) -> dict[str, torch.Te
     from datamodules.transforms import build_eval_transform
     from lightning_modules.components.backbones import create_backbone
     from lightning_modules.components.quant_encoder import _make_trunk
-    from sketchquant.batch import GALLERY, QUERY
+    from sketchquant.core.batch import GALLERY, QUERY
 
     trunk_model = create_backbone("tf_efficientnet_lite0", weights="efficientnet_lite0", num_classes=None)
     trunk = _make_trunk(
@@ -208,7 +208,7 @@ def train_head(v: Variant, maps: dict, seed: int, epochs: int, lr: float, alpha:
 
 
 def score(q, ql, g, gl) -> float:
-    from sketchquant.retrieval.metrics import hashing_metrics
+    from sketchquant.core.retrieval.metrics import hashing_metrics
 
     return float(hashing_metrics(q.float(), ql, g.float(), gl, map_at=("all",))["map_all"])
 
@@ -229,9 +229,9 @@ def sign_hash(f: dict) -> dict:
 
 
 def finetune_features(v: Variant, seed: int, epochs: int, extra: list[str], workdir: Path) -> dict:
-    from sketchquant.codes import load_quantization_model
-    from sketchquant.config import compose
-    from sketchquant.run import build_datamodule, train
+    from sketchquant.app.export import load_quantization_model
+    from sketchquant.core.config import compose
+    from sketchquant.app.train import build_datamodule, train
 
     ov = [
         f"model.window={v.window}",
@@ -255,7 +255,7 @@ def finetune_features(v: Variant, seed: int, epochs: int, extra: list[str], work
     dm = build_datamodule(cfg)
     dm.prepare_data()
     dm.setup("test")
-    from sketchquant.codes import _split_dataset
+    from sketchquant.app.export import _split_dataset
 
     feats = {}
     for split in ("train", "query", "database"):

@@ -69,8 +69,8 @@ TARGET_HEADROOM = 2.0
 
 
 def load_experiment(name: str, overrides: list[str], image_size: int | None):
-    from sketchquant.config import compose
-    from sketchquant.run import build_datamodule, build_module
+    from sketchquant.core.config import compose
+    from sketchquant.app.train import build_datamodule, build_module
 
     extra = [f"data.image_size={image_size}"] if image_size else []
     cfg = compose(name, [*extra, *overrides])
@@ -151,7 +151,7 @@ def run_bare_backbone(cfg, module, batches: list[dict], warmup: int, n: int) -> 
 
 def run_same_work(cfg, module, batches: list[dict], warmup: int, n: int) -> float:
     """The module's own computation (``_common_step``) in a plain loop: no Trainer, no callbacks, no logging."""
-    from sketchquant.batch import DOMAIN, IMAGE, PHOTO
+    from sketchquant.core.batch import DOMAIN, IMAGE, PHOTO
 
     mod = copy.deepcopy(module)
     mod.train()

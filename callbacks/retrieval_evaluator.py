@@ -23,7 +23,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from sketchquant.batch import DOMAIN, INDEX, LABEL, PHOTO, SKETCH
+from sketchquant.core.batch import DOMAIN, INDEX, LABEL, PHOTO, SKETCH
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class RetrievalEvaluator(pl.Callback):
     # evaluation
 
     def _metric_fn(self):
-        from sketchquant.retrieval.metrics import hashing_metrics, sbir_metrics
+        from sketchquant.core.retrieval.metrics import hashing_metrics, sbir_metrics
 
         return sbir_metrics if self.protocol == "sbir" else hashing_metrics
 
@@ -181,7 +181,7 @@ class RetrievalEvaluator(pl.Callback):
             res = fn(feats[qmask], labels[qmask], feats[gmask], labels[gmask], **self._kwargs())
             out.update({prefix + k: float(v) for k, v in res.items()})
             if stage == "test" and self.prototypes and name == "raw":
-                from sketchquant.retrieval.prototypes import prototype_retrieval_metrics
+                from sketchquant.core.retrieval.prototypes import prototype_retrieval_metrics
 
                 both = prototype_retrieval_metrics(
                     feats[qmask],
@@ -221,7 +221,7 @@ class RetrievalEvaluator(pl.Callback):
         """wandb only: a precision–recall curve per embedding and histograms of method A's codes."""
         import wandb
 
-        from sketchquant.retrieval.curves import precision_recall_curve
+        from sketchquant.core.retrieval.curves import precision_recall_curve
 
         logger = next(lg for lg in trainer.loggers if type(lg).__name__ == "WandbLogger")
         domain, labels = data[DOMAIN], data[LABEL]
@@ -254,8 +254,8 @@ class RetrievalEvaluator(pl.Callback):
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "path_for_index"):
             return
-        from sketchquant.retrieval.grid import retrieval_grid
-        from sketchquant.retrieval.metrics import topk_neighbors
+        from sketchquant.core.retrieval.grid import retrieval_grid
+        from sketchquant.core.retrieval.metrics import topk_neighbors
 
         key = "emb/raw" if "emb/raw" in data else sorted(k for k in data if k.startswith("emb/"))[0]
         feats, labels, domain, index = data[key], data[LABEL], data[DOMAIN], data[INDEX]

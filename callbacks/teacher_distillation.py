@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
-from sketchquant.batch import DOMAIN, IMAGE, PHOTO
+from sketchquant.core.batch import DOMAIN, IMAGE, PHOTO
 
 TEACHER_KEY = "teacher_logits"
 

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from sketchquant.batch import make_sample
+from sketchquant.core.batch import make_sample
 
 from .transforms import load_rgb
 
@@ -89,7 +89,7 @@ def match_classes(wanted: Sequence[str], available: Sequence[str], source: str, 
 
 
 class SampleDataset(Dataset):
-    """Images from a list of paths; yields :func:`sketchquant.batch.make_sample` dicts.
+    """Images from a list of paths; yields :func:`sketchquant.core.batch.make_sample` dicts.
 
     ``labels`` are ints (single-label) or lists of class ids (multi-label; returned as a float32 multi-hot
     vector of ``num_classes``). ``transforms`` maps a domain to its transform.

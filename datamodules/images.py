@@ -22,7 +22,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from sketchquant.batch import GALLERY, QUERY
+from sketchquant.core.batch import GALLERY, QUERY
 
 from .common import (
     EpochTaggedSampler,

@@ -35,7 +35,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from sketchquant.batch import PHOTO, SKETCH
+from sketchquant.core.batch import PHOTO, SKETCH
 
 from .common import (
     MixedDomainSampler,

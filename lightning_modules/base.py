@@ -47,7 +47,7 @@ class SketchquantModule(pl.LightningModule):
     """Base class: subclasses implement ``_common_step(batch, stage)`` returning
     ``{"loss": Tensor | None, "losses": {name: Tensor}, "embeddings": {name: B×d}, "metrics": {...}}``."""
 
-    #: set by sketchquant.run to the resolved config; saved in every checkpoint under ``CONFIG_KEY``
+    #: set by sketchquant.app.train to the resolved config; saved in every checkpoint under ``CONFIG_KEY``
     sketchquant_config: dict | None = None
 
     def __init__(self) -> None:

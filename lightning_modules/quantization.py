@@ -10,7 +10,7 @@ from lightning_modules.base import SketchquantModule
 from lightning_modules.components.backbones import create_backbone
 from lightning_modules.components.irelu import quantization_loss
 from lightning_modules.components.quant_encoder import QuantizationEncoder, classification_loss
-from sketchquant.batch import IMAGE, LABEL
+from sketchquant.core.batch import IMAGE, LABEL
 
 
 class QuantizationModule(SketchquantModule):

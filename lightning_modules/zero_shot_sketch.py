@@ -9,7 +9,7 @@ import torch
 from lightning_modules.base import SketchquantModule
 from lightning_modules.components.sbir_losses import sbir_loss
 from lightning_modules.components.sketch_net import FrozenTeacher, SketchNet
-from sketchquant.batch import DOMAIN, IMAGE, LABEL
+from sketchquant.core.batch import DOMAIN, IMAGE, LABEL
 
 TEACHER_KEY = "teacher_logits"
 
@@ -71,7 +71,7 @@ class ZeroShotSketchModule(SketchquantModule):
             if hp.lambda_kd and teacher_logits is None:
                 raise RuntimeError(
                     "lambda_kd > 0 but the batch has no teacher logits: add callbacks.TeacherDistillation "
-                    "to the Trainer (sketchquant.run does) or set model.lambda_kd=0"
+                    "to the Trainer (sketchquant.app.train does) or set model.lambda_kd=0"
                 )
             losses = sbir_loss(
                 out.features,

@@ -9,7 +9,7 @@
 # - torchrun starts NPROC (= GPUs per node) processes per node and sets RANK / LOCAL_RANK / WORLD_SIZE /
 #   MASTER_ADDR / MASTER_PORT; Lightning's TorchElastic environment picks them up. trainer.devices must equal
 #   --nproc_per_node and trainer.num_nodes must equal --nnodes.
-# - Launch the module (`-m sketchquant.cli`), not strategy=ddp's own re-launch: under torchrun Lightning
+# - Launch the module (`-m sketchquant.app.cli`), not strategy=ddp's own re-launch: under torchrun Lightning
 #   does not spawn processes itself.
 # - The rendezvous id (--rdzv_id, exported as TORCHELASTIC_RUN_ID) names the run folder:
 #   `<run_dir>/<experiment>/torchelastic<RDZV_ID>[-<name>]`, the same in every process, and only global
@@ -37,7 +37,7 @@ exec .venv/bin/torchrun \
     --rdzv_backend=c10d \
     --rdzv_endpoint="$HOST:$PORT" \
     --rdzv_id="$RDZV_ID" \
-    -m sketchquant.cli train "$EXP" \
+    -m sketchquant.app.cli train "$EXP" \
     data.root="$DATA_ROOT" \
     trainer=ddp \
     trainer.devices="$NPROC" \

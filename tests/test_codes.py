@@ -48,8 +48,8 @@ def tiny_overrides(tmp) -> list[str]:
 def trained(tmp_path_factory):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("WANDB_MODE", "offline")
-    from sketchquant.config import compose
-    from sketchquant.run import train
+    from sketchquant.core.config import compose
+    from sketchquant.app.train import train
 
     tmp = tmp_path_factory.mktemp("codes")
     out = train(compose("quantization", tiny_overrides(tmp)))
@@ -60,7 +60,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def db_codes(trained):
-    from sketchquant.codes import encode
+    from sketchquant.app.export import encode
 
     info = encode(trained["ckpt"], trained["tmp"] / "db.npz", split="database")
     return info
@@ -89,7 +89,7 @@ def test_encode_database_writes_uint8_codes(trained, db_codes, capsys):
 
 
 def test_encode_other_splits_and_suffix(trained, capsys):
-    from sketchquant.codes import encode
+    from sketchquant.app.export import encode
 
     q = encode(trained["ckpt"], trained["tmp"] / "query_codes", split="query")  # no suffix: .npz appended
     assert q["path"].endswith("query_codes.npz") and q["n"] == N_QUERY
@@ -106,7 +106,7 @@ def test_encode_other_splits_and_suffix(trained, capsys):
 
 
 def test_encode_fewer_bits_stays_in_range(trained, db_codes):
-    from sketchquant.codes import encode
+    from sketchquant.app.export import encode
 
     # bits only changes the iReLU clamp, so the same weights give 4-bit codes
     info = encode(trained["ckpt"], trained["tmp"] / "db4.npz", overrides=["model.bits=4"])
@@ -117,9 +117,9 @@ def test_encode_fewer_bits_stays_in_range(trained, db_codes):
 
 
 def test_bits_9_refused(trained):
-    from sketchquant.codes import encode
-    from sketchquant.config import compose
-    from sketchquant.run import build_module
+    from sketchquant.app.export import encode
+    from sketchquant.core.config import compose
+    from sketchquant.app.train import build_module
 
     out = trained["tmp"] / "bits9.npz"
     with pytest.raises(ValueError, match="bits must be an int in 1..8"):
@@ -135,7 +135,7 @@ def test_bits_9_refused(trained):
 
 
 def test_index_and_search_finds_the_image_itself(trained, db_codes, capsys):
-    from sketchquant.codes import build_index, search
+    from sketchquant.app.export import build_index, search
 
     index_path = trained["tmp"] / "db.faiss"
     meta = build_index(db_codes["path"], index_path)
@@ -172,7 +172,7 @@ def test_index_and_search_finds_the_image_itself(trained, db_codes, capsys):
 
 
 def test_index_overwrite_is_atomic_and_checks_codes(trained, db_codes, tmp_path):
-    from sketchquant.codes import build_index
+    from sketchquant.app.export import build_index
 
     out = tmp_path / "ix.faiss"
     build_index(db_codes["path"], out)
@@ -196,7 +196,7 @@ def test_index_overwrite_is_atomic_and_checks_codes(trained, db_codes, tmp_path)
 
 
 def test_codes_of_another_dimension_refused(trained, tmp_path):
-    from sketchquant.codes import build_index, search
+    from sketchquant.app.export import build_index, search
 
     other = tmp_path / "other.npz"
     np.savez(other, codes=np.random.default_rng(0).integers(0, 255, (10, 5), dtype=np.uint8))
@@ -207,8 +207,8 @@ def test_codes_of_another_dimension_refused(trained, tmp_path):
 
 
 def test_method_b_checkpoint_refused(trained, tmp_path):
-    from sketchquant.codes import encode, search
-    from sketchquant.config import ConfigError, compose, to_container
+    from sketchquant.app.export import encode, search
+    from sketchquant.core.config import ConfigError, compose, to_container
 
     ckpt = tmp_path / "zs.ckpt"
     torch.save({"sketchquant": to_container(compose("zs_sbir")), "state_dict": {}}, ckpt)
@@ -221,7 +221,7 @@ def test_method_b_checkpoint_refused(trained, tmp_path):
 
 
 def test_unreadable_query_image_named_before_anything_runs(trained, tmp_path):
-    from sketchquant.codes import search
+    from sketchquant.app.export import search
 
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png at all")
@@ -235,7 +235,7 @@ def test_unreadable_query_image_named_before_anything_runs(trained, tmp_path):
 
 
 def test_cli_round_trip(trained, tmp_path, capsys):
-    from sketchquant.cli import main
+    from sketchquant.app.cli import main
 
     npz, ix = tmp_path / "q.npz", tmp_path / "q.faiss"
     assert main(["encode", "--ckpt", trained["ckpt"], "--out", str(npz), "--split", "query"]) == 0

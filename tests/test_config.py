@@ -9,7 +9,7 @@ import time
 import pytest
 from omegaconf import OmegaConf
 
-from sketchquant.config import ConfigError, compose, from_container, parse_overrides, to_container
+from sketchquant.core.config import ConfigError, compose, from_container, parse_overrides, to_container
 
 
 def test_experiment_picks_group_choices_and_body_wins():
@@ -104,7 +104,7 @@ def test_config_round_trip_through_container():
 
 def _cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "sketchquant.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "sketchquant.app.cli", *args], capture_output=True, text=True, timeout=120
     )
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from sketchquant.retrieval.curves import precision_recall_curve
+from sketchquant.core.retrieval.curves import precision_recall_curve
 
 
 def test_pr_curve_hand_computed():

@@ -2,7 +2,7 @@
 of one checkpoint (identical metrics on an odd-sized test set, so the DistributedSampler pads), rank-0-only
 writing of the run folder, and the run-folder name that every process of a torchrun/SLURM job derives.
 
-The 2-process runs go through the CLI in a subprocess (``python -m sketchquant.cli``): ``strategy=ddp``
+The 2-process runs go through the CLI in a subprocess (``python -m sketchquant.app.cli``): ``strategy=ddp``
 re-launches ``sys.argv`` (inside pytest that would be pytest itself), and spawn/fork inside the pytest
 process would drag the test session into the workers. Strategies covered: ``ddp`` (re-launched script:
 the workers find the run folder through ``SKETCHQUANT_RUN_DIR``), ``ddp_fork`` and ``ddp_spawn`` (fit and
@@ -88,7 +88,7 @@ def _env() -> dict[str, str]:
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [sys.executable, "-m", "sketchquant.cli", *args],
+        [sys.executable, "-m", "sketchquant.app.cli", *args],
         cwd=cwd,
         env=_env(),
         capture_output=True,
@@ -220,18 +220,18 @@ def clean_env(monkeypatch):
 
 
 def _cfg(tmp_path, *extra: str):
-    from sketchquant.config import compose
+    from sketchquant.core.config import compose
 
     return compose("zs_sbir", [f"run_dir={tmp_path}", "data.root=unused", *extra])
 
 
 @pytest.fixture
 def later_clock(monkeypatch):
-    """Every ``time.strftime`` call in sketchquant.run is an hour later than the previous one: processes
+    """Every ``time.strftime`` call in sketchquant.app.train is an hour later than the previous one: processes
     that start later (a second, a midnight) without sleeping in the test."""
     import itertools
 
-    import sketchquant.run as run
+    import sketchquant.app.train as run
 
     real, hours, base = time.strftime, itertools.count(), time.time()
 
@@ -248,7 +248,7 @@ def later_clock(monkeypatch):
 
 def _fresh_process_run_dir(cfg, monkeypatch) -> Path:
     """``new_run_dir`` as a separately launched process sees it (no SKETCHQUANT_RUN_DIR from a parent)."""
-    from sketchquant.run import new_run_dir
+    from sketchquant.app.train import new_run_dir
 
     monkeypatch.delenv("SKETCHQUANT_RUN_DIR", raising=False)
     return new_run_dir(cfg)
@@ -288,7 +288,7 @@ def test_run_dir_job_id_precedence_and_none(tmp_path, clean_env):
 
 def test_relaunched_worker_uses_parent_run_dir(tmp_path, clean_env, later_clock):
     """``strategy=ddp`` re-launches the script: the child inherits SKETCHQUANT_RUN_DIR and must use it."""
-    from sketchquant.run import new_run_dir
+    from sketchquant.app.train import new_run_dir
 
     parent = new_run_dir(_cfg(tmp_path))
     assert os.environ["SKETCHQUANT_RUN_DIR"] == str(parent)
@@ -298,7 +298,7 @@ def test_relaunched_worker_uses_parent_run_dir(tmp_path, clean_env, later_clock)
 
 def test_metrics_csv_is_appended_not_replaced(tmp_path):
     """Fit and test in fresh processes (ddp_spawn/ddp_fork), or a resumed run, each make a new CSV writer."""
-    from sketchquant.run import _AppendingCSVLogger
+    from sketchquant.app.train import _AppendingCSVLogger
 
     first = _AppendingCSVLogger(save_dir=str(tmp_path), name="", version="")
     first.log_metrics({"train/loss": 1.0, "val/map_all": 0.5}, step=0)
@@ -316,7 +316,7 @@ def test_best_score_read_from_checkpoint_when_worker_kept_it(tmp_path):
     import torch
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from sketchquant.run import _best_model_score
+    from sketchquant.app.train import _best_model_score
 
     best = tmp_path / "best.ckpt"
     cb = ModelCheckpoint(dirpath=tmp_path, monitor="val/map_all", mode="max")
@@ -334,7 +334,7 @@ def test_train_log_handler_is_per_run_and_idempotent(tmp_path):
     its own train.log."""
     import logging
 
-    from sketchquant.run import RUN_LOG_LOGGERS, _setup_file_logging
+    from sketchquant.app.train import RUN_LOG_LOGGERS, _setup_file_logging
 
     log = logging.getLogger("sketchquant")
     try:

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from sketchquant.retrieval.metrics import hashing_metrics, sbir_metrics
-from sketchquant.retrieval.npz_eval import eval_features
+from sketchquant.core.retrieval.metrics import hashing_metrics, sbir_metrics
+from sketchquant.core.retrieval.npz_eval import eval_features
 
 
 def _write(tmp_path, name, feats, labels, **extra):

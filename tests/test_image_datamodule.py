@@ -12,7 +12,7 @@ from datamodules.common import BadImageWarning
 from datamodules.glyphs import make_glyph_scenes
 from datamodules.images import ImageDataModule, read_label_csv
 from datamodules.transforms import build_eval_transform, build_train_transform, load_rgb
-from sketchquant.batch import GALLERY, QUERY
+from sketchquant.core.batch import GALLERY, QUERY
 
 KW = dict(image_size=32, batch_size=4, num_workers=0)
 

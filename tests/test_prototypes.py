@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from sketchquant.retrieval.metrics import sbir_metrics
-from sketchquant.retrieval.prototypes import (
+from sketchquant.core.retrieval.metrics import sbir_metrics
+from sketchquant.core.retrieval.prototypes import (
     fit_product_quantizer,
     fuse_features,
     fused_distance_fn,

@@ -98,8 +98,8 @@ def test_fit_alpha_ramp_reaches_module_and_val_logs_both_embeddings(tmp_path):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("WANDB_MODE", "offline")
     from callbacks.alpha_ramp import alpha_schedule
-    from sketchquant.config import compose
-    from sketchquant.run import build_datamodule, build_module, build_trainer
+    from sketchquant.core.config import compose
+    from sketchquant.app.train import build_datamodule, build_module, build_trainer
 
     epochs = 3
     cfg = compose(

@@ -8,8 +8,8 @@ import faiss
 import numpy as np
 import pytest
 
-import sketchquant.retrieval.index as index_mod
-from sketchquant.retrieval.index import (
+import sketchquant.core.retrieval.index as index_mod
+from sketchquant.core.retrieval.index import (
     build_code_index,
     build_float_index,
     load_index,

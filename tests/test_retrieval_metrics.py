@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sketchquant.retrieval.metrics import (
+from sketchquant.core.retrieval.metrics import (
     RetrievalMetric,
     hashing_metrics,
     sbir_metrics,
@@ -443,7 +443,7 @@ def test_error_shapes_and_labels():
 # ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n_buckets", [1, 2, 16, 1000])
 def test_class_row_ranks_exact_with_ties(n_buckets):
-    from sketchquant.retrieval.metrics import _class_row_ranks
+    from sketchquant.core.retrieval.metrics import _class_row_ranks
 
     rng = np.random.default_rng(12)
     for trial in range(30):

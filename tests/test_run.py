@@ -1,4 +1,4 @@
-"""Run folders, resume, determinism, the NaN guard and evaluate — through sketchquant.run on tiny configs."""
+"""Run folders, resume, determinism, the NaN guard and evaluate — through sketchquant.app.train on tiny configs."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-import sketchquant.run as run_module
+import sketchquant.app.train as run_module
 from callbacks import NonFiniteLossError
-from sketchquant.config import ConfigError, compose
-from sketchquant.run import evaluate, find_resume, load_checkpoint_config, train
+from sketchquant.core.config import ConfigError, compose
+from sketchquant.app.train import evaluate, find_resume, load_checkpoint_config, train
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ from lightning_modules.components.sbir_losses import (
     distribution_alignment_loss,
     sbir_loss,
 )
-from sketchquant.batch import PHOTO, SKETCH
+from sketchquant.core.batch import PHOTO, SKETCH
 
 
 def _soft_ce_by_hand(student, teacher, tau=1.0):

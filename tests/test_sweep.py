@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sketchquant import sweep as sw
-from sketchquant.config import ConfigError, config_dir
+from sketchquant.app import sweep as sw
+from sketchquant.core.config import ConfigError, config_dir
 
 COMMAND = ["${env}", "sketchquant", "train", "zs_sbir", "${args_no_hyphens}"]
 

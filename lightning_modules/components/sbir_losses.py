@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sketchquant.batch import PHOTO
+from sketchquant.core.batch import PHOTO
 
 __all__ = [
     "classification_loss",

@@ -86,27 +86,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from sketchquant.config import compose, to_yaml
+    from sketchquant.core.config import compose, to_yaml
 
     if args.command == "train":
-        from sketchquant.run import train
+        from sketchquant.app.train import train
 
         train(compose(args.experiment, args.overrides))
     elif args.command == "evaluate":
-        from sketchquant.run import evaluate
+        from sketchquant.app.train import evaluate
 
         evaluate(args.ckpt, args.overrides)
     elif args.command == "config":
         sys.stdout.write(to_yaml(compose(args.experiment, args.overrides)))
     elif args.command == "list":
-        from sketchquant.config import GROUPS, list_choices
+        from sketchquant.core.config import GROUPS, list_choices
 
         print("experiments: " + ", ".join(list_choices("experiment")))
         for group in GROUPS:
             print(f"{group}: " + ", ".join(list_choices(group)))
         print("sweeps: " + ", ".join(list_choices("sweeps")))
     elif args.command == "eval-features":
-        from sketchquant.retrieval.npz_eval import eval_features
+        from sketchquant.core.retrieval.npz_eval import eval_features
 
         eval_features(
             args.query,
@@ -118,19 +118,19 @@ def _run(args: argparse.Namespace) -> int:
             metric=args.metric,
         )
     elif args.command == "encode":
-        from sketchquant.codes import encode
+        from sketchquant.app.export import encode
 
         encode(args.ckpt, args.out, split=args.split, overrides=args.overrides)
     elif args.command == "index":
-        from sketchquant.codes import build_index
+        from sketchquant.app.export import build_index
 
         build_index(args.codes, args.out)
     elif args.command == "search":
-        from sketchquant.codes import search
+        from sketchquant.app.export import search
 
         search(args.ckpt, args.index, args.images, k=args.k)
     elif args.command == "sweep":
-        from sketchquant.sweep import run_sweep
+        from sketchquant.app.sweep import run_sweep
 
         run_sweep(
             args.spec,
@@ -144,7 +144,7 @@ def _run(args: argparse.Namespace) -> int:
         from datamodules.cli_data import data_make, data_preview
 
         if args.data_command == "make":
-            from sketchquant.config import ConfigError, parse_overrides
+            from sketchquant.core.config import ConfigError, parse_overrides
 
             _, dotlist = parse_overrides(args.overrides)
             from omegaconf import OmegaConf
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
-    from sketchquant.config import ConfigError
+    from sketchquant.core.config import ConfigError
 
     try:
         return _run(args)

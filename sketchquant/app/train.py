@@ -23,7 +23,7 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from sketchquant.config import ConfigError, as_kwargs, from_container, to_container, to_yaml
+from sketchquant.core.config import ConfigError, as_kwargs, from_container, to_container, to_yaml
 
 log = logging.getLogger("sketchquant")
 CONFIG_KEY = "sketchquant"  # where a checkpoint carries its resolved config

@@ -50,8 +50,8 @@ def load_quantization_model(ckpt: str | os.PathLike, overrides: Sequence[str] = 
     ``num_classes`` / ``multi_label`` come from the checkpoint's hyper-parameters, else from
     ``datamodule`` (which must then be set up)."""
     from lightning_modules.components.irelu import check_bits
-    from sketchquant.config import ConfigError
-    from sketchquant.run import build_module, load_checkpoint_config
+    from sketchquant.core.config import ConfigError
+    from sketchquant.app.train import build_module, load_checkpoint_config
 
     cfg, raw = load_checkpoint_config(ckpt, list(overrides), expect_model="quantization")
     check_bits(cfg.model.bits)  # a clear error before anything is built
@@ -124,7 +124,7 @@ def _split_dataset(dm, split: str):
     """The rows of ``split`` with the eval transform (no augmentation, also for ``train``)."""
     from datamodules.common import SampleDataset
     from datamodules.transforms import build_eval_transform
-    from sketchquant.batch import GALLERY, QUERY
+    from sketchquant.core.batch import GALLERY, QUERY
 
     if split == "train":
         src, keep = dm.datasets["train"], None
@@ -159,8 +159,8 @@ def encode(
     import torch
     from torch.utils.data import DataLoader
 
-    from sketchquant.batch import LABEL
-    from sketchquant.run import build_datamodule
+    from sketchquant.core.batch import LABEL
+    from sketchquant.app.train import build_datamodule
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -265,7 +265,7 @@ def _scalar(data: dict, key: str):
 def build_index(codes_npz: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:
     """FAISS uint8 code index of an ``encode`` ``.npz`` at ``out`` (+ ``out.json`` with paths, labels,
     class names, checkpoint, bits, windows, dims). Overwrites atomically. Returns the sidecar metadata."""
-    from sketchquant.retrieval.index import build_code_index, save_index
+    from sketchquant.core.retrieval.index import build_code_index, save_index
 
     data = read_codes(codes_npz)
     index = build_code_index(data["codes"])
@@ -325,8 +325,8 @@ def search(
     squared L2 distance between uint8 codes; ``labels`` are class names when the index knows them)."""
     import torch
 
-    from sketchquant.retrieval.index import load_index, search_index
-    from sketchquant.run import build_datamodule
+    from sketchquant.core.retrieval.index import load_index, search_index
+    from sketchquant.app.train import build_datamodule
 
     if isinstance(k, bool) or int(k) != k or int(k) < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")

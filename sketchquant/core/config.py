@@ -261,7 +261,7 @@ CHOICES: dict[str, tuple] = {
 def config_dir() -> Path:
     """``$SKETCHQUANT_CONFIG_DIR`` or the repository's ``configs/``."""
     env = os.environ.get("SKETCHQUANT_CONFIG_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "configs"
     if not path.is_dir():
         raise ConfigError(
             f"config folder {path} not found (set SKETCHQUANT_CONFIG_DIR to your configs/ folder)"

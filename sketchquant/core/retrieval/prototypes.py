@@ -102,7 +102,7 @@ def _euclid(qc: torch.Tensor, g: torch.Tensor, g_sq: torch.Tensor) -> torch.Tens
 def fused_distance_fn(
     query_feats: Any, raw_gallery: Any, proto_gallery: Any, lam: float = 0.2
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """ClusterRetr distance fusion for :func:`~sketchquant.retrieval.metrics.sbir_metrics`'s
+    """ClusterRetr distance fusion for :func:`~sketchquant.core.retrieval.metrics.sbir_metrics`'s
     ``distance_fn``: ``f(query_indices) = (1 − λ)·‖q − x̂‖ + λ·‖q − x‖`` (``n × N``, float32).
 
     Features are used as given: pass them normalised the way the raw evaluation normalises them

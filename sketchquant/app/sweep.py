@@ -16,7 +16,7 @@ override format of ``sketchquant train``. Words in ``command`` between the exper
 fixed overrides for every trial.
 
 Offline, the search itself comes from wandb's open ``sweeps`` engine (``sweeps.next_run``: grid, random,
-bayes), each trial is ``python -m sketchquant.cli train <experiment> <k=v ...> <overrides>`` in a subprocess
+bayes), each trial is ``python -m sketchquant.app.cli train <experiment> <k=v ...> <overrides>`` in a subprocess
 with its own run folder ``<sweep dir>/trials/trial-NNN`` (env ``SKETCHQUANT_RUN_DIR``) and reads its score
 from that folder's ``results.json``. The sweep folder gets ``sweep.yaml`` (the spec), ``summary.json`` and
 ``summary.csv`` (rewritten atomically after every trial).
@@ -54,9 +54,9 @@ from urllib.parse import urlparse
 import yaml
 from omegaconf import OmegaConf
 
-from sketchquant.config import ConfigError, compose
+from sketchquant.core.config import ConfigError, compose
 
-log = logging.getLogger("sketchquant.sweep")
+log = logging.getLogger("sketchquant.app.sweep")
 
 METHODS = ("grid", "random", "bayes")
 GOALS = {"maximize": "max", "minimize": "min"}
@@ -212,7 +212,7 @@ def load_spec(spec_path: str | os.PathLike | dict) -> tuple[dict, Path | None]:
         return copy.deepcopy(spec_path), None
     path = Path(spec_path)
     if not path.is_file():
-        from sketchquant.config import config_dir, list_choices
+        from sketchquant.core.config import config_dir, list_choices
 
         named = config_dir() / "sweeps" / f"{path.name}.yaml"
         if path.suffix == "" and named.is_file():  # `sketchquant sweep zs_sbir_losses`
@@ -240,7 +240,7 @@ def validate_spec(
     where = f"sweep spec {path}" if path else "sweep spec"
     method = spec.get("method")
     if method not in METHODS:
-        from sketchquant.config import _suggest
+        from sketchquant.core.config import _suggest
 
         raise ConfigError(
             f"{where}: unknown method {method!r}{_suggest(method, METHODS)} allowed: {', '.join(METHODS)}"
@@ -442,7 +442,7 @@ def trial_command(plan: SweepPlan, params: dict[str, Any]) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "sketchquant.cli",
+        "sketchquant.app.cli",
         "train",
         plan.experiment,
         *trial_args(params),

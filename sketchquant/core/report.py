@@ -1,0 +1,78 @@
+"""The one results-table printer (rich), used by training, evaluation, sweeps, search and benchmarks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["print_table", "results_table", "print_results", "fmt"]
+
+#: the order of feature-set rows in a results table
+ROW_ORDER = {"raw": 0, "proto": 1, "fused": 2, "codes": 3, "float": 4}
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """Numbers with ``digits`` decimals (ints as they are), ``None`` as an empty cell."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def print_table(
+    title: str | None,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    console: Console | None = None,
+    digits: int = 4,
+) -> None:
+    """A table with the first column left-aligned and the rest right-aligned."""
+    table = Table(title=title)
+    for i, col in enumerate(columns):
+        table.add_column(str(col), justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*(fmt(v, digits) for v in row))
+    (console or Console(width=max(100, 14 * len(columns)))).print(table)
+
+
+def results_table(metrics: dict[str, float]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """Rows = feature sets (``raw``, ``proto``, ``fused``, ``codes``, ``float``), columns = retrieval metrics.
+
+    Only retrieval metrics enter (``map_*``, ``p_*``, ``chance_*``): ``test/map_all`` goes to row ``raw``,
+    ``test/proto/map_all`` to row ``proto``. Losses, accuracies, ``*_micro`` and counts are left out (they
+    stay in ``results.json`` and ``metrics.csv``)."""
+    rows: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        parts = key.split("/")
+        leaf = parts[-1]
+        if len(parts) < 2 or leaf.endswith("_micro") or not leaf.startswith(("map_", "p_")):
+            continue
+        variant = parts[1] if len(parts) == 3 else "raw"
+        rows.setdefault(variant, {})[leaf] = value
+    columns = sorted({c for r in rows.values() for c in r}, key=lambda c: (not c.startswith("map"), c))
+    body = [
+        (v, [f"{rows[v][c]:.4f}" if c in rows[v] else "" for c in columns])
+        for v in sorted(rows, key=lambda v: (ROW_ORDER.get(v, 9), v))
+    ]
+    return columns, body
+
+
+def print_results(title: str, metrics: dict[str, float]) -> None:
+    """The test table of a run: one row per feature set, with the chance level when it was logged."""
+    columns, body = results_table(metrics)
+    chance = {k.split("/")[-1]: v for k, v in metrics.items() if k.split("/")[-1].startswith("chance_")}
+    if chance:
+        for name, value in sorted(chance.items()):
+            metric = name[len("chance_") :]
+            cells = [f"{value:.4f}" if c == metric else "" for c in columns]
+            body.append(("chance", cells))
+    print_table(title, ["features", *columns], [(v, *cells) for v, cells in body])
