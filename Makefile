@@ -31,9 +31,10 @@ test: install ## run the whole test suite (slow-marked DDP/resume/sweep tests in
 test-fast: install ## the tests without the slow marker
 	$(BIN)/pytest -q -m "not slow"
 
-lint: install ## ruff check + format check
+lint: install ## ruff check + format check + the import contract (app -> plug-in folders -> core)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: install ## ruff fix + format
 	$(BIN)/ruff check --fix .

@@ -28,8 +28,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sketchquant.core.config import compose  # noqa: E402
-from sketchquant.app.train import atomic_write_text, evaluate, train  # noqa: E402
+from sketchquant.app.methods import compose  # noqa: E402
+from sketchquant.app.train import evaluate, train  # noqa: E402
+from sketchquant.core.io import atomic_write_text  # noqa: E402
 
 VARIANTS = {
     "floor": ["trainer.max_epochs=0"],

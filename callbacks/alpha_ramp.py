@@ -21,6 +21,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from sketchquant.core.hooks import PenaltyWeighted
+
 SHAPES = ("linear", "sigmoid")
 UNITS = ("epoch", "step")
 
@@ -43,11 +45,11 @@ def alpha_schedule(t: float, *, alpha_final: float, t1: float, t2: float, shape:
 
 
 class AlphaRamp(pl.Callback):
-    """Sets ``pl_module.<attr>`` (default ``alpha``, a plain float) to α(t) before every training batch
-    and logs it as ``train/alpha`` (on step).
+    """Hands α(t) to the module through :meth:`~sketchquant.core.hooks.PenaltyWeighted.set_penalty_weight`
+    before every training batch and logs it as ``train/alpha`` (on step).
 
-    The module reads ``self.alpha`` in its loss. The value is also set at ``on_train_start`` so it exists
-    before the first batch (and before any validation that follows).
+    The value is also set at ``on_train_start`` so it exists before the first batch (and before any
+    validation that follows). A module without ``set_penalty_weight`` is refused at the start of fit.
 
     Checkpointing: :meth:`state_dict` stores the schedule parameters and the last ``t``/α. On resume
     (``trainer.fit(..., ckpt_path=...)``) Lightning calls :meth:`load_state_dict` and **the checkpoint's
@@ -63,7 +65,6 @@ class AlphaRamp(pl.Callback):
         shape: str = "linear",
         unit: str = "epoch",
         fractional: bool = False,
-        attr: str = "alpha",
         log: bool = True,
     ):
         super().__init__()
@@ -76,7 +77,6 @@ class AlphaRamp(pl.Callback):
         self.shape = shape
         self.unit = unit
         self.fractional = bool(fractional)
-        self.attr = attr
         self.log = log
         self.last_t: float | None = None
         self.last_alpha: float | None = None
@@ -98,12 +98,17 @@ class AlphaRamp(pl.Callback):
     def _apply(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch_idx: int) -> float:
         t = self.current_t(trainer, batch_idx)
         alpha = self.alpha_at(t)
-        setattr(pl_module, self.attr, alpha)
+        pl_module.set_penalty_weight(alpha)
         self.last_t, self.last_alpha = t, alpha
         return alpha
 
     # ------------------------------------------------------------------------------------------ hooks
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not isinstance(pl_module, PenaltyWeighted):
+            raise TypeError(
+                f"AlphaRamp needs a module with set_penalty_weight(alpha) (sketchquant.core.hooks."
+                f"PenaltyWeighted); {type(pl_module).__name__} has none"
+            )
         self._apply(trainer, pl_module, 0)
 
     def on_train_batch_start(

@@ -1,10 +1,12 @@
 """The frozen ImageNet teacher of method B (SPEC §B formula (2)).
 
-At fit start the callback takes the module's teacher (a copy of the ImageNet-initialised network with its
-1000-way classifier, captured when the module was built), puts it on the module's device in eval mode with
-no gradients, and before every training batch writes ``batch["teacher_logits"]`` — teacher logits for the
-photo rows (sketch rows are zeros and ignored by the loss; the teacher never sees sketches). The teacher
-is not a sub-module of the LightningModule: it is in no optimizer, no DDP bucket and no checkpoint.
+At fit start the callback takes the module's teacher (:class:`~sketchquant.core.hooks.Distillable`: a copy of
+the ImageNet-initialised network with its 1000-way classifier, captured when the module was built), puts
+it on the module's device in eval mode with no gradients, and before every training batch hands the
+module the teacher's logits for the photo rows (sketch rows are zeros and ignored by the loss; the
+teacher never sees sketches) through ``set_teacher_logits``. The teacher is not a sub-module of the
+LightningModule: it is in no optimizer, no DDP bucket and no checkpoint. The temperature τ is the
+module's own (``model.tau``): the callback only supplies logits.
 """
 
 from __future__ import annotations
@@ -14,27 +16,27 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
 from sketchquant.core.batch import DOMAIN, IMAGE, PHOTO
-
-TEACHER_KEY = "teacher_logits"
+from sketchquant.core.hooks import Distillable
 
 
 class TeacherDistillation(pl.Callback):
-    def __init__(self, tau: float = 1.0) -> None:
-        self.tau = float(tau)
+    def __init__(self) -> None:
         self.teacher: torch.nn.Module | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        teacher = getattr(pl_module, "teacher", None)
-        if teacher is None:
-            if float(getattr(pl_module.hparams, "lambda_kd", 0) or 0):
-                raise RuntimeError("TeacherDistillation: the module has lambda_kd > 0 but no teacher")
+        if not isinstance(pl_module, Distillable):
+            raise TypeError(
+                "TeacherDistillation needs a module with distillation_teacher() and set_teacher_logits() "
+                f"(sketchquant.core.hooks.Distillable); {type(pl_module).__name__} has neither"
+            )
+        teacher = pl_module.distillation_teacher()
+        if teacher is None:  # the module does not distil (lambda_kd = 0)
+            self.teacher = None
             return
-        if hasattr(pl_module.hparams, "tau"):
-            pl_module.hparams.tau = self.tau
         self.teacher = teacher.to(pl_module.device).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        if not getattr(pl_module, "has_imagenet_teacher", True):
+        if not pl_module.teacher_is_pretrained:
             msg = (
                 "\n" + "!" * 78 + "\n"
                 "TeacherDistillation: the teacher has NO ImageNet weights (model.weights="
@@ -56,4 +58,4 @@ class TeacherDistillation(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.teacher is not None:
-            batch[TEACHER_KEY] = self.teacher_logits(batch[IMAGE], batch[DOMAIN])
+            pl_module.set_teacher_logits(self.teacher_logits(batch[IMAGE], batch[DOMAIN]))

@@ -3,10 +3,14 @@ for the NaN guard, and the resolved config carried inside every checkpoint."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from torchmetrics import Metric
+
+from sketchquant.core.config import choice
 
 CONFIG_KEY = "sketchquant"
 
@@ -71,15 +75,9 @@ class SketchquantModule(pl.LightningModule):
                 prog_bar=name == "loss",
             )
         for name, value in out.get("metrics", {}).items():
-            self.log(
-                f"{stage}/{name}",
-                value,
-                on_step=False,
-                on_epoch=True,
-                batch_size=batch_size,
-                sync_dist=True,
-                prog_bar=stage == "val",
-            )
+            # a torchmetrics Metric accumulates and syncs across ranks itself
+            sync = {} if isinstance(value, Metric) else {"batch_size": batch_size, "sync_dist": True}
+            self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, prog_bar=stage == "val", **sync)
 
     def training_step(self, batch: dict, batch_idx: int):
         out = self._common_step(batch, "train")
@@ -127,3 +125,14 @@ class SketchquantModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.sketchquant_config is None and CONFIG_KEY in checkpoint:
             self.sketchquant_config = checkpoint[CONFIG_KEY]
+
+
+@dataclass
+class OptimConfig:
+    name: str = choice("adam", "adamw", "sgd")
+    lr: float = 1e-4
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    schedule: str = choice("exp", "cosine", "none")  # exp: lr * final_factor^(epoch/max_epochs) (SAKE)
+    final_factor: float = 1e-3
+    head_lr_mult: float = 1.0  # lr multiplier of the new layers (embedding, heads); 1 = SAKE

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from lightning_modules.base import SketchquantModule
+from lightning_modules.base import OptimConfig, SketchquantModule
 from lightning_modules.components.backbones import create_backbone
 from lightning_modules.components.irelu import quantization_loss
 from lightning_modules.components.quant_encoder import QuantizationEncoder, classification_loss
 from sketchquant.core.batch import IMAGE, LABEL
+from sketchquant.core.config import choice
 
 
 class QuantizationModule(SketchquantModule):
     """:class:`QuantizationEncoder` trained with classification + the α(t)-weighted quantization penalty.
 
-    ``alpha`` is a plain attribute set every step by :class:`callbacks.AlphaRamp` (0 without it).
+    ``alpha`` (0 until set) is the weight of the quantization penalty, handed over every step by
+    :class:`callbacks.AlphaRamp` through :meth:`set_penalty_weight` (the
+    :class:`~sketchquant.core.hooks.PenaltyWeighted` contract).
     Validation/test return two embeddings for :class:`callbacks.RetrievalEvaluator`: ``codes`` (the
     uint8 iReLU codes as float, ``P·d``) and ``float`` (the continuous ``v``), logged as
     ``val/codes/...`` and ``val/float/...``.
@@ -60,6 +64,10 @@ class QuantizationModule(SketchquantModule):
         )
         self.alpha = 0.0
 
+    def set_penalty_weight(self, value: float) -> None:
+        """α(t) of ``L = L_cls + α(t)·L_q`` for the next training steps."""
+        self.alpha = float(value)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 codes ``B×(P·d)``."""
         return self.encoder.encode(images)
@@ -78,3 +86,33 @@ class QuantizationModule(SketchquantModule):
         codes = out.codes.detach().round().clamp_(0, 2**self.encoder.bits - 1)
         emb = {"codes": codes.flatten(1), "float": out.continuous.detach().flatten(1)}
         return {"loss": None, "losses": losses, "metrics": {}, "embeddings": emb}
+
+
+@dataclass
+class AlphaConfig:
+    """α(t) ramp of SPEC §A."""
+
+    final: float = 1.0
+    t1: float = 1.0
+    t2: float = 5.0
+    shape: str = choice("linear", "sigmoid")
+    unit: str = choice("epoch", "step")
+
+
+@dataclass
+class QuantModelConfig:
+    """Method A (SPEC §A)."""
+
+    name: str = "quantization"
+    backbone: str = "tf_efficientnet_lite0"
+    weights: str = "auto"
+    feature_stage: int = -1
+    window: str = choice("sliding", "stripes", "global")
+    kernel: list[int] = field(default_factory=lambda: [2, 2])
+    stride: list[int] = field(default_factory=lambda: [1, 1])
+    num_stripes: int = 4
+    dim: int = 64
+    bits: int = 8
+    per_window_classifier: bool = False
+    alpha: AlphaConfig = field(default_factory=AlphaConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=1e-4))

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_modules.base import SketchquantModule
+from lightning_modules.base import OptimConfig, SketchquantModule
 from lightning_modules.components.sbir_losses import sbir_loss
 from lightning_modules.components.sketch_net import FrozenTeacher, SketchNet
 from sketchquant.core.batch import DOMAIN, IMAGE, LABEL
-
-TEACHER_KEY = "teacher_logits"
+from sketchquant.core.config import choice
 
 
 class ZeroShotSketchModule(SketchquantModule):
     """``SketchNet`` + the three losses. The frozen ImageNet teacher is captured at construction (a copy of
     the ImageNet-initialised network, so a resumed run gets the same teacher) but is *not* a registered
     sub-module: it is outside ``state_dict``, the optimizer and DDP. The :class:`callbacks.TeacherDistillation`
-    callback moves it to the device and puts ``batch["teacher_logits"]`` (photo rows) in every training batch.
+    callback moves it to the device and hands over the teacher's logits (photo rows) before every training
+    batch through :meth:`set_teacher_logits` (the :class:`~sketchquant.core.hooks.Distillable` contract).
 
     ``validation`` (held-out seen classes) logs ``val/acc`` and the classification loss; retrieval metrics
     come from :class:`callbacks.RetrievalEvaluator` on the returned ``embeddings["raw"]`` (the 512-d ``f``).
@@ -44,19 +46,44 @@ class ZeroShotSketchModule(SketchquantModule):
         head = head_init
         if head == "svd" and weights == "none":
             head = "random"  # no ImageNet classifier to factor
+        # the ImageNet head exists only to be distilled into: without KD it would get no gradient (and
+        # DDP would stop on a parameter that took no part in the loss)
         self.net = SketchNet(
-            num_classes, backbone, weights=weights, embed_dim=embed_dim, head_init=head, imagenet_head=True
+            num_classes,
+            backbone,
+            weights=weights,
+            embed_dim=embed_dim,
+            head_init=head,
+            imagenet_head=bool(lambda_kd),
         )
         self._teacher: tuple[FrozenTeacher, ...] = (self.net.make_teacher(),) if lambda_kd else ()
+        self._teacher_logits: torch.Tensor | None = None
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
 
-    # -------------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------- KD hooks
     @property
     def teacher(self) -> FrozenTeacher | None:
         return self._teacher[0] if self._teacher else None
 
+    def distillation_teacher(self) -> FrozenTeacher | None:
+        """:class:`~sketchquant.core.hooks.Distillable`: the frozen ImageNet teacher (None without KD)."""
+        return self.teacher
+
     @property
-    def has_imagenet_teacher(self) -> bool:
+    def teacher_is_pretrained(self) -> bool:
         return bool(self.net.backbone_info.has_imagenet_classifier)
+
+    def set_teacher_logits(self, logits: torch.Tensor) -> None:
+        """The teacher's logits for the next training batch (photo rows; zeros for sketches)."""
+        self._teacher_logits = logits
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if self.net.imagenet_head is None:  # a checkpoint from before the head was built only for KD
+            state = checkpoint.get("state_dict", {})
+            for key in [k for k in state if k.startswith("net.imagenet_head.")]:
+                del state[key]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Retrieval features ``f`` (``B×d``, not normalised; the metrics L2-normalise)."""
@@ -67,11 +94,11 @@ class ZeroShotSketchModule(SketchquantModule):
         out = self.net(images)
         if stage == "train":
             hp = self.hparams
-            teacher_logits = batch.get(TEACHER_KEY)
+            teacher_logits, self._teacher_logits = self._teacher_logits, None
             if hp.lambda_kd and teacher_logits is None:
                 raise RuntimeError(
-                    "lambda_kd > 0 but the batch has no teacher logits: add callbacks.TeacherDistillation "
-                    "to the Trainer (sketchquant.app.train does) or set model.lambda_kd=0"
+                    "lambda_kd > 0 but no teacher logits were handed over: add callbacks.TeacherDistillation "
+                    "to the Trainer (sketchquant.app.build does) or set model.lambda_kd=0"
                 )
             losses = sbir_loss(
                 out.features,
@@ -86,14 +113,30 @@ class ZeroShotSketchModule(SketchquantModule):
             )
             loss = losses.pop("loss")
             losses = {"loss": loss.detach(), **losses}
-            acc = (out.logits.argmax(-1) == labels).float().mean()
-            return {"loss": loss, "losses": losses, "metrics": {"acc": acc}, "embeddings": {}}
+            self.train_acc(out.logits.detach(), labels)
+            return {"loss": loss, "losses": losses, "metrics": {"acc": self.train_acc}, "embeddings": {}}
         emb = {"raw": out.features.detach()}
         if stage == "val":  # held-out SEEN classes: labels are classifier targets
             seen = labels < self.hparams.num_classes
             metrics = {}
             if bool(seen.all()):
                 cls = torch.nn.functional.cross_entropy(out.logits, labels)
-                metrics = {"loss_cls": cls, "acc": (out.logits.argmax(-1) == labels).float().mean()}
+                self.val_acc(out.logits, labels)
+                metrics = {"loss_cls": cls, "acc": self.val_acc}
             return {"loss": None, "losses": {}, "metrics": metrics, "embeddings": emb}
         return {"loss": None, "losses": {}, "metrics": {}, "embeddings": emb}
+
+
+@dataclass
+class ZeroShotModelConfig:
+    """Method B (SPEC §B)."""
+
+    name: str = "zs_sbir"
+    backbone: str = "tf_efficientnet_lite0"
+    weights: str = "auto"  # auto | none | hub | efficientnet_lite0 | /path/to/weights
+    embed_dim: int = 512
+    lambda_kd: float = 1.0
+    lambda_da: float = 0.1
+    tau: float = 1.0
+    head_init: str = choice("svd", "random")
+    optim: OptimConfig = field(default_factory=OptimConfig)

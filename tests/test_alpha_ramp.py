@@ -49,6 +49,9 @@ class _Tiny(pl.LightningModule):
         self.alpha = None
         self.seen = []  # (epoch, batch_idx, global_step, alpha) at every training step
 
+    def set_penalty_weight(self, value):
+        self.alpha = value
+
     def training_step(self, batch, batch_idx):
         x, y = batch
         self.seen.append((self.current_epoch, batch_idx, self.global_step, self.alpha))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import conftest
 import numpy as np
 import pytest
 import torch
@@ -17,38 +18,31 @@ WINDOWS, DIM = 4, 8  # test_resnet at 32 px, feature_stage -2: 2×2 map, 1×1 wi
 
 
 def tiny_overrides(tmp) -> list[str]:
-    return [
-        "model.backbone=test_resnet",
-        "model.weights=none",
-        f"model.dim={DIM}",
-        "model.feature_stage=-2",
-        "model.kernel=[1,1]",
-        "model.stride=[1,1]",
-        "model.optim.lr=0.01",
-        "model.alpha.t1=1",
-        "model.alpha.t2=2",
-        f"data.root={tmp}/scenes",
-        f"data.generator.num_classes={NUM_CLASSES}",
-        f"data.generator.num_train={N_TRAIN}",
-        f"data.generator.num_query={N_QUERY}",
-        f"data.generator.num_database={N_DB}",
-        "data.generator.image_size=32",
-        "data.image_size=32",
-        "data.batch_size=16",
-        "data.num_workers=0",
-        "trainer.max_epochs=2",
-        "trainer.log_every_n_steps=1",
-        "trainer.enable_progress_bar=false",
-        f"run_dir={tmp}/runs",
-        "eval.grid=false",
-    ]
+    return conftest.tiny_overrides(
+        "quantization",
+        tmp,
+        **{
+            "model.optim.lr": 0.01,
+            "model.alpha.t1": 1,
+            "model.alpha.t2": 2,
+            "data.generator.num_classes": NUM_CLASSES,
+            "data.generator.num_train": N_TRAIN,
+            "data.generator.num_query": N_QUERY,
+            "data.generator.num_database": N_DB,
+            "model.dim": DIM,
+            "trainer.max_epochs": 2,
+            "trainer.limit_train_batches": 1.0,
+            "trainer.log_every_n_steps": 1,
+            "trainer.enable_progress_bar": "false",
+        },
+    )
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("WANDB_MODE", "offline")
-    from sketchquant.core.config import compose
+    from sketchquant.app.methods import compose
     from sketchquant.app.train import train
 
     tmp = tmp_path_factory.mktemp("codes")
@@ -117,9 +111,9 @@ def test_encode_fewer_bits_stays_in_range(trained, db_codes):
 
 
 def test_bits_9_refused(trained):
+    from sketchquant.app.build import build_module
     from sketchquant.app.export import encode
-    from sketchquant.core.config import compose
-    from sketchquant.app.train import build_module
+    from sketchquant.app.methods import compose
 
     out = trained["tmp"] / "bits9.npz"
     with pytest.raises(ValueError, match="bits must be an int in 1..8"):
@@ -208,7 +202,8 @@ def test_codes_of_another_dimension_refused(trained, tmp_path):
 
 def test_method_b_checkpoint_refused(trained, tmp_path):
     from sketchquant.app.export import encode, search
-    from sketchquant.core.config import ConfigError, compose, to_container
+    from sketchquant.app.methods import compose
+    from sketchquant.core.config import ConfigError, to_container
 
     ckpt = tmp_path / "zs.ckpt"
     torch.save({"sketchquant": to_container(compose("zs_sbir")), "state_dict": {}}, ckpt)

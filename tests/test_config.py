@@ -9,7 +9,8 @@ import time
 import pytest
 from omegaconf import OmegaConf
 
-from sketchquant.core.config import ConfigError, compose, from_container, parse_overrides, to_container
+from sketchquant.app.methods import compose, from_container
+from sketchquant.core.config import ConfigError, parse_overrides, to_container
 
 
 def test_experiment_picks_group_choices_and_body_wins():

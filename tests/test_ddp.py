@@ -20,47 +20,29 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import tiny_values
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 600
 
 # method B: 8 glyph classes, 3 unseen; the test split is 3×6 sketches + 3×7 photos = 39 items (odd: with
 # 2 processes the DistributedSampler pads one duplicate) and the gallery holds 21 photos (odd).
-ZS_TINY = {
-    "model.backbone": "test_efficientnet",
-    "model.weights": "none",
-    "model.embed_dim": 32,
-    "data.generator.num_classes": 8,
-    "data.generator.num_unseen": 3,
-    "data.generator.photos_per_class": 7,
-    "data.generator.sketches_per_class": 6,
-    "data.generator.image_size": 32,
-    "data.image_size": 32,
-    "data.batch_size": 12,
-    "data.num_workers": 0,
-    "eval.pq_k": 4,
-    "trainer.max_epochs": 1,
-    "trainer.limit_train_batches": 2,
-    "trainer.log_every_n_steps": 1,
-}
+ZS_TINY = tiny_values(
+    "zs_sbir",
+    **{"data.generator.sketches_per_class": 6, "eval.grid": "true", "trainer.log_every_n_steps": 1},
+)
 # method A: 5 classes of multi-label scenes; query 9 + database 21 (odd gallery)
-QUANT_TINY = {
-    "model.backbone": "test_resnet",
-    "model.weights": "none",
-    "model.dim": 8,
-    "model.kernel": "[1,1]",
-    "data.generator.num_classes": 5,
-    "data.generator.num_train": 48,
-    "data.generator.num_query": 9,
-    "data.generator.num_database": 21,
-    "data.generator.image_size": 32,
-    "data.image_size": 32,
-    "data.batch_size": 12,
-    "data.num_workers": 0,
-    "trainer.max_epochs": 1,
-    "trainer.limit_train_batches": 2,
-    "trainer.log_every_n_steps": 1,
-}
+QUANT_TINY = tiny_values(
+    "quantization",
+    **{
+        "data.generator.num_train": 48,
+        "data.generator.num_query": 9,
+        "data.generator.num_database": 21,
+        "data.batch_size": 12,
+        "eval.grid": "true",
+        "trainer.log_every_n_steps": 1,
+    },
+)
 TWO_CPU = {"trainer.accelerator": "cpu", "trainer.devices": 2}
 
 
@@ -220,7 +202,7 @@ def clean_env(monkeypatch):
 
 
 def _cfg(tmp_path, *extra: str):
-    from sketchquant.core.config import compose
+    from sketchquant.app.methods import compose
 
     return compose("zs_sbir", [f"run_dir={tmp_path}", "data.root=unused", *extra])
 
@@ -248,7 +230,7 @@ def later_clock(monkeypatch):
 
 def _fresh_process_run_dir(cfg, monkeypatch) -> Path:
     """``new_run_dir`` as a separately launched process sees it (no SKETCHQUANT_RUN_DIR from a parent)."""
-    from sketchquant.app.train import new_run_dir
+    from sketchquant.app.rundir import new_run_dir
 
     monkeypatch.delenv("SKETCHQUANT_RUN_DIR", raising=False)
     return new_run_dir(cfg)
@@ -288,7 +270,7 @@ def test_run_dir_job_id_precedence_and_none(tmp_path, clean_env):
 
 def test_relaunched_worker_uses_parent_run_dir(tmp_path, clean_env, later_clock):
     """``strategy=ddp`` re-launches the script: the child inherits SKETCHQUANT_RUN_DIR and must use it."""
-    from sketchquant.app.train import new_run_dir
+    from sketchquant.app.rundir import new_run_dir
 
     parent = new_run_dir(_cfg(tmp_path))
     assert os.environ["SKETCHQUANT_RUN_DIR"] == str(parent)
@@ -298,12 +280,12 @@ def test_relaunched_worker_uses_parent_run_dir(tmp_path, clean_env, later_clock)
 
 def test_metrics_csv_is_appended_not_replaced(tmp_path):
     """Fit and test in fresh processes (ddp_spawn/ddp_fork), or a resumed run, each make a new CSV writer."""
-    from sketchquant.app.train import _AppendingCSVLogger
+    from sketchquant.app.loggers import AppendingCSVLogger
 
-    first = _AppendingCSVLogger(save_dir=str(tmp_path), name="", version="")
+    first = AppendingCSVLogger(save_dir=str(tmp_path), name="", version="")
     first.log_metrics({"train/loss": 1.0, "val/map_all": 0.5}, step=0)
     first.save()
-    second = _AppendingCSVLogger(save_dir=str(tmp_path), name="", version="")  # a new process
+    second = AppendingCSVLogger(save_dir=str(tmp_path), name="", version="")  # a new process
     second.log_metrics({"test/map_all": 0.25}, step=1)
     second.save()
     columns, rows = _csv_columns_and_rows(tmp_path / "metrics.csv")
@@ -316,17 +298,17 @@ def test_best_score_read_from_checkpoint_when_worker_kept_it(tmp_path):
     import torch
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from sketchquant.app.train import _best_model_score
+    from sketchquant.app.train import best_model_score
 
     best = tmp_path / "best.ckpt"
     cb = ModelCheckpoint(dirpath=tmp_path, monitor="val/map_all", mode="max")
     cb.best_model_path, cb.best_model_score = str(best), torch.tensor(0.75)
     torch.save({"callbacks": {cb.state_key: cb.state_dict()}}, best)
-    assert _best_model_score(cb, str(best)) == pytest.approx(0.75)
+    assert best_model_score(cb, str(best)) == pytest.approx(0.75)
     main_process = ModelCheckpoint(dirpath=tmp_path, monitor="val/map_all", mode="max")
     main_process.best_model_path = str(best)  # what the launcher restores
-    assert _best_model_score(main_process, str(best)) == pytest.approx(0.75)
-    assert _best_model_score(None, "") is None
+    assert best_model_score(main_process, str(best)) == pytest.approx(0.75)
+    assert best_model_score(None, "") is None
 
 
 def test_train_log_handler_is_per_run_and_idempotent(tmp_path):
@@ -334,15 +316,15 @@ def test_train_log_handler_is_per_run_and_idempotent(tmp_path):
     its own train.log."""
     import logging
 
-    from sketchquant.app.train import RUN_LOG_LOGGERS, _setup_file_logging
+    from sketchquant.app.rundir import RUN_LOG_LOGGERS, setup_file_logging
 
     log = logging.getLogger("sketchquant")
     try:
-        _setup_file_logging(tmp_path / "run1")
-        _setup_file_logging(tmp_path / "run1")  # _RunFileLogging.setup in the same process
+        setup_file_logging(tmp_path / "run1")
+        setup_file_logging(tmp_path / "run1")  # _RunFileLogging.setup in the same process
         ours = [h for h in log.handlers if getattr(h, "sketchquant_run_log", False)]
         assert len(ours) == 1
-        _setup_file_logging(tmp_path / "run2")
+        setup_file_logging(tmp_path / "run2")
         log.info("second run only")
         assert "second run only" in (tmp_path / "run2" / "train.log").read_text()
         assert "second run only" not in (tmp_path / "run1" / "train.log").read_text()

@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from conftest import tiny_overrides
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -98,36 +99,28 @@ def test_fit_alpha_ramp_reaches_module_and_val_logs_both_embeddings(tmp_path):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("WANDB_MODE", "offline")
     from callbacks.alpha_ramp import alpha_schedule
-    from sketchquant.core.config import compose
-    from sketchquant.app.train import build_datamodule, build_module, build_trainer
+    from sketchquant.app.build import build_datamodule, build_module, build_trainer
+    from sketchquant.app.methods import compose
 
     epochs = 3
     cfg = compose(
         "quantization",
-        [
-            "model.backbone=test_resnet",
-            "model.weights=none",
-            "model.dim=8",
-            "model.feature_stage=-2",
-            "model.kernel=[1,1]",
-            "model.alpha.final=2.0",
-            "model.alpha.t1=0",
-            "model.alpha.t2=4",
-            f"data.root={tmp_path}/scenes",
-            f"data.generator.num_classes={NUM_CLASSES}",
-            "data.generator.num_train=32",
-            "data.generator.num_query=8",
-            "data.generator.num_database=24",
-            "data.generator.image_size=32",
-            "data.image_size=32",
-            "data.batch_size=16",
-            "data.num_workers=0",
-            f"trainer.max_epochs={epochs}",
-            "trainer.log_every_n_steps=1",
-            "trainer.enable_progress_bar=false",
-            f"run_dir={tmp_path}/runs",
-            "eval.grid=false",
-        ],
+        tiny_overrides(
+            "quantization",
+            tmp_path,
+            **{
+                "model.alpha.final": 2.0,
+                "model.alpha.t1": 0,
+                "model.alpha.t2": 4,
+                "data.generator.num_train": 32,
+                "data.generator.num_query": 8,
+                "data.generator.num_database": 24,
+                "trainer.max_epochs": epochs,
+                "trainer.limit_train_batches": 1.0,
+                "trainer.log_every_n_steps": 1,
+                "trainer.enable_progress_bar": "false",
+            },
+        ),
     )
     dm = build_datamodule(cfg)
     dm.prepare_data()

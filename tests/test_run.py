@@ -13,8 +13,11 @@ import yaml
 
 import sketchquant.app.train as run_module
 from callbacks import NonFiniteLossError
-from sketchquant.core.config import ConfigError, compose
-from sketchquant.app.train import evaluate, find_resume, load_checkpoint_config, train
+from sketchquant.app.checkpoints import load_checkpoint_config
+from sketchquant.app.methods import compose
+from sketchquant.app.rundir import find_resume
+from sketchquant.app.train import evaluate, train
+from sketchquant.core.config import ConfigError
 
 
 @pytest.fixture(autouse=True)
@@ -132,7 +135,7 @@ def test_evaluate_checkpoint_and_refuse_foreign_files(tiny_zs, tmp_path):
         "test/map_all"
     ] == pytest.approx(res["test"]["test/map_all"])
     with pytest.raises(ConfigError, match="needs a 'quantization' model"):
-        load_checkpoint_config(ckpt, expect_model="quantization")
+        load_checkpoint_config(ckpt, need="codes")
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(ConfigError, match="not written by sketchquant"):

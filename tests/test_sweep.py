@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import tiny_overrides
 
 from sketchquant.app import sweep as sw
 from sketchquant.core.config import ConfigError, config_dir
@@ -305,24 +306,16 @@ def test_online_spec_carries_overrides_and_wandb_logger(tmp_path):
 # end to end
 
 
-TINY = [
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=2",
-    "trainer.limit_test_batches=2",
-    "model.backbone=test_efficientnet",
-    "model.weights=none",
-    "model.embed_dim=32",
-    "data.generator.num_classes=8",
-    "data.generator.num_unseen=3",
-    "data.generator.photos_per_class=6",
-    "data.generator.sketches_per_class=6",
-    "data.generator.image_size=32",
-    "data.image_size=32",
-    "data.batch_size=12",
-    "data.num_workers=0",
-    "eval.pq_k=4",
-]
+TINY = tiny_overrides(
+    "zs_sbir",
+    **{
+        "data.generator.photos_per_class": 6,
+        "data.generator.sketches_per_class": 6,
+        "trainer.limit_val_batches": 2,
+        "trainer.limit_test_batches": 2,
+        "eval.grid": "true",
+    },
+)
 
 
 @pytest.mark.slow

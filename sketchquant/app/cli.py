@@ -86,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from sketchquant.core.config import compose, to_yaml
+    from sketchquant.app.methods import compose
+    from sketchquant.core.config import to_yaml
 
     if args.command == "train":
         from sketchquant.app.train import train
@@ -142,18 +143,10 @@ def _run(args: argparse.Namespace) -> int:
         )
     elif args.command == "data":
         from datamodules.cli_data import data_make, data_preview
+        from sketchquant.core.config import dotlist_to_dict, parse_overrides
 
         if args.data_command == "make":
-            from sketchquant.core.config import ConfigError, parse_overrides
-
-            _, dotlist = parse_overrides(args.overrides)
-            from omegaconf import OmegaConf
-
-            try:
-                kw = OmegaConf.to_container(OmegaConf.from_dotlist(dotlist)) if dotlist else {}
-            except Exception as err:
-                raise ConfigError(f"cannot parse generator settings {args.overrides}: {err}") from err
-            data_make(args.out, args.kind, kw)
+            data_make(args.out, args.kind, dotlist_to_dict(parse_overrides(args.overrides)[1]))
         else:
             data_preview(args.dir, args.out)
     return 0

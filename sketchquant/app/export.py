@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+
+from sketchquant.core.io import atomic_savez
 
 __all__ = ["encode", "build_index", "search", "load_quantization_model", "read_codes"]
 
@@ -34,71 +34,19 @@ CODE_FIELDS = ("codes", "labels", "paths", "class_names", "bits", "num_windows",
 # model loading
 
 
-def _num_classes_from_state(state: dict) -> int | None:
-    w = state.get("encoder.classifier.weight")
-    if w is not None:
-        return int(w.shape[0])
-    return None
-
-
-def load_quantization_model(ckpt: str | os.PathLike, overrides: Sequence[str] = (), *, datamodule=None):
-    """``(cfg, module, raw_checkpoint)``: a method-A checkpoint's config (``overrides`` on top) and its
-    :class:`~lightning_modules.QuantizationModule` with the trained weights, in eval mode.
-
-    A checkpoint of another method is refused. The backbone is built without pretrained weights (the
-    checkpoint's ``state_dict`` replaces every tensor), so no weights file or network is touched.
-    ``num_classes`` / ``multi_label`` come from the checkpoint's hyper-parameters, else from
-    ``datamodule`` (which must then be set up)."""
+def load_quantization_model(ckpt: str | os.PathLike, overrides: Sequence[str] = ()):
+    """``(cfg, module, raw_checkpoint)``: a code-making (method A) checkpoint's config (``overrides`` on
+    top) and its module with the trained weights, in eval mode; other methods are refused."""
     from lightning_modules.components.irelu import check_bits
-    from sketchquant.core.config import ConfigError
-    from sketchquant.app.train import build_module, load_checkpoint_config
+    from sketchquant.app.checkpoints import load_checkpoint_config, load_trained_module
 
-    cfg, raw = load_checkpoint_config(ckpt, list(overrides), expect_model="quantization")
+    cfg, _ = load_checkpoint_config(ckpt, list(overrides), need="codes")
     check_bits(cfg.model.bits)  # a clear error before anything is built
-    state = raw.get("state_dict")
-    if not isinstance(state, dict) or not state:
-        raise ConfigError(f"checkpoint {ckpt} holds no 'state_dict' (model weights)")
-    hp = raw.get("hyper_parameters") or {}
-    num_classes = hp.get("num_classes") or _num_classes_from_state(state)
-    multi = hp.get("multi_label")
-    if datamodule is not None and hasattr(datamodule, "num_classes"):
-        num_classes = num_classes or datamodule.num_classes
-        multi = datamodule.multi_label if multi is None else multi
-    if num_classes is None or multi is None:
-        raise ConfigError(
-            f"checkpoint {ckpt} does not say how many classes its model has (no hyper_parameters)"
-        )
-    cfg.model.weights = "none"  # everything comes from the state_dict
-    module = build_module(cfg, SimpleNamespace(num_classes=int(num_classes), multi_label=bool(multi)))
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise ConfigError(
-            f"checkpoint {ckpt}: its weights do not fit the model its config describes "
-            f"(were model overrides given?): {first}"
-        ) from err
-    module.eval()
-    return cfg, module, raw
+    return load_trained_module(ckpt, list(overrides), need="codes")
 
 
 # --------------------------------------------------------------------------------------------------
 # small file helpers
-
-
-def _atomic_savez(path: Path, arrays: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:  # a file object: np.savez adds no ".npz" to the temporary name
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _npz_path(out: str | os.PathLike) -> Path:
@@ -159,8 +107,8 @@ def encode(
     import torch
     from torch.utils.data import DataLoader
 
+    from sketchquant.app.build import build_datamodule
     from sketchquant.core.batch import LABEL
-    from sketchquant.app.train import build_datamodule
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -199,7 +147,7 @@ def encode(
         "split": np.asarray(split),
         "multi_label": np.bool_(dm.multi_label),
     }
-    _atomic_savez(path, arrays)
+    atomic_savez(path, arrays)
     n, per = codes_np.shape
     print(
         f"encoded {n} {split} images -> {path}: {per} bytes per image ({enc.num_windows} windows x "
@@ -325,8 +273,8 @@ def search(
     squared L2 distance between uint8 codes; ``labels`` are class names when the index knows them)."""
     import torch
 
+    from sketchquant.app.build import build_datamodule
     from sketchquant.core.retrieval.index import load_index, search_index
-    from sketchquant.app.train import build_datamodule
 
     if isinstance(k, bool) or int(k) != k or int(k) < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")

@@ -54,7 +54,8 @@ from urllib.parse import urlparse
 import yaml
 from omegaconf import OmegaConf
 
-from sketchquant.core.config import ConfigError, compose
+from sketchquant.app.methods import compose
+from sketchquant.core.config import ConfigError
 
 log = logging.getLogger("sketchquant.app.sweep")
 
@@ -240,10 +241,10 @@ def validate_spec(
     where = f"sweep spec {path}" if path else "sweep spec"
     method = spec.get("method")
     if method not in METHODS:
-        from sketchquant.core.config import _suggest
+        from sketchquant.core.config import suggest
 
         raise ConfigError(
-            f"{where}: unknown method {method!r}{_suggest(method, METHODS)} allowed: {', '.join(METHODS)}"
+            f"{where}: unknown method {method!r}{suggest(method, METHODS)} allowed: {', '.join(METHODS)}"
         )
     metric = spec.get("metric")
     if not isinstance(metric, dict) or not metric.get("name"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,13 @@ GROUPS = ("trainer", "logger", "data", "model")
 
 class ConfigError(ValueError):
     """A config problem found before any work starts. The message names key, value and what is allowed."""
+
+
+def choice(default: Any, *allowed: Any) -> Any:
+    """A dataclass field whose value must be one of ``allowed`` (``default`` first). Checked after merging,
+    so a typo fails before any work, naming the key, the value and the allowed set."""
+    values = tuple(dict.fromkeys((default, *allowed)))
+    return field(default=default, metadata={"choices": values})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -64,151 +72,13 @@ class TrainerConfig:
 class LoggerConfig:
     """CSV is always written; ``name`` adds a dashboard logger."""
 
-    name: str = "csv"  # csv | wandb | tensorboard
+    name: str = choice("csv", "wandb", "tensorboard")
     project: str = "sketchquant"
     entity: str | None = None
     group: str | None = None
     tags: list[str] = field(default_factory=list)
     log_model: bool = False
     offline: bool | None = None  # wandb: None = offline unless WANDB_MODE=online
-
-
-@dataclass
-class SketchPhotoDataConfig:
-    """:class:`datamodules.SketchPhotoDataModule` (ZS-SBIR). ``batch_size`` is per device."""
-
-    kind: str = "sketch_photo"
-    root: str = MISSING
-    layout: str = "folder"  # folder | sake
-    unseen_classes: Any = None  # None (<root>/unseen_classes.txt) | shipped list name | path | list
-    sake_sketch_version: str = "sketch_tx_000000000000_ready"
-    sake_photo_version: str = "all_photo"
-    sake_split_dir: str | None = None
-    val_fraction: float = 0.2
-    split_seed: int = 0
-    image_size: int | None = None  # None: the backbone's timm data config
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    interpolation: str = "bilinear"
-    augment: bool = True
-    hflip: float = 0.5
-    affine_degrees: float = 10.0
-    affine_translate: float = 0.1
-    affine_scale: list[float] = field(default_factory=lambda: [0.9, 1.1])
-    batch_size: int = 48
-    sketch_fraction: float = 1 / 3
-    num_workers: int = 2
-    pin_memory: bool = False
-    persistent_workers: bool = True
-    on_bad_image: str = "skip"  # skip | error
-    auto_generate: bool = False
-    generator: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class ImageDataConfig:
-    """:class:`datamodules.ImageDataModule` (method A, hashing-style splits). ``batch_size`` is per device."""
-
-    kind: str = "images"
-    root: str = MISSING
-    layout: str = "csv"  # csv | folder
-    train_list: str = "train.csv"
-    query_list: str = "query.csv"
-    database_list: str = "database.csv"
-    multi_label: bool | None = None
-    image_size: int | None = None
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    interpolation: str = "bilinear"
-    augment: bool = True
-    hflip: float = 0.5
-    affine_degrees: float = 10.0
-    affine_translate: float = 0.1
-    affine_scale: list[float] = field(default_factory=lambda: [0.9, 1.1])
-    batch_size: int = 64
-    num_workers: int = 2
-    pin_memory: bool = False
-    persistent_workers: bool = True
-    on_bad_image: str = "skip"
-    auto_generate: bool = False
-    generator: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class OptimConfig:
-    name: str = "adam"  # adam | adamw | sgd
-    lr: float = 1e-4
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    schedule: str = "exp"  # exp: lr * final_factor^(epoch/max_epochs) (SAKE) | cosine | none
-    final_factor: float = 1e-3
-    head_lr_mult: float = 1.0  # lr multiplier of the new layers (embedding, heads); 1 = SAKE
-
-
-@dataclass
-class ZeroShotModelConfig:
-    """Method B (SPEC §B)."""
-
-    name: str = "zs_sbir"
-    backbone: str = "tf_efficientnet_lite0"
-    weights: str = "auto"  # auto | none | hub | efficientnet_lite0 | /path/to/weights
-    embed_dim: int = 512
-    lambda_kd: float = 1.0
-    lambda_da: float = 0.1
-    tau: float = 1.0
-    head_init: str = "svd"  # svd | random
-    optim: OptimConfig = field(default_factory=OptimConfig)
-
-
-@dataclass
-class AlphaConfig:
-    """α(t) ramp of SPEC §A."""
-
-    final: float = 1.0
-    t1: float = 1.0
-    t2: float = 5.0
-    shape: str = "linear"  # linear | sigmoid
-    unit: str = "epoch"  # epoch | step
-
-
-@dataclass
-class QuantModelConfig:
-    """Method A (SPEC §A)."""
-
-    name: str = "quantization"
-    backbone: str = "tf_efficientnet_lite0"
-    weights: str = "auto"
-    feature_stage: int = -1
-    window: str = "sliding"  # sliding | stripes | global
-    kernel: list[int] = field(default_factory=lambda: [2, 2])
-    stride: list[int] = field(default_factory=lambda: [1, 1])
-    num_stripes: int = 4
-    dim: int = 64
-    bits: int = 8
-    per_window_classifier: bool = False
-    alpha: AlphaConfig = field(default_factory=AlphaConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=1e-4))
-
-
-@dataclass
-class EvalConfig:
-    """Retrieval evaluation (SPEC §C) run by :class:`callbacks.RetrievalEvaluator`."""
-
-    protocol: str = "sbir"  # sbir | hashing
-    map_at: list[Any] = field(default_factory=lambda: ["all", 200])
-    p_at: list[int] = field(default_factory=lambda: [100, 200])
-    ap: str = "voc"  # voc | standard
-    metric: str = "l2"  # l2 | ip
-    normalize: bool = True
-    memory_budget_mb: int = 512
-    prototypes: bool = True  # method B test: also prototype and fused gallery features
-    pq_m: int = 2
-    pq_k: int = 32
-    fusion: str = "feature"  # feature | distance
-    fusion_lambda: float = 0.2
-    grid: bool = True
-    grid_queries: int = 4
-    grid_topk: int = 10
 
 
 @dataclass
@@ -220,38 +90,14 @@ class RunConfig:
     resume: str | None = None  # auto | /path/to/last.ckpt
     ckpt: str | None = None  # evaluate: the checkpoint to test
     monitor: str = "val/map_all"
-    monitor_mode: str = "max"
+    monitor_mode: str = choice("max", "min")
     save_top_k: int = 1
     test_after_fit: bool = True
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     data: Any = None
     model: Any = None
-    eval: EvalConfig = field(default_factory=EvalConfig)
-
-
-DATA_SCHEMAS: dict[str, type] = {"sketch_photo": SketchPhotoDataConfig, "images": ImageDataConfig}
-MODEL_SCHEMAS: dict[str, type] = {"zs_sbir": ZeroShotModelConfig, "quantization": QuantModelConfig}
-# sections whose schema is chosen by a discriminating key
-_VARIANT_SECTIONS = {"data": ("kind", DATA_SCHEMAS), "model": ("name", MODEL_SCHEMAS)}
-
-# allowed values of string options (checked after merging; a typo fails before any work)
-CHOICES: dict[str, tuple] = {
-    "logger.name": ("csv", "wandb", "tensorboard"),
-    "monitor_mode": ("max", "min"),
-    "data.layout": ("folder", "sake", "csv"),
-    "data.on_bad_image": ("skip", "error"),
-    "model.window": ("sliding", "stripes", "global"),
-    "model.alpha.shape": ("linear", "sigmoid"),
-    "model.alpha.unit": ("epoch", "step"),
-    "model.optim.name": ("adam", "adamw", "sgd"),
-    "model.optim.schedule": ("exp", "cosine", "none"),
-    "model.head_init": ("svd", "random"),
-    "eval.protocol": ("sbir", "hashing"),
-    "eval.ap": ("voc", "standard"),
-    "eval.metric": ("l2", "ip"),
-    "eval.fusion": ("feature", "distance"),
-}
+    eval: Any = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -274,7 +120,7 @@ def list_choices(group: str, root: Path | None = None) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
-def _suggest(word: str, candidates) -> str:
+def suggest(word: str, candidates) -> str:
     close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=3, cutoff=0.5)
     return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
@@ -295,7 +141,7 @@ def _load_choice(group: str, choice: str, root: Path, origin: str) -> dict:
     available = list_choices(group, root)
     if choice not in available:
         raise ConfigError(
-            f"unknown choice {choice!r} for config group '{group}' ({origin}){_suggest(choice, available)} "
+            f"unknown choice {choice!r} for config group '{group}' ({origin}){suggest(choice, available)} "
             f"available: {', '.join(available) or '(none)'}"
         )
     return _load_yaml(root / group / f"{choice}.yaml")
@@ -323,7 +169,7 @@ def parse_overrides(overrides: list[str]) -> tuple[dict[str, str], list[str]]:
     return choices, dotlist
 
 
-def _dotlist_to_dict(dotlist: list[str]) -> dict:
+def dotlist_to_dict(dotlist: list[str]) -> dict:
     if not dotlist:
         return {}
     try:
@@ -357,7 +203,7 @@ def _check_keys(schema, raw: dict, prefix: str) -> None:
         path = f"{prefix}.{key}" if prefix else str(key)
         if key not in known:
             raise ConfigError(
-                f"unknown config key '{path}' (value {value!r}){_suggest(key, known)} "
+                f"unknown config key '{path}' (value {value!r}){suggest(key, known)} "
                 f"allowed keys{' under ' + repr(prefix) if prefix else ''}: {', '.join(known)}"
             )
         default = known[key].default_factory() if callable(known[key].default_factory) else None
@@ -378,31 +224,61 @@ def _typed(schema, raw: dict, prefix: str) -> DictConfig:
         raise ConfigError(f"bad value for config key '{key}' (value {value!r}): {msg}") from err
 
 
-def _variant(section: str, raw: Any) -> DictConfig:
-    disc, schemas = _VARIANT_SECTIONS[section]
+@dataclass(frozen=True)
+class Schemas:
+    """What the core checks a config against, handed in by the application's method registry.
+
+    ``sections``: fixed sections (``eval``) → dataclass. ``variants``: sections whose dataclass is chosen by
+    a discriminating key: ``{"model": ("name", {"zs_sbir": ZeroShotModelConfig, ...}), "data": ("kind",
+    {...})}``. ``pairs``: model name → the data kind it needs."""
+
+    sections: dict[str, type] = field(default_factory=dict)
+    variants: dict[str, tuple[str, dict[str, type]]] = field(default_factory=dict)
+    pairs: dict[str, str] = field(default_factory=dict)
+
+
+def _variant(section: str, raw: Any, schemas: Schemas) -> DictConfig:
+    disc, options = schemas.variants[section]
     if not isinstance(raw, dict):
         raise ConfigError(
             f"config section '{section}' is missing: choose one with {section}=<choice> "
             f"(choices: {', '.join(list_choices(section)) or '(none)'})"
         )
     kind = raw.get(disc)
-    if kind not in schemas:
+    if kind not in options:
         raise ConfigError(
-            f"config key '{section}.{disc}' is {kind!r}{_suggest(kind, schemas)} expected one of: "
-            f"{', '.join(schemas)}"
+            f"config key '{section}.{disc}' is {kind!r}{suggest(kind, options)} expected one of: "
+            f"{', '.join(options)}"
         )
-    return _typed(schemas[kind], raw, section)
+    return _typed(options[kind], raw, section)
 
 
-def _check_choices(cfg: DictConfig) -> None:
-    for key, allowed in CHOICES.items():
-        if not allowed:
+def _choice_fields(schema, prefix: str) -> Iterator[tuple[str, tuple]]:
+    """``(dotted key, allowed values)`` of every :func:`choice` field below ``schema``."""
+    for f in fields(schema):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if "choices" in f.metadata:
+            yield key, f.metadata["choices"]
+        default = f.default_factory() if callable(f.default_factory) else None
+        if is_dataclass(default):
+            yield from _choice_fields(type(default), key)
+
+
+def _check_choices(cfg: DictConfig, schemas: Schemas) -> None:
+    for section in (None, *schemas.sections, *schemas.variants):
+        node = cfg if section is None else cfg.get(section)
+        if node is None:
             continue
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is not None and value not in allowed:
-            raise ConfigError(
-                f"config key '{key}' is {value!r}{_suggest(value, allowed)} expected one of: {', '.join(allowed)}"
-            )
+        schema = OmegaConf.get_type(node)
+        if not is_dataclass(schema):
+            continue
+        for key, allowed in _choice_fields(schema, section or ""):
+            value = OmegaConf.select(cfg, key, default=None)
+            if value is not None and value not in allowed:
+                raise ConfigError(
+                    f"config key '{key}' is {value!r}{suggest(value, allowed)} expected one of: "
+                    f"{', '.join(map(str, allowed))}"
+                )
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(
@@ -410,26 +286,28 @@ def _check_choices(cfg: DictConfig) -> None:
             + ", ".join(missing)
             + f" (set on the command line, e.g. {missing[0]}=...)"
         )
-    if cfg.data is not None and cfg.model is not None:
-        pairs = {"zs_sbir": "sketch_photo", "quantization": "images"}
-        want = pairs.get(cfg.model.name)
+    if cfg.get("data") is not None and cfg.get("model") is not None:
+        want = schemas.pairs.get(cfg.model.name)
         if want and cfg.data.kind != want:
             raise ConfigError(
                 f"model '{cfg.model.name}' needs data of kind '{want}', but data.kind is '{cfg.data.kind}'"
             )
 
 
-def validate(raw: dict) -> DictConfig:
+def validate(raw: dict, schemas: Schemas) -> DictConfig:
     """Turn a raw nested dict into a typed, checked config (the single entry point for checking)."""
     raw = dict(raw)
-    sections = {s: raw.pop(s, None) for s in _VARIANT_SECTIONS}
+    own = {s: raw.pop(s, None) for s in (*schemas.sections, *schemas.variants)}
     cfg = _typed(RunConfig, raw, "")
-    for section, value in sections.items():
-        typed = _variant(section, value)
+    for section, value in own.items():
+        if section in schemas.sections:
+            typed = _typed(schemas.sections[section], value or {}, section)
+        else:
+            typed = _variant(section, value, schemas)
         OmegaConf.set_struct(cfg, False)
         cfg[section] = typed
         OmegaConf.set_struct(cfg, True)
-    _check_choices(cfg)
+    _check_choices(cfg, schemas)
     return cfg
 
 
@@ -437,13 +315,20 @@ def validate(raw: dict) -> DictConfig:
 # composition
 
 
-def compose(experiment: str, overrides: list[str] | None = None, root: Path | None = None) -> DictConfig:
-    """Compose ``experiment`` + its group choices + command-line ``overrides`` into a checked config."""
+def compose(
+    experiment: str,
+    schemas: Schemas,
+    overrides: list[str] | None = None,
+    root: Path | None = None,
+    prepare: Callable[[dict], dict] | None = None,
+) -> DictConfig:
+    """Compose ``experiment`` + its group choices + command-line ``overrides`` into a config checked
+    against ``schemas``. ``prepare`` may fill defaults into the merged raw dict before it is checked."""
     root = root or config_dir()
     experiments = list_choices("experiment", root)
     if experiment not in experiments:
         raise ConfigError(
-            f"unknown experiment {experiment!r}{_suggest(experiment, experiments)} "
+            f"unknown experiment {experiment!r}{suggest(experiment, experiments)} "
             f"available: {', '.join(experiments) or '(none)'}"
         )
     body = _load_yaml(root / "experiment" / f"{experiment}.yaml")
@@ -460,7 +345,7 @@ def compose(experiment: str, overrides: list[str] | None = None, root: Path | No
     for group in defaults:
         if group not in GROUPS:
             raise ConfigError(
-                f"experiment {experiment}: unknown config group {group!r} in defaults{_suggest(group, GROUPS)} "
+                f"experiment {experiment}: unknown config group {group!r} in defaults{suggest(group, GROUPS)} "
                 f"groups: {', '.join(GROUPS)}"
             )
     cli_choices, dotlist = parse_overrides(list(overrides or []))
@@ -472,9 +357,9 @@ def compose(experiment: str, overrides: list[str] | None = None, root: Path | No
         origin = "command line" if group in cli_choices else f"experiment/{experiment}.yaml defaults"
         raw[group] = _load_choice(group, str(choice), root, origin)
     raw = _deep_merge(raw, body)
-    raw = _deep_merge(raw, _dotlist_to_dict(dotlist))
+    raw = _deep_merge(raw, dotlist_to_dict(dotlist))
     raw["experiment"] = experiment
-    return validate(raw)
+    return validate(prepare(raw) if prepare else raw, schemas)
 
 
 def to_yaml(cfg: DictConfig) -> str:
@@ -485,7 +370,7 @@ def to_container(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def from_container(data: dict, overrides: list[str] | None = None) -> DictConfig:
+def from_container(data: dict, schemas: Schemas, overrides: list[str] | None = None) -> DictConfig:
     """Re-check a saved config (``config.yaml`` or a checkpoint's copy) with optional overrides on top."""
     cli_choices, dotlist = parse_overrides(list(overrides or []))
     if cli_choices:
@@ -493,7 +378,7 @@ def from_container(data: dict, overrides: list[str] | None = None) -> DictConfig
             f"group choices ({', '.join(f'{k}={v}' for k, v in cli_choices.items())}) cannot be changed "
             "when evaluating a checkpoint; override single keys instead (e.g. data.root=...)"
         )
-    return validate(_deep_merge(data, _dotlist_to_dict(dotlist)))
+    return validate(_deep_merge(data, dotlist_to_dict(dotlist)), schemas)
 
 
 def as_kwargs(node: DictConfig | ListConfig | Any, drop: tuple[str, ...] = ()) -> Any:

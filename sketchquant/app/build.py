@@ -1,0 +1,95 @@
+"""From a checked config to the objects of a run: DataModule, LightningModule, callbacks, Trainer.
+
+Which classes and which method-specific callbacks come from the method registry
+(:mod:`sketchquant.app.methods`); this module only wires them together.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+
+from callbacks import AtomicCheckpointIO, EpochSeed, EpochSummary, NaNGuard, RetrievalEvaluator
+from datamodules.transforms import resolve_data_config
+from sketchquant.app.loggers import build_loggers
+from sketchquant.app.methods import method_of, module_kwargs
+from sketchquant.core.config import as_kwargs
+
+__all__ = ["datamodule_kwargs", "build_datamodule", "build_module", "build_callbacks", "build_trainer"]
+
+
+def datamodule_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """The data section as constructor arguments; image size, mean and std the config leaves empty come
+    from the backbone's timm data config."""
+    kwargs = as_kwargs(cfg.data, drop=("kind",))
+    if any(kwargs.get(key) is None for key in ("image_size", "mean", "std")):
+        backbone = resolve_data_config(cfg.model.backbone)
+        for key in ("image_size", "mean", "std"):
+            if kwargs.get(key) is None:
+                kwargs[key] = backbone[key]
+    for key in ("mean", "std", "affine_scale"):
+        if kwargs.get(key) is not None:
+            kwargs[key] = tuple(kwargs[key])
+    return kwargs
+
+
+def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
+    return method_of(cfg).datamodule(**datamodule_kwargs(cfg))
+
+
+def build_module(cfg: DictConfig, datamodule: Any) -> pl.LightningModule:
+    """The method's LightningModule; ``datamodule`` needs only the data facts the method reads (class
+    count, multi-label, image size), so a set-up DataModule or a plain namespace both work."""
+    return method_of(cfg).module(**module_kwargs(cfg, datamodule))
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path, *, progress_bar: bool) -> list[pl.Callback]:
+    cbs: list[pl.Callback] = [
+        NaNGuard(),
+        EpochSeed(cfg.seed),
+        ModelCheckpoint(  # first ModelCheckpoint = trainer.checkpoint_callback: the best by the monitor
+            dirpath=run_dir / "checkpoints",
+            filename="best-epoch{epoch:02d}",
+            monitor=cfg.monitor,
+            mode=cfg.monitor_mode,
+            save_top_k=cfg.save_top_k,
+            save_last=False,
+            auto_insert_metric_name=False,
+        ),
+        # last.ckpt after EVERY epoch (Lightning's save_last only refreshes it when a best one is saved)
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            enable_version_counter=False,
+        ),
+        RetrievalEvaluator(**as_kwargs(cfg.eval), run_dir=str(run_dir)),
+        LearningRateMonitor(logging_interval="step"),
+        EpochSummary(echo=not progress_bar),
+        *method_of(cfg).callbacks(cfg),
+    ]
+    if progress_bar:
+        cbs.append(RichProgressBar())
+    return cbs
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, **extra: Any) -> pl.Trainer:
+    trainer_kwargs = as_kwargs(cfg.trainer)
+    progress_bar = bool(trainer_kwargs.pop("enable_progress_bar")) and sys.stdout.isatty()
+    kwargs = dict(
+        default_root_dir=str(run_dir),
+        callbacks=build_callbacks(cfg, run_dir, progress_bar=progress_bar),
+        logger=build_loggers(cfg, run_dir),
+        enable_progress_bar=progress_bar,
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=method_of(cfg).use_distributed_sampler,
+        **trainer_kwargs,
+    )
+    kwargs.update(extra)
+    return pl.Trainer(**kwargs)
