@@ -31,7 +31,6 @@ Writes ``benchmarks/results/quantization_claims.json`` and ``.png`` and prints a
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -113,45 +112,30 @@ def load_data(root: str, image_size: int):
     return dm
 
 
-def _labels(ds) -> torch.Tensor:
-    return torch.stack([ds._label(i) for i in range(len(ds))])
+def _make_trunk():
+    """``make_trunk`` (the public name) when the encoder module has it, else the older ``_make_trunk``."""
+    from lightning_modules.components import quant_encoder
+
+    return getattr(quant_encoder, "make_trunk", None) or quant_encoder._make_trunk
 
 
 @torch.no_grad()
 def backbone_maps(dm, image_size: int, feature_stage: int) -> dict[str, torch.Tensor]:
-    from datamodules.common import SampleDataset
-    from datamodules.transforms import build_eval_transform
     from lightning_modules.components.backbones import create_backbone
-    from lightning_modules.components.quant_encoder import _make_trunk
-    from sketchquant.core.batch import GALLERY, QUERY
 
     trunk_model = create_backbone("tf_efficientnet_lite0", weights="efficientnet_lite0", num_classes=None)
-    trunk = _make_trunk(
+    trunk = _make_trunk()(
         trunk_model, feature_stage, torch.zeros(1, 3, image_size, image_size), prune=True
     ).eval()
-    tf = build_eval_transform(image_size, dm.mean, dm.std, dm.interpolation)
     out = {}
-    tr, ev = dm.datasets["train"], dm.datasets["eval"]
-    for split, src, pos in (
-        ("train", tr, np.arange(len(tr))),
-        ("query", ev, ev.positions(QUERY)),
-        ("database", ev, ev.positions(GALLERY)),
-    ):
-        ds = SampleDataset(
-            [src.paths[i] for i in pos],
-            [src.labels[i] for i in pos],
-            src.domains[pos],
-            src.indices[pos],
-            {QUERY: tf, GALLERY: tf},
-            multi_label=True,
-            num_classes=src.num_classes,
-        )
+    for split in ("train", "query", "database"):
+        ds = dm.eval_dataset(split)
         maps = []
         for a in range(0, len(ds), 128):
             x = torch.stack([ds[i]["image"] for i in range(a, min(a + 128, len(ds)))])
             maps.append(trunk(x))
         out[split] = torch.cat(maps)
-        out[split + "_labels"] = _labels(ds)
+        out[split + "_labels"] = ds.labels_tensor()
     return out
 
 
@@ -229,9 +213,10 @@ def sign_hash(f: dict) -> dict:
 
 
 def finetune_features(v: Variant, seed: int, epochs: int, extra: list[str], workdir: Path) -> dict:
+    from sketchquant.app.build import build_datamodule
     from sketchquant.app.export import load_quantization_model
-    from sketchquant.core.config import compose
-    from sketchquant.app.train import build_datamodule, train
+    from sketchquant.app.methods import compose
+    from sketchquant.app.train import train
 
     ov = [
         f"model.window={v.window}",
@@ -255,11 +240,9 @@ def finetune_features(v: Variant, seed: int, epochs: int, extra: list[str], work
     dm = build_datamodule(cfg)
     dm.prepare_data()
     dm.setup("test")
-    from sketchquant.app.export import _split_dataset
-
     feats = {}
     for split in ("train", "query", "database"):
-        ds = _split_dataset(dm, split)
+        ds = dm.eval_dataset(split)
         loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=False)
         with torch.no_grad():
             parts = [(module.encoder.float_features(b["image"]), b["label"]) for b in loader]
@@ -336,19 +319,6 @@ def build_rows(dim: int, P: int) -> dict[str, Row]:
     }
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -373,11 +343,10 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=6.5, loc="lower right")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=130)
+    from sketchquant.core.io import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=130, format="png"), suffix=".png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -495,9 +464,9 @@ def main(argv: list[str] | None = None) -> int:
         "alpha": alpha,
         "backbone": "tf_efficientnet_lite0 (ImageNet, efficientnet_lite0 file)",
         "data": args.data,
-        "num_query": int(len(dm.datasets["eval"].positions(1))),
-        "num_database": int(len(dm.datasets["eval"].positions(0))),
-        "num_train": len(dm.datasets["train"]),
+        "num_query": len(dm.eval_dataset("query")),
+        "num_database": len(dm.eval_dataset("database")),
+        "num_train": len(dm.eval_dataset("train")),
         "protocol": "hashing, mAP@all over the whole database (= mAP@1000 for 1000 database images)",
         "sign_hash": "bit = v > per-dimension median of the training split's continuous features; Hamming",
         "bytes": "bit-packed bytes per image: bits·P·d/8; float32: 4·P·d",
@@ -506,7 +475,9 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
     }
     out = Path(args.out)
-    atomic_write(out, json.dumps({"meta": meta, "rows": table}, indent=2).encode())
+    from sketchquant.core.io import atomic_write_json
+
+    atomic_write_json(out, {"meta": meta, "rows": table}, indent=2)
     title = (
         f"glyph scenes, {args.mode} lite0 stage {args.feature_stage} @{args.image_size}px, "
         f"{len(seeds)} seed(s), mAP@all"

@@ -1,4 +1,7 @@
-"""LightningDataModules, readers, transforms, the glyph generator and the shipped split lists.
+"""LightningDataModules (one :class:`RetrievalDataModule` base, two layouts), their config dataclasses,
+readers, transforms, the embedded data generators and the shipped split lists.
+
+Imports only :mod:`sketchquant.core` (never the modules, callbacks or the app).
 
 Imports are lazy so the generator and transforms work without importing Lightning.
 """
@@ -8,11 +11,19 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
+    "RetrievalDataModule": "base",
+    "RetrievalDataConfig": "base",
     "SketchPhotoDataModule": "sketch_photo",
+    "SketchPhotoDataConfig": "sketch_photo",
     "ImageDataModule": "images",
+    "ImageDataConfig": "images",
     "MixedDomainSampler": "common",
+    "SampleDataset": "common",
+    "read_class_list": "lists",
+    "read_shipped_split": "lists",
     "make_glyph_benchmark": "glyphs",
     "make_glyph_scenes": "glyphs",
+    "make_glyph_mosaics": "glyphs",
     "make_contact_sheet": "glyphs",
     "build_train_transform": "transforms",
     "build_eval_transform": "transforms",

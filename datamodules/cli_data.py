@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .glyphs import MANIFEST, make_contact_sheet, make_glyph_benchmark, make_glyph_scenes
+from .generated import GENERATORS, default_out, generator
+from .glyphs import MANIFEST, make_contact_sheet
 
-KINDS = {"sketch_photo": make_glyph_benchmark, "scenes": make_glyph_scenes}
-DEFAULT_OUT = {"sketch_photo": "data/glyphs", "scenes": "data/glyph_scenes"}
+#: the kinds ``sketchquant data make --kind`` accepts
+KINDS = tuple(GENERATORS)
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -36,21 +37,19 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
 def data_make(
     out: str | Path | None = None, kind: str = "sketch_photo", overrides: dict | None = None
 ) -> Path:
-    """Generate a glyph dataset (``kind`` sketch_photo or scenes) and print a one-line summary.
+    """Generate an embedded dataset (``kind``: one of :data:`KINDS`) and print a one-line summary.
 
     ``overrides`` are generator keyword arguments (strings from ``key=value`` are converted to the
     parameter's type); unknown keys raise ``ValueError`` listing the valid ones.
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}; choose one of {sorted(KINDS)}")
-    fn = KINDS[kind]
+    fn, _ = generator(kind)
     params = {k: p.default for k, p in inspect.signature(fn).parameters.items() if k != "out_dir"}
     kwargs = {}
     for k, v in (overrides or {}).items():
         if k not in params:
             raise ValueError(f"unknown {kind} generator option {k!r}; valid: {', '.join(sorted(params))}")
         kwargs[k] = _coerce(k, v, params[k])
-    out = Path(out if out is not None else DEFAULT_OUT[kind])
+    out = Path(out if out is not None else default_out(kind))
     existed = (out / MANIFEST).exists()
     t0 = time.perf_counter()
     path = fn(out, **kwargs)

@@ -19,33 +19,19 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from sketchquant.core.batch import make_sample
+from sketchquant.core.io import atomic_write_text
 
+from .lists import IMAGE_EXTENSIONS, list_class_dirs, list_images  # noqa: F401 - re-exported
 from .transforms import load_rgb
 
 log = logging.getLogger("sketchquant.data")
 
-IMAGE_EXTENSIONS = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-)
 CHECK_CACHE = ".sketchquant_image_check.json"
 BAD_IMAGE_POLICIES = ("skip", "error")
 
 
 class BadImageWarning(UserWarning):
     """Some image files could not be read and were left out."""
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly in ``folder`` (by extension), sorted by name; hidden files ignored."""
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
-    )
-
-
-def list_class_dirs(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def stable_rng(*keys: Any) -> np.random.Generator:
@@ -122,7 +108,9 @@ class SampleDataset(Dataset):
     def positions(self, domain: int) -> np.ndarray:
         return np.flatnonzero(self.domains == domain)
 
-    def _label(self, pos: int) -> torch.Tensor:
+    def label(self, pos: int) -> torch.Tensor:
+        """The label of sample ``pos`` as the batches carry it: an ``int64`` class id, or a ``float32``
+        multi-hot vector of ``num_classes`` (multi-label)."""
         lab = self.labels[pos]
         if self.multi_label:
             v = torch.zeros(int(self.num_classes), dtype=torch.float32)
@@ -130,6 +118,14 @@ class SampleDataset(Dataset):
                 v[torch.as_tensor(list(lab), dtype=torch.long)] = 1.0
             return v
         return torch.tensor(int(lab), dtype=torch.int64)
+
+    def labels_tensor(self) -> torch.Tensor:
+        """Every sample's :meth:`label`, stacked (``N`` ids or ``N × num_classes`` multi-hot)."""
+        if not len(self):
+            if self.multi_label:
+                return torch.zeros((0, int(self.num_classes)), dtype=torch.float32)
+            return torch.zeros(0, dtype=torch.int64)
+        return torch.stack([self.label(i) for i in range(len(self))])
 
     #: when set (training sets), random augmentation of sample ``pos`` in epoch ``e`` is seeded with
     #: ``(augment_seed, e, pos)``: the same images whatever the worker count, process count or resume point.
@@ -148,7 +144,7 @@ class SampleDataset(Dataset):
                     int(np.random.SeedSequence([self.augment_seed, epoch, pos]).generate_state(1)[0])
                 )
                 image = self.transforms[domain](image)
-        return make_sample(image, self._label(pos), domain, int(self.indices[pos]))
+        return make_sample(image, self.label(pos), domain, int(self.indices[pos]))
 
 
 class EpochTaggedSampler(DistributedSampler):
@@ -222,13 +218,10 @@ def check_images(
                 bad[p] = reason
         if cache_file is not None:
             cache.update(fresh)
-            tmp = cache_file.with_name(f"{CHECK_CACHE}.{os.getpid()}.tmp")
             try:
-                tmp.write_text(json.dumps({"version": 1, "files": cache}))
-                os.replace(tmp, cache_file)
+                atomic_write_text(cache_file, json.dumps({"version": 1, "files": cache}))
             except OSError as e:
                 log.debug("image check cache not written (%s)", e)
-                tmp.unlink(missing_ok=True)
     return bad
 
 

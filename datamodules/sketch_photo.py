@@ -29,35 +29,19 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from importlib import resources
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
-
 from sketchquant.core.batch import PHOTO, SKETCH
+from sketchquant.core.config import choice
 
-from .common import (
-    MixedDomainSampler,
-    SampleDataset,
-    apply_bad_image_policy,
-    check_images,
-    dist_info,
-    eval_sampler,
-    global_seed,
-    list_class_dirs,
-    list_images,
-    make_loader,
-    match_classes,
-    stable_rng,
-    tree,
-)
-from .glyphs import read_class_list
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform
+from .base import RetrievalDataConfig, RetrievalDataModule
+from .common import MixedDomainSampler, dist_info, global_seed, match_classes, stable_rng, tree
+from .lists import SHIPPED_SPLITS, list_class_dirs, list_images, read_class_list, shipped_split_path
 
 log = logging.getLogger("sketchquant.data")
 
-SHIPPED_SPLITS = ("sketchy_split1", "sketchy_split2", "tuberlin", "quickdraw")
 DOMAIN_DIRS = {SKETCH: "sketch", PHOTO: "photo"}
 STAGES = ("train", "val", "test")
 
@@ -81,11 +65,6 @@ SAKE_LAYOUT = tree(
         "    <photo_version>_filelist_{train,test,zero}.txt   the same for photos (test optional)",
     ]
 )
-
-
-def shipped_split_path(name: str) -> Path:
-    ref = resources.files("datamodules") / "splits" / f"{name}.txt"
-    return Path(str(ref))
 
 
 def resolve_unseen_classes(spec: str | Sequence[str] | None, root: Path) -> tuple[list[str], str]:
@@ -146,99 +125,46 @@ def _read_filelist(path: Path, root: Path, names: dict[int, str]) -> list[tuple[
     return out
 
 
-class SketchPhotoDataModule(pl.LightningDataModule):
+@dataclass
+class SketchPhotoDataConfig(RetrievalDataConfig):
+    """:class:`datamodules.SketchPhotoDataModule` (ZS-SBIR). ``batch_size`` is per device."""
+
+    kind: str = "sketch_photo"
+    layout: str = choice("folder", "sake")
+    unseen_classes: Any = None  # None (<root>/unseen_classes.txt) | shipped list name | path | list
+    sake_sketch_version: str = "sketch_tx_000000000000_ready"
+    sake_photo_version: str = "all_photo"
+    sake_split_dir: str | None = None
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    batch_size: int = 48
+    sketch_fraction: float = 1 / 3
+
+
+class SketchPhotoDataModule(RetrievalDataModule):
     """Seen/unseen sketch and photo splits for zero-shot SBIR; see the module docstring."""
 
-    def __init__(
-        self,
-        root: str,
-        layout: str = "folder",
-        unseen_classes: str | list | None = None,
-        sake_sketch_version: str = "sketch_tx_000000000000_ready",
-        sake_photo_version: str = "all_photo",
-        sake_split_dir: str | None = None,
-        val_fraction: float = 0.2,
-        split_seed: int = 0,
-        image_size: int = 64,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        interpolation: str = "bilinear",
-        augment: bool = True,
-        hflip: float = 0.5,
-        affine_degrees: float = 10,
-        affine_translate: float = 0.1,
-        affine_scale: Sequence[float] = (0.9, 1.1),
-        batch_size: int = 48,
-        sketch_fraction: float = 1 / 3,
-        num_workers: int = 2,
-        pin_memory: bool = False,
-        persistent_workers: bool = True,
-        on_bad_image: str = "skip",
-        auto_generate: bool = False,
-        generator: dict | None = None,
-    ) -> None:
-        super().__init__()
-        if layout not in ("folder", "sake"):
-            raise ValueError(f"layout must be 'folder' or 'sake', got {layout!r}")
-        if on_bad_image not in ("skip", "error"):
-            raise ValueError(f"on_bad_image must be 'skip' or 'error', got {on_bad_image!r}")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        if not 0.0 <= sketch_fraction <= 1.0:
-            raise ValueError(f"sketch_fraction must be in [0, 1], got {sketch_fraction}")
-        self.root = Path(root).expanduser()
-        self.layout = layout
-        self.unseen_spec = unseen_classes
-        self.sake_sketch_version = sake_sketch_version
-        self.sake_photo_version = sake_photo_version
-        self.sake_split_dir = sake_split_dir
-        self.val_fraction = float(val_fraction)
-        self.split_seed = int(split_seed)
-        self.image_size = image_size
-        self.mean, self.std, self.interpolation = tuple(mean), tuple(std), interpolation
-        self.augment, self.hflip = augment, hflip
-        self.affine_degrees, self.affine_translate = affine_degrees, affine_translate
-        self.affine_scale = tuple(affine_scale)
-        self.batch_size = int(batch_size)
-        self.sketch_fraction = float(sketch_fraction)
-        self.num_workers, self.pin_memory, self.persistent_workers = (
-            num_workers,
-            pin_memory,
-            persistent_workers,
-        )
-        self.on_bad_image = on_bad_image
-        self.auto_generate = auto_generate
-        self.generator = dict(generator or {})
-        self._built = False
+    config_class = SketchPhotoDataConfig
+    layouts = {"folder": FOLDER_LAYOUT, "sake": SAKE_LAYOUT}
+    default_generator = "sketch_photo"
+    eval_splits = {stage: (stage, None) for stage in STAGES}
 
-    # -------------------------------------------------------------------------------------------------
-    # preparation
+    def check_options(self) -> None:
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.sketch_fraction <= 1.0:
+            raise ValueError(f"sketch_fraction must be in [0, 1], got {self.sketch_fraction}")
+        self.val_fraction = float(self.val_fraction)
+        self.sketch_fraction = float(self.sketch_fraction)
+        self.split_seed = int(self.split_seed)
+        self.unseen_spec = self.config.unseen_classes
 
-    def prepare_data(self) -> None:
-        self._maybe_generate()
-
-    def _maybe_generate(self) -> None:
-        if self.auto_generate and not self.root.exists():
-            if self.layout != "folder":
-                raise ValueError("auto_generate writes the folder layout; set layout='folder'")
-            from .glyphs import make_glyph_benchmark
-
-            log.info("generating the glyph benchmark in %s", self.root)
-            make_glyph_benchmark(self.root, **self.generator)
-
-    def setup(self, stage: str | None = None) -> None:
-        if self._built:
-            return
-        self._maybe_generate()
-        if not self.root.is_dir():
-            layout = FOLDER_LAYOUT if self.layout == "folder" else SAKE_LAYOUT
-            raise FileNotFoundError(f"data root {self.root} does not exist. Expected layout:\n{layout}")
+    def build(self) -> None:
         if self.layout == "folder":
             splits, seen, unseen = self._scan_folder()
         else:
             splits, seen, unseen = self._scan_sake()
         self._finish(splits, seen, unseen)
-        self._built = True
 
     # -------------------------------------------------------------------------------------------------
     # layouts: both return {stage: {domain: [(path, class)]}}, seen names (label order), unseen names
@@ -375,9 +301,7 @@ class SketchPhotoDataModule(pl.LightningDataModule):
                     continue
                 if not splits[stage][d]:
                     raise ValueError(f"the {stage} split has no {DOMAIN_DIRS[d]} images")
-        all_paths = [p for s in STAGES for d in (SKETCH, PHOTO) for p, _ in splits[s][d]]
-        bad = check_images(all_paths, cache_dir=self.root if os.access(self.root, os.W_OK) else None)
-        skip = apply_bad_image_policy(bad, self.on_bad_image, len(all_paths))
+        skip = self.drop_bad_images([p for s in STAGES for d in (SKETCH, PHOTO) for p, _ in splits[s][d]])
         if skip:
             for s in STAGES:
                 for d in (SKETCH, PHOTO):
@@ -390,39 +314,15 @@ class SketchPhotoDataModule(pl.LightningDataModule):
         self.num_seen_classes = len(self.seen_classes)
         self.num_classes = len(self.class_names)
         label_of = {c: i for i, c in enumerate(self.class_names)}
-        train_tf = {
-            d: build_train_transform(
-                self.image_size,
-                self.mean,
-                self.std,
-                self.interpolation,
-                augment=self.augment,
-                hflip=self.hflip,
-                affine_degrees=self.affine_degrees,
-                affine_translate=self.affine_translate,
-                affine_scale=self.affine_scale,
-                fill=255 if d == SKETCH else 0,
-            )
-            for d in (SKETCH, PHOTO)
-        }
-        eval_tf = build_eval_transform(self.image_size, self.mean, self.std, self.interpolation)
-        self._paths: list[str] = []
-        self.datasets: dict[str, SampleDataset] = {}
+        train_tf = {d: self.train_transform(fill=255 if d == SKETCH else 0) for d in (SKETCH, PHOTO)}
+        eval_tf = self.eval_transform()
         self.counts: dict[str, dict[str, int]] = {}
         for stage in STAGES:
-            paths, labels, domains, indices = [], [], [], []
-            for d in (SKETCH, PHOTO):  # queries first, then gallery
-                for p, c in splits[stage][d]:
-                    indices.append(len(self._paths))
-                    self._paths.append(p)
-                    paths.append(p)
-                    labels.append(label_of[c])
-                    domains.append(d)
+            # queries first, then gallery
+            rows = [(p, label_of[c], d) for d in (SKETCH, PHOTO) for p, c in splits[stage][d]]
             tf = train_tf if stage == "train" else {SKETCH: eval_tf, PHOTO: eval_tf}
-            self.datasets[stage] = SampleDataset(paths, labels, domains, indices, tf)
-            if stage == "train":
-                self.datasets[stage].augment_seed = self.split_seed + 1000003 * global_seed() + 1
-            self.counts[stage] = {"sketch": domains.count(SKETCH), "photo": domains.count(PHOTO)}
+            self.add_dataset(stage, rows, tf, train=stage == "train")
+            self.counts[stage] = {"sketch": len(splits[stage][SKETCH]), "photo": len(splits[stage][PHOTO])}
         log.info(
             "sketch/photo data %s: %d seen + %d unseen classes; %s",
             self.root,
@@ -431,22 +331,14 @@ class SketchPhotoDataModule(pl.LightningDataModule):
             ", ".join(f"{s} {c['sketch']} sketches / {c['photo']} photos" for s, c in self.counts.items()),
         )
 
-    def path_for_index(self, index: int) -> str:
-        """File path of the sample with this ``index`` (any stage)."""
-        return self._paths[int(index)]
-
     # -------------------------------------------------------------------------------------------------
-    # loaders
+    # training order
 
-    def _loader_kwargs(self) -> dict[str, Any]:
-        return dict(
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-        )
+    def train_seed(self) -> int:
+        return self.split_seed + 1000003 * global_seed()
 
     def train_sampler(self) -> MixedDomainSampler:
+        """Every batch holds ``round(batch_size * sketch_fraction)`` sketches; shards by rank itself."""
         ds = self.datasets["train"]
         rank, world = dist_info(getattr(self, "trainer", None))
         return MixedDomainSampler(
@@ -455,28 +347,7 @@ class SketchPhotoDataModule(pl.LightningDataModule):
             ds.positions(PHOTO),
             self.batch_size,
             self.sketch_fraction,
-            seed=self.split_seed + 1000003 * global_seed(),
+            seed=self.train_seed(),
             num_replicas=world,
             rank=rank,
         )
-
-    def train_dataloader(self):
-        self.setup("fit")
-        return make_loader(
-            self.datasets["train"], sampler=self.train_sampler(), drop_last=True, **self._loader_kwargs()
-        )
-
-    def _eval_loader(self, stage: str):
-        self.setup(stage)
-        ds = self.datasets[stage]
-        if len(ds) == 0:
-            return []
-        return make_loader(
-            ds, sampler=eval_sampler(ds, getattr(self, "trainer", None)), **self._loader_kwargs()
-        )
-
-    def val_dataloader(self):
-        return self._eval_loader("val")
-
-    def test_dataloader(self):
-        return self._eval_loader("test")

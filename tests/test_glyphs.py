@@ -98,3 +98,25 @@ def test_contact_sheets_and_cli_helpers(tmp_path, capsys):
         data_make(tmp_path / "x", "sketch_photo", {"colour": 1})
     with pytest.raises(ValueError, match="unknown kind"):
         data_make(tmp_path / "x", "video", {})
+
+
+def test_mosaics(tmp_path):
+    from datamodules.glyphs import KIND_VERSIONS, make_glyph_mosaics
+
+    kw = dict(num_classes=5, num_train=8, num_query=3, num_database=4, image_size=32, max_objects=3)
+    out = make_glyph_mosaics(tmp_path / "m", **kw)
+    classes = (out / "classes.txt").read_text().split()
+    rows = (out / "train.csv").read_text().splitlines()
+    assert len(rows) == 8 and classes == [f"glyph_{i:03d}" for i in range(5)]
+    for row in rows:
+        path, labels = row.split(",")
+        labs = labels.split(";")
+        assert 1 <= len(labs) <= 3 and set(labs) <= set(classes) and len(set(labs)) == len(labs)
+        with Image.open(out / path) as im:
+            assert im.size == (32, 32) and im.mode == "RGB"
+    man = json.loads((out / "dataset.json").read_text())
+    assert man["kind"] == "mosaics" and man["version"] == KIND_VERSIONS["mosaics"]
+    assert digest(out) == digest(make_glyph_mosaics(tmp_path / "m2", **kw, workers=2))
+    assert digest(out) != digest(make_glyph_mosaics(tmp_path / "m3", **{**kw, "seed": 1}))
+    with pytest.raises(ValueError, match="max_objects <= grid"):
+        make_glyph_mosaics(tmp_path / "bad", grid=1, max_objects=2)

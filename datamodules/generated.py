@@ -1,0 +1,29 @@
+"""The registry of generated datasets: kind → (generator function, the layout it writes).
+
+Used by ``sketchquant data make --kind`` (:mod:`datamodules.cli_data`) and by a DataModule's
+``auto_generate`` (``data.generator.kind``). Generators are imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+#: kind → (module, function, layout it writes, default output folder)
+GENERATORS: dict[str, tuple[str, str, str, str]] = {
+    "sketch_photo": ("datamodules.glyphs.sketch_photo", "make_glyph_benchmark", "folder", "data/glyphs"),
+    "scenes": ("datamodules.glyphs.scenes", "make_glyph_scenes", "csv", "data/glyph_scenes"),
+    "mosaics": ("datamodules.glyphs.mosaics", "make_glyph_mosaics", "csv", "data/glyph_mosaics"),
+}
+
+
+def generator(kind: str) -> tuple[Callable, str]:
+    """``(function, layout)`` of a generated dataset kind; ``ValueError`` naming the kinds otherwise."""
+    if kind not in GENERATORS:
+        raise ValueError(f"unknown kind {kind!r}; choose one of {sorted(GENERATORS)}")
+    module, name, layout, _ = GENERATORS[kind]
+    return getattr(importlib.import_module(module), name), layout
+
+
+def default_out(kind: str) -> str:
+    return GENERATORS[kind][3]
