@@ -11,8 +11,8 @@ queries × 27,989 gallery; QuickDraw Ext: 92,291 × 54,151). Metrics: mAP@all, m
 - ``peak_rss_mb``: peak resident set size of the process that ran that scale (``resource.getrusage``
   ``ru_maxrss``; each scale runs in its own child process, so it includes that scale's data arrays),
   and ``data_mb`` the size of the feature arrays themselves.
-- ``reference``: SAKE's loop (``eval_AP_inner`` / ``VOCap`` with its Python loop / ``eval_precision``)
-  with one distance row per query, ``np.argsort`` (stable, ties by index) and SAKE's AP code, timed on
+- ``reference``: SAKE's loop (``eval_AP_inner`` / ``VOCap`` with its Python loop / ``eval_precision``,
+  from ``sketchquant.core.retrieval.reference``) with one distance row per query, ties by index, timed on
   the first ``--ref-queries`` queries and extrapolated per query to the whole query set
   (``ref_seconds_extrapolated``); ``speedup`` = that / ``seconds``. The same subsample is evaluated by
   the fast code too and the largest difference of the aggregated metrics is reported (``max_abs_diff``).
@@ -55,58 +55,12 @@ def make_data(n_query: int, n_gallery: int, n_classes: int, seed: int = 0):
     return q, ql, g, gl
 
 
-# ---- SAKE-style reference (their code, distances instead of scores; stable sort = ties by index) ----
-def _vocap(rec, prec):
-    mrec = np.append(0, rec)
-    mrec = np.append(mrec, 1)
-    mpre = np.append(0, prec)
-    mpre = np.append(mpre, 0)
-    for ii in range(len(mpre) - 2, -1, -1):
-        mpre[ii] = max(mpre[ii], mpre[ii + 1])
-    msk = [i != j for i, j in zip(mrec[1:], mrec[0:-1])]
-    return np.sum((mrec[1:][msk] - mrec[0:-1][msk]) * mpre[1:][msk])
-
-
-def _eval_ap_inner(inst_id, sort_idx, gt_labels, top=None):
-    pos_flag = gt_labels == inst_id
-    tot = sort_idx.shape[0]
-    tot_pos = np.sum(pos_flag)
-    tp = pos_flag[sort_idx]
-    fp = np.logical_not(tp)
-    if top is not None:
-        top = min(top, tot)
-        tp = tp[:top]
-        fp = fp[:top]
-        tot_pos = min(top, tot_pos)
-    fp = np.cumsum(fp)
-    tp = np.cumsum(tp)
-    rec = tp / tot_pos
-    prec = tp / (tp + fp)
-    return _vocap(rec, prec)
-
-
-def _eval_precision(inst_id, sort_idx, gt_labels, top=100):
-    top = min(top, sort_idx.shape[0])
-    return np.sum((gt_labels == inst_id)[sort_idx][:top]) / top
-
-
 def reference(q, ql, g, gl):
-    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
-    gn = g / np.linalg.norm(g, axis=1, keepdims=True)
-    g_sq = (gn * gn).sum(1)
-    per = {f"map_{k}": [] for k in MAP_AT} | {f"p_{k}": [] for k in P_AT}
-    for i in range(qn.shape[0]):
-        d = g_sq + (qn[i] @ qn[i]) - 2.0 * (gn @ qn[i])
-        sort_idx = np.argsort(d, kind="stable")
-        for k in MAP_AT:
-            per[f"map_{k}"].append(_eval_ap_inner(ql[i], sort_idx, gl, None if k == "all" else k))
-        for k in P_AT:
-            per[f"p_{k}"].append(_eval_precision(ql[i], sort_idx, gl, k))
-    out = {}
-    for name, vals in per.items():
-        vals = np.asarray(vals)
-        out[name] = float(np.mean([vals[ql == c].mean() for c in np.unique(ql)]))
-    return out
+    """SAKE's per-query loop (sketchquant.core.retrieval.reference), one float64 distance row at a time."""
+    from sketchquant.core.retrieval.reference import DistanceRows, sbir
+
+    res = sbir(DistanceRows(q, g), ql, gl, MAP_AT, P_AT)
+    return {k: v for k, v in res.items() if k.startswith(("map_", "p_")) and not k.endswith("_micro")}
 
 
 def run_scale(name: str, ref_queries: int) -> dict:

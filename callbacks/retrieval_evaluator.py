@@ -1,22 +1,23 @@
 """FAISS/torch retrieval evaluation after each validation epoch and on test (SPEC §C).
 
 The module's ``validation_step`` / ``test_step`` return ``{"embeddings": {name: B×d tensor}}``; this callback
-keeps them with the batch's ``label``, ``domain`` and ``index``, gathers them from every process, drops
-the duplicates a ``DistributedSampler`` adds (same ``index``), splits queries (``domain == SKETCH``) from
-the gallery (``domain == PHOTO``) and computes the configured protocol identically on every rank (so no
-broadcast is needed and every rank logs the same numbers).
+feeds them, with the batch's ``label``, ``domain`` and ``index``, to one
+:class:`~sketchquant.core.retrieval.torchmetric.RetrievalMetric` per embedding. torchmetrics gathers the
+states from every process; the metric drops the duplicates a ``DistributedSampler`` adds (same ``index``),
+orders by sample index, splits queries (``domain == SKETCH``) from the gallery (``domain == PHOTO``) and
+computes the configured protocol identically on every rank (so every rank logs the same numbers).
 
 Logged names: ``<stage>/<metric>`` for the embedding called ``raw``, ``<stage>/<name>/<metric>`` for the
 others (method A: ``codes`` and ``float``); on test with ``prototypes`` (method B) also
-``test/proto/<metric>`` and ``test/fused/<metric>``. The sanity check is skipped.
+``test/proto/<metric>`` and ``test/fused/<metric>``. The sanity check is skipped. Pictures (retrieval
+grid, wandb dashboard) are drawn by :mod:`callbacks.retrieval_visuals`.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from collections import defaultdict
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,8 @@ import pytorch_lightning as pl
 import torch
 
 from sketchquant.core.batch import DOMAIN, INDEX, LABEL, PHOTO, SKETCH
+from sketchquant.core.config import choice
+from sketchquant.core.retrieval.torchmetric import RetrievalMetric, dedup_by_index
 
 log = logging.getLogger(__name__)
 
@@ -40,27 +43,16 @@ warnings.filterwarnings(
 def gather_and_dedup(
     pl_module: pl.LightningModule, parts: dict[str, list[torch.Tensor]]
 ) -> dict[str, torch.Tensor]:
-    """Concatenate local parts, all-gather across processes, keep the first occurrence of every index.
+    """Kept for the ``callbacks`` package export only (the evaluator gathers through torchmetrics):
+    local parts concatenated, gathered from every process, each sample index once, ordered by index."""
+    from torchmetrics.utilities.distributed import gather_all_tensors
 
-    Every rank holds the same number of samples (the distributed sampler pads), so ``all_gather`` of
-    equal shapes is enough. Returns tensors sorted by sample index, so results do not depend on the
-    number of processes.
-    """
     local = {k: torch.cat(v) if v else torch.empty(0) for k, v in parts.items()}
-    world = pl_module.trainer.world_size if pl_module._trainer is not None else 1
-    if world > 1:
-        gathered = {}
-        for key, value in local.items():
-            g = pl_module.all_gather(value.to(pl_module.device))  # world × n × ...
-            gathered[key] = g.reshape(-1, *value.shape[1:]).cpu()
-        local = gathered
-    index = local[INDEX].long()
-    order = torch.argsort(index, stable=True)
-    sorted_index = index[order]
-    keep = torch.ones_like(sorted_index, dtype=torch.bool)
-    keep[1:] = sorted_index[1:] != sorted_index[:-1]
-    sel = order[keep]
-    return {k: v[sel] for k, v in local.items()}
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        local = {k: torch.cat(gather_all_tensors(v.to(pl_module.device))).cpu() for k, v in local.items()}
+    keys = [k for k in local if k != INDEX]
+    index, *rest = dedup_by_index(local[INDEX].long(), *(local[k] for k in keys))
+    return {INDEX: index, **dict(zip(keys, rest))}
 
 
 class RetrievalEvaluator(pl.Callback):
@@ -95,7 +87,7 @@ class RetrievalEvaluator(pl.Callback):
         self.fusion, self.fusion_lambda = fusion, fusion_lambda
         self.grid, self.grid_queries, self.grid_topk = grid, grid_queries, grid_topk
         self.run_dir = run_dir
-        self._parts: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self._metrics: dict[str, RetrievalMetric] = {}
         self.last_metrics: dict[str, float] = {}
         self.last_data: dict[str, torch.Tensor] = {}
 
@@ -103,15 +95,18 @@ class RetrievalEvaluator(pl.Callback):
     # collection
 
     def _reset(self) -> None:
-        self._parts = defaultdict(list)
+        self._metrics = {}
 
-    def _collect(self, outputs: Any, batch: dict) -> None:
+    def _new_metric(self) -> RetrievalMetric:
+        return RetrievalMetric(self.protocol, **self._kwargs())
+
+    def _collect(self, outputs: Any, batch: dict, pl_module: pl.LightningModule) -> None:
         if not isinstance(outputs, dict) or "embeddings" not in outputs:
             return
         for name, feats in outputs["embeddings"].items():
-            self._parts[f"emb/{name}"].append(feats.detach().float().cpu())
-        for key in (LABEL, DOMAIN, INDEX):
-            self._parts[key].append(batch[key].detach().cpu())
+            if name not in self._metrics:
+                self._metrics[name] = self._new_metric().to(pl_module.device)
+            self._metrics[name].update(feats.detach().float(), batch[LABEL], batch[DOMAIN], batch[INDEX])
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._reset()
@@ -123,27 +118,22 @@ class RetrievalEvaluator(pl.Callback):
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
     ) -> None:
         if not trainer.sanity_checking:
-            self._collect(outputs, batch)
+            self._collect(outputs, batch, pl_module)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._collect(outputs, batch)
+        self._collect(outputs, batch, pl_module)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or not self._parts:
+        if trainer.sanity_checking or not self._metrics:
             return
         self._evaluate(trainer, pl_module, "val")
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
-        if self._parts:
+        if self._metrics:
             self._evaluate(trainer, pl_module, "test")
 
     # ---------------------------------------------------------------------------------------------
     # evaluation
-
-    def _metric_fn(self):
-        from sketchquant.core.retrieval.metrics import hashing_metrics, sbir_metrics
-
-        return sbir_metrics if self.protocol == "sbir" else hashing_metrics
 
     def _kwargs(self) -> dict:
         kw = dict(
@@ -157,6 +147,17 @@ class RetrievalEvaluator(pl.Callback):
             kw["ap"] = self.ap
         return kw
 
+    def gathered(self) -> dict[str, torch.Tensor]:
+        """Every process's samples once, ordered by index: ``emb/<name>``, ``label``, ``domain``, ``index``
+        (torchmetrics gathers; every rank calls this, in the same order)."""
+        data: dict[str, torch.Tensor] = {}
+        for name in sorted(self._metrics):
+            with self._metrics[name].sync_context():
+                part = self._metrics[name].gathered()
+            data[f"emb/{name}"] = part["feats"]
+            data[LABEL], data[DOMAIN], data[INDEX] = part["labels"], part["domain"], part["index"]
+        return data
+
     def compute(self, data: dict[str, torch.Tensor], stage: str) -> dict[str, float]:
         """Metrics for gathered, de-duplicated ``data`` (also usable without a Trainer)."""
         domain = data[DOMAIN]
@@ -167,18 +168,18 @@ class RetrievalEvaluator(pl.Callback):
                 f"{int(qmask.sum())} queries and {int(gmask.sum())} gallery items"
             )
         labels = data[LABEL]
-        fn = self._metric_fn()
         out: dict[str, float] = {}
         if self.protocol == "sbir" and labels.dim() == 1:
             # expected mAP@all of a random ranking ≈ share of relevant items in the gallery (class mean)
             g = labels[gmask]
             shares = [float((g == c).float().mean()) for c in torch.unique(labels[qmask]).tolist()]
             out[f"{stage}/chance_map_all"] = float(np.mean(shares))
+        metric = self._new_metric()
         for key in sorted(k for k in data if k.startswith("emb/")):
             name = key.split("/", 1)[1]
             feats = data[key]
             prefix = f"{stage}/" if name == "raw" else f"{stage}/{name}/"
-            res = fn(feats[qmask], labels[qmask], feats[gmask], labels[gmask], **self._kwargs())
+            res = metric.evaluate(feats, labels, domain)
             out.update({prefix + k: float(v) for k, v in res.items()})
             if stage == "test" and self.prototypes and name == "raw":
                 from sketchquant.core.retrieval.prototypes import prototype_retrieval_metrics
@@ -199,104 +200,54 @@ class RetrievalEvaluator(pl.Callback):
         return out
 
     def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        data = gather_and_dedup(pl_module, self._parts)
+        data = self.gathered()
         self._reset()
         metrics = self.compute(data, stage)
         self.last_metrics, self.last_data = metrics, data
         for key, value in metrics.items():
             # identical on every rank: no sync needed
             pl_module.log(key, value, on_epoch=True, on_step=False, sync_dist=False, rank_zero_only=False)
-        if self.grid and trainer.is_global_zero:
+        if not trainer.is_global_zero:
+            return
+        from callbacks.retrieval_visuals import log_dashboard, log_grid
+
+        if self.grid:
             try:
-                self._log_grid(trainer, data, stage)
+                log_grid(
+                    trainer,
+                    data,
+                    stage,
+                    metric=self.metric,
+                    normalize=self.normalize,
+                    queries=self.grid_queries,
+                    topk=self.grid_topk,
+                    run_dir=self.run_dir,
+                )
             except Exception as err:  # a picture must never stop a run
                 log.warning("retrieval grid skipped: %s", err)
-        if trainer.is_global_zero and any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
+        if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
             try:
-                self._log_dashboard(trainer, data, stage)
+                log_dashboard(trainer, data, stage, self.normalize)
             except Exception as err:
                 log.warning("dashboard plots skipped: %s", err)
 
-    def _log_dashboard(self, trainer: pl.Trainer, data: dict[str, torch.Tensor], stage: str) -> None:
-        """wandb only: a precision–recall curve per embedding and histograms of method A's codes."""
-        import wandb
 
-        from sketchquant.core.retrieval.curves import precision_recall_curve
+@dataclass
+class EvalConfig:
+    """Retrieval evaluation (SPEC §C) run by :class:`RetrievalEvaluator`."""
 
-        logger = next(lg for lg in trainer.loggers if type(lg).__name__ == "WandbLogger")
-        domain, labels = data[DOMAIN], data[LABEL]
-        qmask, gmask = domain == SKETCH, domain == PHOTO
-        payload: dict[str, Any] = {}
-        for key in sorted(k for k in data if k.startswith("emb/")):
-            name = key.split("/", 1)[1]
-            feats = data[key]
-            recall, precision = precision_recall_curve(
-                feats[qmask], labels[qmask], feats[gmask], labels[gmask], normalize=self.normalize
-            )
-            table = wandb.Table(
-                data=[[float(r), float(p)] for r, p in zip(recall, precision)],
-                columns=["recall", "precision"],
-            )
-            payload[f"{stage}/{name}/pr_curve"] = wandb.plot.line(
-                table, "recall", "precision", title=f"{stage} {name}: precision-recall"
-            )
-            if name == "codes":
-                codes = feats.numpy()
-                payload[f"{stage}/codes/histogram"] = wandb.Histogram(codes.ravel(), num_bins=64)
-                payload[f"{stage}/codes/zero_fraction"] = float((codes == 0).mean())
-        payload["trainer/global_step"] = trainer.global_step
-        logger.experiment.log(payload)
-
-    # ---------------------------------------------------------------------------------------------
-    # retrieval grid
-
-    def _log_grid(self, trainer: pl.Trainer, data: dict[str, torch.Tensor], stage: str) -> None:
-        dm = trainer.datamodule
-        if dm is None or not hasattr(dm, "path_for_index"):
-            return
-        from sketchquant.core.retrieval.grid import retrieval_grid
-        from sketchquant.core.retrieval.metrics import topk_neighbors
-
-        key = "emb/raw" if "emb/raw" in data else sorted(k for k in data if k.startswith("emb/"))[0]
-        feats, labels, domain, index = data[key], data[LABEL], data[DOMAIN], data[INDEX]
-        qsel = torch.nonzero(domain == SKETCH).flatten()
-        gsel = torch.nonzero(domain == PHOTO).flatten()
-        rng = np.random.default_rng(0)
-        pick = qsel[
-            torch.as_tensor(rng.choice(len(qsel), size=min(self.grid_queries, len(qsel)), replace=False))
-        ]
-        _, nn_idx = topk_neighbors(
-            feats[pick],
-            feats[gsel],
-            min(self.grid_topk, len(gsel)),
-            metric=self.metric,
-            normalize=self.normalize,
-        )
-        rows = []
-        for qi, neighbours in zip(pick.tolist(), torch.as_tensor(nn_idx).tolist()):
-            q_label = labels[qi]
-            items = []
-            for g in neighbours:
-                gi = int(gsel[g])
-                rel = (
-                    bool(torch.equal(labels[gi], q_label))
-                    if labels.dim() == 1
-                    else bool((labels[gi] * q_label).sum() > 0)
-                )
-                items.append((dm.path_for_index(int(index[gi])), rel))
-            rows.append((dm.path_for_index(int(index[qi])), items))
-        image = retrieval_grid(rows)
-        epoch = trainer.current_epoch
-        if self.run_dir:
-            out = Path(self.run_dir) / "grids" / f"{stage}-epoch{epoch:03d}.png"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(f".{out.name}.tmp.png")
-            image.save(tmp)
-            tmp.replace(out)
-        for logger in trainer.loggers:
-            kind = type(logger).__name__
-            if kind == "WandbLogger":
-                logger.log_image(key=f"{stage}/retrieval_grid", images=[image], step=trainer.global_step)
-            elif kind == "TensorBoardLogger":
-                arr = np.asarray(image).transpose(2, 0, 1)
-                logger.experiment.add_image(f"{stage}/retrieval_grid", arr, global_step=trainer.global_step)
+    protocol: str = choice("sbir", "hashing")
+    map_at: list[Any] = field(default_factory=lambda: ["all", 200])
+    p_at: list[int] = field(default_factory=lambda: [100, 200])
+    ap: str = choice("voc", "standard")
+    metric: str = choice("l2", "ip")
+    normalize: bool = True
+    memory_budget_mb: int = 512
+    prototypes: bool = True  # method B test: also prototype and fused gallery features
+    pq_m: int = 2
+    pq_k: int = 32
+    fusion: str = choice("feature", "distance")
+    fusion_lambda: float = 0.2
+    grid: bool = True
+    grid_queries: int = 4
+    grid_topk: int = 10

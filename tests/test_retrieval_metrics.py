@@ -1,4 +1,5 @@
-"""Retrieval metrics against straightforward per-query numpy references (SAKE and DeepHash loops)."""
+"""Retrieval metrics against the per-query numpy references of sketchquant.core.retrieval.reference
+(SAKE and DeepHash loops, ties by gallery index)."""
 
 from __future__ import annotations
 
@@ -7,112 +8,17 @@ import pytest
 import torch
 
 from sketchquant.core.retrieval.metrics import (
-    RetrievalMetric,
     hashing_metrics,
     sbir_metrics,
     sbir_metrics_from_distances,
     topk_neighbors,
 )
-
-
-# ----------------------------------------------------------------------------------------------------
-# references: transliterations of SAKE's eval_AP_inner / VOCap / eval_precision and DeepHash's CalcTopMap,
-# with the one deliberate change that the sort is by (distance, gallery index)
-# ----------------------------------------------------------------------------------------------------
-def _order(dist_row):
-    return np.lexsort((np.arange(dist_row.shape[0]), dist_row))
-
-
-def ref_vocap(rec, prec):
-    mrec = np.append(0, rec)
-    mrec = np.append(mrec, 1)
-    mpre = np.append(0, prec)
-    mpre = np.append(mpre, 0)
-    for ii in range(len(mpre) - 2, -1, -1):
-        mpre[ii] = max(mpre[ii], mpre[ii + 1])
-    msk = [i != j for i, j in zip(mrec[1:], mrec[0:-1])]
-    return np.sum((mrec[1:][msk] - mrec[0:-1][msk]) * mpre[1:][msk])
-
-
-def ref_eval_ap_inner(inst_id, dist_row, gt_labels, top=None, voc=True):
-    pos_flag = gt_labels == inst_id
-    tot = dist_row.shape[0]
-    tot_pos = np.sum(pos_flag)
-    tp = pos_flag[_order(dist_row)]
-    fp = np.logical_not(tp)
-    if top is not None:
-        top = min(top, tot)
-        tp = tp[:top]
-        fp = fp[:top]
-        tot_pos = min(top, tot_pos)
-    if tot_pos == 0:
-        return np.nan
-    rel = tp.copy()
-    fp = np.cumsum(fp)
-    tp = np.cumsum(tp)
-    rec = tp / tot_pos
-    prec = tp / (tp + fp)
-    if voc:
-        return ref_vocap(rec, prec)
-    return np.sum(prec[rel]) / tot_pos
-
-
-def ref_eval_precision(inst_id, dist_row, gt_labels, top=100):
-    pos_flag = gt_labels == inst_id
-    top = min(top, dist_row.shape[0])
-    return np.sum(pos_flag[_order(dist_row)][:top]) / top
-
-
-def ref_sbir(dist, ql, gl, map_at, p_at, voc=True):
-    out = {}
-    classes = np.unique(ql)
-    has_rel = np.array([np.any(gl == c) for c in ql])
-    for k in map_at:
-        top = None if k == "all" else k
-        aps = np.array([ref_eval_ap_inner(ql[i], dist[i], gl, top, voc) for i in range(len(ql))])
-        cls = [np.nanmean(aps[ql == c]) for c in classes if np.any(~np.isnan(aps[ql == c]))]
-        out[f"map_{k}"] = np.mean(cls)
-        out[f"map_{k}_micro"] = np.nanmean(aps)
-    for k in p_at:
-        ps = np.array([ref_eval_precision(ql[i], dist[i], gl, k) for i in range(len(ql))])
-        ps[~has_rel] = np.nan
-        cls = [np.nanmean(ps[ql == c]) for c in classes if np.any(~np.isnan(ps[ql == c]))]
-        out[f"p_{k}"] = np.mean(cls)
-        out[f"p_{k}_micro"] = np.nanmean(ps)
-    out["num_queries_no_relevant"] = int((~has_rel).sum())
-    out["num_queries"] = len(ql)
-    return out
-
-
-def ref_calc_top_map(dist, q_multi, g_multi, topk):
-    num_query = q_multi.shape[0]
-    topkmap = 0
-    for it in range(num_query):
-        gnd = (np.dot(q_multi[it, :], g_multi.transpose()) > 0).astype(np.float32)
-        gnd = gnd[_order(dist[it])]
-        tgnd = gnd[0:topk]
-        tsum = np.sum(tgnd).astype(int)
-        if tsum == 0:
-            continue
-        count = np.linspace(1, tsum, tsum)
-        tindex = np.asarray(np.where(tgnd == 1)) + 1.0
-        topkmap = topkmap + np.mean(count / tindex)
-    return topkmap / num_query
-
-
-def ref_precision_multi(dist, q_multi, g_multi, topk):
-    out = []
-    for it in range(q_multi.shape[0]):
-        gnd = (q_multi[it] @ g_multi.T > 0)[_order(dist[it])]
-        kk = min(topk, len(gnd))
-        out.append(gnd[:kk].sum() / kk)
-    return float(np.mean(out))
-
-
-def sq_l2(q, g):
-    q = q.astype(np.float64)
-    g = g.astype(np.float64)
-    return (q * q).sum(1)[:, None] + (g * g).sum(1)[None, :] - 2 * q @ g.T
+from sketchquant.core.retrieval.reference import calc_top_map as ref_calc_top_map
+from sketchquant.core.retrieval.reference import order as _order
+from sketchquant.core.retrieval.reference import precision_multi as ref_precision_multi
+from sketchquant.core.retrieval.reference import sbir as ref_sbir
+from sketchquant.core.retrieval.reference import sq_l2
+from sketchquant.core.retrieval.torchmetric import RetrievalMetric
 
 
 def _assert_match(got, want, tol=1e-6):
@@ -443,7 +349,7 @@ def test_error_shapes_and_labels():
 # ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n_buckets", [1, 2, 16, 1000])
 def test_class_row_ranks_exact_with_ties(n_buckets):
-    from sketchquant.core.retrieval.metrics import _class_row_ranks
+    from sketchquant.core.retrieval.engine import relevant_ranks
 
     rng = np.random.default_rng(12)
     for trial in range(30):
@@ -460,9 +366,11 @@ def test_class_row_ranks_exact_with_ties(n_buckets):
         rank_of = np.empty(n, np.int64)
         rank_of[order] = np.arange(1, n + 1)
         want = np.sort(rank_of[s:e])
-        got = _class_row_ranks(
-            d.copy(), (s, e), gidx, n_buckets, np.empty(n, np.float32), np.empty(n, np.intp)
-        )
+        keys = np.empty(n, np.float32)
+        keys[gidx] = d  # the row in original gallery order; relevant = the block's original indices
+        got = relevant_ranks(
+            torch.from_numpy(keys)[None], torch.from_numpy(gidx[s:e])[None], torch.tensor([e - s]), n_buckets
+        )[0].numpy()
         np.testing.assert_array_equal(got, want)
 
 
@@ -494,3 +402,25 @@ def test_class_grouped_path_matches_generic_path_and_reference(metric):
         _assert_match(got, generic, tol=1e-12)
         _assert_match(got, want_ref)
         assert got["num_queries_no_relevant"] == 2
+
+
+@pytest.mark.parametrize("n_buckets", [None, 3])
+def test_relevant_ranks_whole_chunk_many_rows(n_buckets):
+    # several rows at once (row-offset buckets), ragged relevant lists, rows with nothing relevant,
+    # float64 integer-valued keys with many ties
+    from sketchquant.core.retrieval.engine import relevant_ranks
+
+    rng = np.random.default_rng(14)
+    m, n = 23, 150
+    keys = rng.integers(-4, 6, size=(m, n)).astype(np.float64)
+    n_rel = rng.integers(0, 40, size=m)
+    cols = np.zeros((m, 40), np.int64)
+    want = np.full((m, 40), n + 1, np.int64)
+    for r in range(m):
+        c = np.sort(rng.choice(n, n_rel[r], replace=False))
+        cols[r, : n_rel[r]] = c
+        rank_of = np.empty(n, np.int64)
+        rank_of[_order(keys[r])] = np.arange(1, n + 1)
+        want[r, : n_rel[r]] = np.sort(rank_of[c])
+    got = relevant_ranks(torch.from_numpy(keys), torch.from_numpy(cols), torch.from_numpy(n_rel), n_buckets)
+    np.testing.assert_array_equal(got.numpy(), want)

@@ -5,7 +5,6 @@ Plain torch / numpy / faiss — no Lightning imports here.
 
 from .index import build_code_index, build_float_index, index_metadata, load_index, save_index, search_index
 from .metrics import (
-    RetrievalMetric,
     hashing_metrics,
     metric_name,
     sbir_metrics,
@@ -20,6 +19,7 @@ from .prototypes import (
     prototype_features,
     prototype_retrieval_metrics,
 )
+from .torchmetric import RetrievalMetric
 
 __all__ = [
     "RetrievalMetric",

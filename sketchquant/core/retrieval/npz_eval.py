@@ -71,20 +71,11 @@ def load_npz_features(path: str | os.PathLike, multilabel_ok: bool = False) -> t
 
 
 def _print_table(result: dict[str, Any], title: str, stream: TextIO) -> None:
-    try:
-        from rich.console import Console
-        from rich.table import Table
+    from rich.console import Console
 
-        table = Table(title=title)
-        table.add_column("metric")
-        table.add_column("value", justify="right")
-        for key, value in result.items():
-            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-        Console(file=stream).print(table)
-    except ImportError:  # pragma: no cover - rich is a dependency
-        print(title, file=stream)
-        for key, value in result.items():
-            print(f"{key:32s} {value:.4f}" if isinstance(value, float) else f"{key:32s} {value}", file=stream)
+    from sketchquant.core.report import print_table
+
+    print_table(title, ["metric", "value"], list(result.items()), console=Console(file=stream))
 
 
 def eval_features(

@@ -1,0 +1,89 @@
+"""The stateful retrieval metric: a thin :class:`torchmetrics.Metric` over :mod:`.metrics`.
+
+``update(feats, labels, domain, index)`` keeps batches in list states that torchmetrics concatenates
+across processes (``dist_reduce_fx="cat"``); ``compute()`` then drops the duplicate samples a
+``DistributedSampler`` adds (same ``index``), orders everything by sample index (so the result does not
+depend on the number of processes), splits queries (``domain == QUERY``) from the gallery
+(``domain == GALLERY``) and calls :func:`.metrics.sbir_metrics` or :func:`.metrics.hashing_metrics`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torchmetrics import Metric
+from torchmetrics.utilities.data import dim_zero_cat
+
+from sketchquant.core.batch import GALLERY, QUERY
+
+from .checks import check_choice, to_tensor
+from .metrics import hashing_metrics, sbir_metrics
+
+__all__ = ["RetrievalMetric", "dedup_by_index"]
+
+
+def dedup_by_index(index: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(index, *tensors)`` sorted by sample index, keeping the first occurrence of every index."""
+    order = torch.argsort(index, stable=True)
+    sorted_index = index[order]
+    keep = torch.ones_like(sorted_index, dtype=torch.bool)
+    keep[1:] = sorted_index[1:] != sorted_index[:-1]
+    sel = order[keep]
+    return (index[sel], *(t[sel] for t in tensors))
+
+
+class RetrievalMetric(Metric):
+    """Accumulates ``update(feats, labels, domain, index)``; ``compute()`` returns the protocol's dict.
+
+    ``metric_kwargs`` go to :func:`.metrics.sbir_metrics` / :func:`.metrics.hashing_metrics`.
+    :meth:`gathered` gives the de-duplicated, index-ordered data (e.g. for pictures)."""
+
+    full_state_update = False
+    QUERY = QUERY
+    GALLERY = GALLERY
+
+    def __init__(self, protocol: str = "sbir", **metric_kwargs: Any) -> None:
+        super().__init__()
+        self.protocol = check_choice(protocol, ("sbir", "hashing"), "protocol")
+        self.metric_kwargs = metric_kwargs
+        for name in ("feats", "labels", "domain", "index"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, feats: Any, labels: Any, domain: Any, index: Any) -> None:
+        f = to_tensor(feats, "feats", None)
+        y = to_tensor(labels, "labels", None)
+        dm = to_tensor(domain, "domain", None).reshape(-1)
+        ix = to_tensor(index, "index", None).reshape(-1)
+        if f.ndim != 2:
+            raise ValueError(f"feats must be B × d, got shape {tuple(f.shape)}")
+        for name, t in (("labels", y), ("domain", dm), ("index", ix)):
+            if t.shape[0] != f.shape[0]:
+                raise ValueError(f"{name} has {t.shape[0]} entries but feats has {f.shape[0]} rows")
+        dev = self.device
+        self.feats.append(f.to(dev))
+        self.labels.append(y.to(dev))
+        self.domain.append(dm.to(device=dev, dtype=torch.int64))
+        self.index.append(ix.to(device=dev, dtype=torch.int64))
+
+    def gathered(self) -> dict[str, torch.Tensor]:
+        """``{"feats", "labels", "domain", "index"}``: every sample once, ordered by sample index."""
+        if isinstance(self.feats, list) and not self.feats:
+            raise ValueError("RetrievalMetric.compute() called before any update()")
+        ix, f, y, dm = dedup_by_index(
+            dim_zero_cat(self.index),
+            dim_zero_cat(self.feats),
+            dim_zero_cat(self.labels),
+            dim_zero_cat(self.domain),
+        )
+        return {"feats": f, "labels": y, "domain": dm, "index": ix}
+
+    def compute(self) -> dict[str, float]:
+        data = self.gathered()
+        return self.evaluate(data["feats"], data["labels"], data["domain"])
+
+    def evaluate(self, feats: torch.Tensor, labels: torch.Tensor, domain: torch.Tensor) -> dict[str, float]:
+        """The protocol's metrics for already gathered, de-duplicated samples (no state involved)."""
+        qm, gm = domain == self.QUERY, domain == self.GALLERY
+        fn = sbir_metrics if self.protocol == "sbir" else hashing_metrics
+        return fn(feats[qm], labels[qm], feats[gm], labels[gm], **self.metric_kwargs)
