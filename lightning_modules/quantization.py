@@ -40,6 +40,7 @@ class QuantizationModule(SketchquantModule):
         stride=(1, 1),
         num_stripes: int = 4,
         dim: int = 64,
+        bytes_per_image: int | None = None,
         bits: int = 8,
         per_window_classifier: bool = False,
         image_size: int = 64,
@@ -58,6 +59,7 @@ class QuantizationModule(SketchquantModule):
             stride=tuple(stride),
             num_stripes=num_stripes,
             dim=dim,
+            bytes_per_image=bytes_per_image,
             bits=bits,
             image_size=image_size,
             per_window_classifier=per_window_classifier,
@@ -112,6 +114,7 @@ class QuantModelConfig:
     stride: list[int] = field(default_factory=lambda: [1, 1])
     num_stripes: int = 4
     dim: int = 64
+    bytes_per_image: int | None = None  # d = bytes_per_image / P when set (equal bytes across window layouts)
     bits: int = 8
     per_window_classifier: bool = False
     alpha: AlphaConfig = field(default_factory=AlphaConfig)

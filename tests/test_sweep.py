@@ -14,6 +14,7 @@ import yaml
 from conftest import tiny_overrides
 
 from sketchquant.app import sweep as sw
+from sketchquant.app.sweep import online as sw_online
 from sketchquant.core.config import ConfigError, config_dir
 
 COMMAND = ["${env}", "sketchquant", "train", "zs_sbir", "${args_no_hyphens}"]
@@ -287,7 +288,7 @@ def test_online_fails_fast_without_login(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    monkeypatch.setattr(sw, "_wandb_api_key", lambda: None)
+    monkeypatch.setattr(sw_online, "wandb_api_key", lambda: None)
     monkeypatch.setattr(wandb, "sweep", lambda *a, **k: pytest.fail("contacted wandb"))
     with pytest.raises(ConfigError, match="wandb login"):
         sw.run_sweep(_spec(tmp_path), online=True)
@@ -335,3 +336,44 @@ def test_two_trial_offline_grid_end_to_end(tmp_path, monkeypatch):
         assert 0.0 <= t["metric"] <= 1.0 and t["test"]
     assert summary["best_config"]["model.lambda_da"] in (0.0, 0.5)
     assert (out / "summary.csv").is_file() and os.path.getsize(out / "summary.json") > 0
+
+
+# --------------------------------------------------------------------------------------------------
+# every trial is built before the first one starts
+
+
+def test_trial_that_cannot_be_built_stops_the_sweep_before_any_trial(tmp_path, no_launch):
+    """``alpha.t2`` equal to ``t1`` composes fine but the α ramp refuses it when a trial builds it."""
+    spec = {
+        "name": "bad_alpha",
+        "method": "grid",
+        "metric": {"name": "val/codes/map_1000", "goal": "maximize"},
+        "parameters": {"model.alpha.t1": {"value": 2.0}, "model.alpha.t2": {"values": [4.0, 2.0]}},
+        "command": ["${env}", "sketchquant", "train", "quantization", "${args_no_hyphens}"],
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match=r"trial model\.alpha\.t1=2\.0 model\.alpha\.t2=2\.0 .*t2 > t1"):
+        sw.run_sweep(path, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_window_layout_that_does_not_fit_names_the_trial(tmp_path, no_launch):
+    spec = {
+        "name": "bad_windows",
+        "method": "grid",
+        "metric": {"name": "val/codes/map_1000", "goal": "maximize"},
+        "parameters": {"model.kernel": {"values": [[2, 2], [9, 9]]}},
+        "command": ["${env}", "sketchquant", "train", "quantization", "${args_no_hyphens}"],
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match=r"trial model\.kernel=\[9, 9\] cannot be built"):
+        sw.run_sweep(path, out=tmp_path / "out")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(p.stem for p in (config_dir() / "sweeps").glob("*.yaml")))
+def test_every_shipped_spec_builds_every_trial(name):
+    plan = sw.validate_spec(config_dir() / "sweeps" / f"{name}.yaml")
+    assert sw.check_trials(plan) == len(sw.plan_grid(plan.spec))

@@ -150,7 +150,7 @@ def _probe(module: nn.Module, x: torch.Tensor):
         module.train(was_training)
 
 
-def _make_trunk(module: nn.Module, feature_stage: int, probe_input: torch.Tensor, prune: bool) -> _Trunk:
+def make_trunk(module: nn.Module, feature_stage: int, probe_input: torch.Tensor, prune: bool) -> _Trunk:
     out = _probe(module, probe_input)
     if isinstance(out, list | tuple | dict):
         return _Trunk(module, "list", feature_stage)
@@ -190,6 +190,8 @@ class QuantizationEncoder(nn.Module):
         feature_stage: which backbone stage's feature map to pool (``-1`` = last, the SPEC default).
         window, kernel, stride, num_stripes: see :class:`WindowPooling`.
         dim: ``d``, dimensions per window.
+        bytes_per_image: when given, ``d = bytes_per_image / P`` instead of ``dim`` (it must divide exactly):
+            window layouts with different ``P`` then compare at equal bytes.
         bits: code width, ``1..8``.
         image_size: input size (int or ``(H, W)``) used for a dummy forward at construction to find the
             feature map's ``C×H×W`` and thus ``P``; inputs of another size that change ``P`` raise.
@@ -214,6 +216,7 @@ class QuantizationEncoder(nn.Module):
         stride=(1, 1),
         num_stripes: int = 4,
         dim: int = 64,
+        bytes_per_image: int | None = None,
         bits: int = 8,
         image_size=64,
         per_window_classifier: bool = False,
@@ -251,7 +254,7 @@ class QuantizationEncoder(nn.Module):
             self.trunk = _Trunk(backbone_module, "list", 0)
         else:
             self.backbone_name = type(backbone_module).__name__
-            self.trunk = _make_trunk(backbone_module, self.feature_stage, probe_input, prune_backbone)
+            self.trunk = make_trunk(backbone_module, self.feature_stage, probe_input, prune_backbone)
 
         fmap = _probe(self.trunk, probe_input)
         if not torch.is_tensor(fmap) or fmap.dim() != 4:
@@ -261,6 +264,13 @@ class QuantizationEncoder(nn.Module):
 
         self.pool = WindowPooling(window, kernel=kernel, stride=stride, num_stripes=num_stripes)
         self.num_windows = self.pool.num_windows(self.feature_hw)  # raises if the window does not fit
+        if bytes_per_image is not None:
+            if int(bytes_per_image) < 1 or int(bytes_per_image) % self.num_windows:
+                raise ValueError(
+                    f"bytes_per_image={bytes_per_image} is not a positive multiple of the {self.num_windows} "
+                    f"windows of a {self.feature_hw[0]}×{self.feature_hw[1]} feature map"
+                )
+            self.dim = int(bytes_per_image) // self.num_windows
         self.fc = PerWindowLinear(self.num_windows, self.feature_channels, self.dim, relu=True)
         if self.per_window_classifier:
             self.classifier = PerWindowLinear(self.num_windows, self.dim, self.num_classes, relu=False)
