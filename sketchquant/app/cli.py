@@ -54,15 +54,54 @@ def _parser() -> argparse.ArgumentParser:
     enc.add_argument("--split", choices=("database", "query", "train"), default="database")
     enc.add_argument("overrides", nargs="*", metavar="key=value", help="data overrides, e.g. data.root=...")
 
-    ix = sub.add_parser("index", help="method A: build a FAISS uint8 code index from encode's .npz")
-    ix.add_argument("codes", help=".npz written by `sketchquant encode`")
-    ix.add_argument("--out", required=True, help="index file (a .json sidecar is written beside it)")
+    ix = sub.add_parser(
+        "index",
+        help="index a photo folder or list with a checkpoint of either method into a gallery folder",
+        epilog="overrides go on top of the checkpoint's config, e.g. eval.fusion=distance "
+        "trainer.strategy=ddp trainer.devices=2. Legacy form: `index CODES.npz --out INDEX` "
+        "(method A codes written by `encode`).",
+    )
+    ix.add_argument("codes", nargs="?", help=argparse.SUPPRESS)  # legacy: an encode .npz
+    ix.add_argument("--ckpt", help="a checkpoint written by `sketchquant train` (either method)")
+    ix.add_argument("--images", help="a folder (walked recursively) or a list file (path[,labels] lines)")
+    ix.add_argument("--out", required=True, help="the gallery folder (legacy form: the index file)")
+    ix.add_argument("--update", action="store_true", help="encode only new or changed files, drop deleted")
+    ix.add_argument(
+        "--index-type",
+        default=None,
+        help="flat (exact, default) | ivfpq | hnsw | a faiss index_factory string",
+    )
+    ix.add_argument("--batch-size", type=int, default=None)
+    ix.add_argument("--workers", type=int, default=None, help="data-loading processes")
+    ix.add_argument("--on-bad-image", choices=("skip", "error"), default="skip")
+    ix.add_argument(
+        "--pq-m", type=int, default=None, help="PQ subspaces (default: the checkpoint's eval.pq_m)"
+    )
+    ix.add_argument("--pq-k", type=int, default=None, help="PQ centres (default: the checkpoint's eval.pq_k)")
+    ix.add_argument("overrides", nargs="*", metavar="key=value", default=[])
 
-    se = sub.add_parser("search", help="method A: search an index with query images")
-    se.add_argument("--ckpt", required=True)
-    se.add_argument("--index", required=True)
-    se.add_argument("images", nargs="+", metavar="IMAGE")
+    se = sub.add_parser(
+        "search",
+        help="search a gallery with query images (sketches for method B, images for method A)",
+        epilog="Legacy form: `search --index INDEX --ckpt CKPT IMAGE...` for an index built from codes.npz.",
+    )
+    se.add_argument("--gallery", help="a gallery folder written by `sketchquant index`")
+    se.add_argument("images", nargs="+", metavar="QUERY")
     se.add_argument("--k", type=int, default=10)
+    se.add_argument("--features", choices=("raw", "proto", "fused", "codes"), default=None)
+    se.add_argument("--json", action="store_true", help="print one JSON object")
+    se.add_argument("--sheet", default=None, help="PNG contact sheet: each query, then its top k")
+    se.add_argument("--ckpt", default=None, help="overrides the manifest's checkpoint (same sha256 only)")
+    se.add_argument("--force", action="store_true", help="search with a checkpoint of another sha256")
+    se.add_argument("--index", default=None, help=argparse.SUPPRESS)  # legacy method-A index file
+
+    sv = sub.add_parser("serve", help="the drawing page: sketch (or upload), see the gallery's top k")
+    sv.add_argument("--gallery", required=True)
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=7860)
+    sv.add_argument("--k", type=int, default=12)
+    sv.add_argument("--ckpt", default=None)
+    sv.add_argument("--force", action="store_true")
 
     sw = sub.add_parser("sweep", help="run a hyperparameter sweep spec (wandb sweep format)")
     sw.add_argument("spec", help="e.g. configs/sweeps/zs_sbir_losses.yaml")
@@ -122,14 +161,53 @@ def _run(args: argparse.Namespace) -> int:
         from sketchquant.app.export import encode
 
         encode(args.ckpt, args.out, split=args.split, overrides=args.overrides)
-    elif args.command == "index":
+    elif args.command == "index" and args.codes and not args.ckpt:
         from sketchquant.app.export import build_index
 
         build_index(args.codes, args.out)
-    elif args.command == "search":
+    elif args.command == "index":
+        from sketchquant.app.gallery import build_gallery
+
+        if not (args.ckpt and args.images):
+            raise ValueError("index needs --ckpt CKPT --images DIR_OR_LIST --out GALLERY")
+        build_gallery(
+            args.ckpt,
+            args.images,
+            args.out,
+            update=args.update,
+            index_type=args.index_type,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            on_bad_image=args.on_bad_image,
+            pq_m=args.pq_m,
+            pq_k=args.pq_k,
+            overrides=[args.codes] * bool(args.codes) + list(args.overrides),  # the first key=value
+        )
+    elif args.command == "search" and args.index:
         from sketchquant.app.export import search
 
+        if not args.ckpt:
+            raise ValueError("search --index needs --ckpt")
         search(args.ckpt, args.index, args.images, k=args.k)
+    elif args.command == "search":
+        from sketchquant.app.gallery import search_gallery
+
+        if not args.gallery:
+            raise ValueError("search needs --gallery GALLERY")
+        search_gallery(
+            args.gallery,
+            args.images,
+            k=args.k,
+            features=args.features,
+            ckpt=args.ckpt,
+            force=args.force,
+            as_json=args.json,
+            sheet=args.sheet,
+        )
+    elif args.command == "serve":
+        from sketchquant.app.serve import serve
+
+        serve(args.gallery, host=args.host, port=args.port, k=args.k, ckpt=args.ckpt, force=args.force)
     elif args.command == "sweep":
         from sketchquant.app.sweep import run_sweep
 
