@@ -143,6 +143,32 @@ def test_zs_sbir_two_processes_ddp(zs_ddp_run):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "lambda_kd, lambda_da",
+    [(0.0, 0.0), (0.0, 0.1), (1.0, 0.0)],
+    ids=["CE", "CE+DA", "CE+KD"],  # CE+KD+DA (the default) is test_zs_sbir_two_processes_ddp
+)
+def test_every_ablation_row_trains_under_ddp(tmp_path, lambda_kd, lambda_da):
+    """Without KD the ImageNet head is not built: DDP finds no parameter outside the loss (it used to stop
+    at the first step with "parameters that were not used in producing the loss")."""
+    values = {
+        **ZS_TINY,
+        "data.root": tmp_path / "glyphs",
+        **TWO_CPU,
+        "trainer.strategy": "ddp_fork",
+        "model.lambda_kd": lambda_kd,
+        "model.lambda_da": lambda_da,
+        "test_after_fit": "false",
+        "eval.grid": "false",
+    }
+    run = _train("zs_sbir", tmp_path, values)
+    _check_run_folder(run, tested=False, monitor="val/map_all")
+    _, rows = _csv_columns_and_rows(run / "metrics.csv")
+    kd = [float(r["train/kd_epoch"]) for r in rows if r.get("train/kd_epoch")]
+    assert kd and (all(v == 0.0 for v in kd) if lambda_kd == 0 else all(v > 0 for v in kd))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp_fork", "ddp_spawn"])
 def test_quantization_two_processes(tmp_path, strategy):
     """Fit and test each run in fresh worker processes: metrics.csv, train.log and the best score survive."""
