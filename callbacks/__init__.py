@@ -4,6 +4,8 @@ from callbacks.alpha_ramp import AlphaRamp, alpha_schedule
 from callbacks.atomic_checkpoint import AtomicCheckpointIO, atomic_torch_save
 from callbacks.epoch_seed import EpochSeed, epoch_seed
 from callbacks.epoch_summary import EpochSummary
+from callbacks.exact_resume import ExactResume
+from callbacks.last_checkpoint import LastCheckpoint, RunStopped
 from callbacks.nan_guard import NaNGuard, NonFiniteLossError
 from callbacks.retrieval_evaluator import RetrievalEvaluator, gather_and_dedup
 from callbacks.teacher_distillation import TeacherDistillation
@@ -13,9 +15,12 @@ __all__ = [
     "AtomicCheckpointIO",
     "EpochSeed",
     "EpochSummary",
+    "ExactResume",
+    "LastCheckpoint",
     "NaNGuard",
     "NonFiniteLossError",
     "RetrievalEvaluator",
+    "RunStopped",
     "TeacherDistillation",
     "alpha_schedule",
     "atomic_torch_save",

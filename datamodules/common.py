@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -147,13 +148,28 @@ class SampleDataset(Dataset):
         return make_sample(image, self.label(pos), domain, int(self.indices[pos]))
 
 
-class EpochTaggedSampler(DistributedSampler):
+class ResumableSampler:
+    """Mid-epoch resume for a sampler whose order depends only on (seed, epoch, rank): after
+    :meth:`skip_next` ``(n)`` the next ``__iter__`` leaves out the first ``n`` indices of the epoch's order
+    (what an interrupted run already trained on); later epochs start from the beginning again."""
+
+    _skip = 0
+
+    def skip_next(self, n: int) -> None:
+        self._skip = max(0, int(n))
+
+    def _skipping(self, order: Iterator[int]) -> Iterator[int]:
+        n, self._skip = self._skip, 0
+        return itertools.islice(order, n, None) if n else order
+
+
+class EpochTaggedSampler(ResumableSampler, DistributedSampler):
     """A shuffling ``DistributedSampler`` (also for one process) whose positions carry the epoch
     (``pos + epoch * len(dataset)``) for :class:`SampleDataset`'s seeded augmentation."""
 
     def __iter__(self) -> Iterator[int]:
         n = len(self.dataset)
-        return iter(int(i) + self.epoch * n for i in super().__iter__())
+        return self._skipping(iter(int(i) + self.epoch * n for i in super().__iter__()))
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -262,7 +278,7 @@ def global_seed() -> int:
         return 0
 
 
-class MixedDomainSampler(DistributedSampler):
+class MixedDomainSampler(ResumableSampler, DistributedSampler):
     """Flat index order whose every ``batch_size`` consecutive items hold a fixed sketch / photo mix.
 
     Each batch has ``round(batch_size * sketch_fraction)`` sketches and the rest photos. The epoch length is
@@ -339,7 +355,7 @@ class MixedDomainSampler(DistributedSampler):
             )
             order.extend(batch[own.permutation(len(batch))].tolist())
         offset = self.epoch * len(self.dataset)  # epoch tag for SampleDataset's seeded augmentation
-        return iter(i + offset for i in order)
+        return self._skipping(iter(i + offset for i in order))
 
 
 def make_loader(

@@ -11,10 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
-from callbacks import AtomicCheckpointIO, EpochSeed, EpochSummary, NaNGuard, RetrievalEvaluator
+from callbacks import (
+    AtomicCheckpointIO,
+    EpochSeed,
+    EpochSummary,
+    ExactResume,
+    LastCheckpoint,
+    NaNGuard,
+    RetrievalEvaluator,
+)
 from datamodules.transforms import resolve_data_config
 from sketchquant.app.loggers import build_loggers
 from sketchquant.app.methods import method_of, module_kwargs
@@ -52,6 +61,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, *, progress_bar: bool) -> li
     cbs: list[pl.Callback] = [
         NaNGuard(),
         EpochSeed(cfg.seed),
+        ExactResume(),  # before LearningRateMonitor: the sampler and sums are restored before any logging
         ModelCheckpoint(  # first ModelCheckpoint = trainer.checkpoint_callback: the best by the monitor
             dirpath=run_dir / "checkpoints",
             filename="best-epoch{epoch:02d}",
@@ -69,6 +79,12 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, *, progress_bar: bool) -> li
             save_top_k=1,
             enable_version_counter=False,
         ),
+        # last.ckpt also inside epochs (checkpoint.every_n_steps / every_n_minutes) and on SIGTERM / SIGUSR1
+        LastCheckpoint(
+            run_dir / "checkpoints",
+            every_n_steps=cfg.checkpoint.every_n_steps,
+            every_n_minutes=cfg.checkpoint.every_n_minutes,
+        ),
         RetrievalEvaluator(**as_kwargs(cfg.eval), run_dir=str(run_dir)),
         LearningRateMonitor(logging_interval="step"),
         EpochSummary(echo=not progress_bar),
@@ -79,15 +95,26 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, *, progress_bar: bool) -> li
     return cbs
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, **extra: Any) -> pl.Trainer:
+def _plugins(cfg: DictConfig) -> list:
+    keep = ("last.ckpt",) if cfg.checkpoint.keep_previous else ()
+    plugins: list = [AtomicCheckpointIO(keep_previous=keep)]
+    if SLURMEnvironment.detect():
+        # LastCheckpoint handles SIGUSR1 (checkpoint at the end of a batch, requeue, stop); Lightning's own
+        # handler would save from inside the signal handler, mid-step, into an hpc_ckpt_*.ckpt
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return plugins
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, resuming: bool = False, **extra: Any) -> pl.Trainer:
+    """``resuming``: the run continues from a checkpoint (``metrics.csv`` drops the rows logged after it)."""
     trainer_kwargs = as_kwargs(cfg.trainer)
     progress_bar = bool(trainer_kwargs.pop("enable_progress_bar")) and sys.stdout.isatty()
     kwargs = dict(
         default_root_dir=str(run_dir),
         callbacks=build_callbacks(cfg, run_dir, progress_bar=progress_bar),
-        logger=build_loggers(cfg, run_dir),
+        logger=build_loggers(cfg, run_dir, resuming=resuming),
         enable_progress_bar=progress_bar,
-        plugins=[AtomicCheckpointIO()],
+        plugins=_plugins(cfg),
         use_distributed_sampler=method_of(cfg).use_distributed_sampler,
         **trainer_kwargs,
     )

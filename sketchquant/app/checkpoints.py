@@ -15,7 +15,13 @@ from omegaconf import DictConfig
 from sketchquant.app.methods import Method, from_container, method_of, module_kwargs
 from sketchquant.core.config import ConfigError
 
-__all__ = ["CONFIG_KEY", "read_checkpoint", "load_checkpoint_config", "load_trained_module"]
+__all__ = [
+    "CONFIG_KEY",
+    "checkpoint_problem",
+    "read_checkpoint",
+    "load_checkpoint_config",
+    "load_trained_module",
+]
 
 CONFIG_KEY = "sketchquant"  # where a checkpoint carries its resolved config
 
@@ -34,6 +40,25 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not isinstance(ckpt, dict):
         raise ConfigError(f"checkpoint {path} is not a Lightning checkpoint (got {type(ckpt).__name__})")
     return ckpt
+
+
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be resumed from (missing, truncated, not a Lightning training checkpoint), or
+    ``None``. Tensors are memory-mapped, not read: cheap also for large checkpoints."""
+    path = Path(path)
+    if not path.is_file():
+        return "not found"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # noqa: BLE001 - any failure to read is a broken file
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return f"truncated or not a checkpoint ({first})"
+    if not isinstance(ckpt, dict):
+        return f"not a Lightning checkpoint (holds a {type(ckpt).__name__})"
+    missing = [k for k in ("state_dict", "loops", "optimizer_states") if k not in ckpt]
+    if missing:
+        return f"not a training checkpoint (no {', '.join(missing)})"
+    return None
 
 
 def load_checkpoint_config(

@@ -1,9 +1,14 @@
 """Loggers of a run: CSV always (appending, so fit/test in fresh DDP workers and resumed runs continue one
-``metrics.csv``), plus wandb (offline unless ``WANDB_MODE=online``) or TensorBoard."""
+``metrics.csv``), plus wandb (offline unless ``WANDB_MODE=online``) or TensorBoard.
+
+``metrics.csv`` after a resume holds the rows a straight run would have: rows are written as they are logged
+(a kill loses at most the row being written), and a resumed run first drops the rows the interrupted run
+logged after its checkpoint (at or beyond the resumed run's first step), which it logs again itself."""
 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from pathlib import Path
 
@@ -12,8 +17,12 @@ from lightning_fabric.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from sketchquant.core.config import to_container
+from sketchquant.core.io import atomic_write
+
+log = logging.getLogger("sketchquant")
 
 
 class AppendingExperimentWriter(ExperimentWriter):
@@ -30,8 +39,42 @@ class AppendingExperimentWriter(ExperimentWriter):
         if header and header != self.metrics_keys:  # appended rows follow the sorted header
             self._rewrite_with_new_header(self.metrics_keys)
 
+    def drop_rows_from(self, step: int) -> int:
+        """Remove the rows of ``step`` and later (and a row cut short by a kill); returns how many."""
+        self.metrics = [row for row in self.metrics if int(row.get("step", -1)) < step]
+        if not self._fs.isfile(self.metrics_file_path):
+            return 0
+        with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+            reader = csv.DictReader(file)
+            header = list(reader.fieldnames or [])
+            rows = list(reader)
+
+        def keep(row: dict) -> bool:
+            try:
+                return None not in row and int(float(row.get("step") or "")) < step
+            except ValueError:
+                return False
+
+        kept = [row for row in rows if keep(row)]
+        if len(kept) < len(rows):
+
+            def write(tmp) -> None:
+                with open(tmp, "w", newline="") as out:
+                    writer = csv.DictWriter(out, fieldnames=header)
+                    writer.writeheader()
+                    writer.writerows(kept)
+
+            atomic_write(self.metrics_file_path, write)
+        return len(rows) - len(kept)
+
 
 class AppendingCSVLogger(CSVLogger):
+    """``resuming``: the first logged step drops the rows the interrupted run logged from that step on."""
+
+    def __init__(self, *args, resuming: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._resuming = resuming
+
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
@@ -40,9 +83,23 @@ class AppendingCSVLogger(CSVLogger):
             self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
         return self._experiment
 
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self._resuming and step is not None:
+            self._resuming = False
+            dropped = self.experiment.drop_rows_from(int(step))
+            if dropped:
+                log.info("metrics.csv: %d rows logged after the checkpoint are logged again", dropped)
+        super().log_metrics(metrics, step)
+        self.save()  # every row on disk at once: a kill costs at most the row being written
 
-def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
-    loggers: list = [AppendingCSVLogger(save_dir=str(run_dir), name="", version="")]
+    @rank_zero_only
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        self.save()
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> list:
+    loggers: list = [AppendingCSVLogger(save_dir=str(run_dir), name="", version="", resuming=resuming)]
     if cfg.logger.name == "wandb":
         # never wait on the network: offline unless the user asked for online (SPEC §E)
         online = os.environ.get("WANDB_MODE") == "online" and cfg.logger.offline is not True

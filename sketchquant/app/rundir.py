@@ -49,26 +49,83 @@ def new_run_dir(cfg: DictConfig) -> Path:
     return path
 
 
+#: where a run folder keeps the checkpoint to resume from, newest first (``last.prev.ckpt``: the one the
+#: last write replaced, see :class:`callbacks.AtomicCheckpointIO`)
+RESUME_FILES = ("last.ckpt", "last.prev.ckpt")
+
+
+def _good_checkpoint(run_dir: Path, what: str) -> Path:
+    """The newest readable of ``run_dir/checkpoints/{last,last.prev}.ckpt``; each broken one is reported in
+    one line naming it. None readable: :class:`ConfigError`."""
+    from sketchquant.app.checkpoints import checkpoint_problem
+
+    problems = []
+    for name in RESUME_FILES:
+        path = run_dir / "checkpoints" / name
+        if not path.exists():
+            continue
+        problem = checkpoint_problem(path)
+        if problem is None:
+            if problems:
+                log.warning("%s: resuming from the previous checkpoint %s instead", what, path)
+            return path
+        log.error("%s: cannot resume from %s: %s", what, path, problem)
+        problems.append(f"{path}: {problem}")
+    raise ConfigError(f"{what}: no readable checkpoint in {run_dir / 'checkpoints'} ({'; '.join(problems)})")
+
+
+def _requeued_run_dir(cfg: DictConfig) -> Path | None:
+    """A requeued SLURM job (``SLURM_RESTART_COUNT`` ≥ 1): its own run folder, if it holds a checkpoint."""
+    if not os.environ.get("SLURM_JOB_ID") or int(os.environ.get("SLURM_RESTART_COUNT") or 0) < 1:
+        return None
+    leaf = f"slurm{os.environ['SLURM_JOB_ID']}" + (f"-{cfg.name}" if cfg.name else "")
+    run_dir = Path(cfg.run_dir) / cfg.experiment / leaf
+    if any((run_dir / "checkpoints" / name).exists() for name in RESUME_FILES):
+        return run_dir
+    return None
+
+
 def find_resume(cfg: DictConfig) -> tuple[Path, Path] | None:
-    """``resume=auto``: the newest run folder of this experiment (and name) with ``checkpoints/last.ckpt``;
-    ``resume=PATH``: that checkpoint, continuing in its run folder. Returns ``(run_dir, ckpt)``."""
+    """Where a run continues: ``(run_dir, ckpt)``, or ``None`` for a new run.
+
+    - ``resume=auto``: the newest run folder of this experiment (and name) with a checkpoint to resume from;
+    - ``resume=PATH``: that checkpoint, continuing in its run folder;
+    - a requeued SLURM job (``SLURM_RESTART_COUNT`` ≥ 1, with or without ``resume=``): its own folder.
+
+    In a run folder, ``checkpoints/last.ckpt`` is used, or ``last.prev.ckpt`` when ``last.ckpt`` is
+    truncated or not a checkpoint (logged as an error naming it). A broken ``resume=PATH`` is an error."""
+    requeued = _requeued_run_dir(cfg) if cfg.resume in (None, "auto") else None
+    if requeued is not None:
+        log.info("requeued SLURM job: continuing %s", requeued)
+        return requeued, _good_checkpoint(requeued, "requeued SLURM job")
     if not cfg.resume:
         return None
     if cfg.resume == "auto":
         base = Path(cfg.run_dir) / cfg.experiment
-        candidates = sorted(base.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        folders = {p.parent.parent for name in RESUME_FILES for p in base.glob(f"*/checkpoints/{name}")}
         if cfg.name:
-            candidates = [c for c in candidates if c.parent.parent.name.endswith(f"-{cfg.name}")]
-        if not candidates:
+            folders = {f for f in folders if f.name.endswith(f"-{cfg.name}")}
+        if not folders:
             log.warning("resume=auto: no %s/*/checkpoints/last.ckpt yet; starting a new run", base)
             return None
-        ckpt = candidates[-1]
-    else:
-        ckpt = Path(cfg.resume)
-        if not ckpt.is_file():
-            raise ConfigError(
-                f"resume={cfg.resume!r}: no such checkpoint file (expected .../checkpoints/last.ckpt)"
-            )
+
+        def newest(folder: Path) -> float:
+            return max(p.stat().st_mtime for p in (folder / "checkpoints").glob("last*.ckpt"))
+
+        run_dir = max(folders, key=newest)
+        return run_dir, _good_checkpoint(run_dir, "resume=auto")
+    ckpt = Path(cfg.resume)
+    if not ckpt.is_file():
+        raise ConfigError(
+            f"resume={cfg.resume!r}: no such checkpoint file (expected .../checkpoints/last.ckpt)"
+        )
+    from sketchquant.app.checkpoints import checkpoint_problem
+
+    problem = checkpoint_problem(ckpt)
+    if problem is not None:
+        prev = ckpt.with_name(f"{ckpt.stem}.prev{ckpt.suffix}")
+        hint = f"; the previous one is {prev} (resume={prev})" if prev.is_file() else ""
+        raise ConfigError(f"resume={cfg.resume!r}: cannot resume from {ckpt}: {problem}{hint}")
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     return run_dir, ckpt
 

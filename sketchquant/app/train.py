@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from callbacks import RunStopped
 from sketchquant.app.build import build_datamodule, build_module, build_trainer
 from sketchquant.app.checkpoints import load_checkpoint_config
 from sketchquant.app.loggers import finish_loggers
@@ -26,6 +29,7 @@ from sketchquant.app.rundir import (
     write_results,
 )
 from sketchquant.core.config import to_container
+from sketchquant.core.io import DiskFullError
 from sketchquant.core.report import print_results
 
 log = logging.getLogger("sketchquant")
@@ -70,6 +74,27 @@ def _quiet_known_warnings() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
+def _fit(trainer: pl.Trainer, module, datamodule, ckpt_path: str | None, run_dir: Path) -> None:
+    """``trainer.fit``; a stop on a signal ends the process with 128 + the signal number, after saying
+    which checkpoint to resume from; a full disk is logged before it is raised."""
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except RunStopped as stop:  # SIGUSR1 (SLURM's warning before the time limit): last.ckpt written
+        log.warning("%s; continue with resume=auto (or requeued SLURM job)", stop)
+        raise
+    except SIGTERMException as err:
+        log.warning(
+            "SIGTERM at epoch %d, step %d: continue with resume=auto (from %s)",
+            trainer.current_epoch,
+            trainer.global_step,
+            run_dir / "checkpoints" / "last.ckpt",
+        )
+        raise SystemExit(128 + signal.SIGTERM) from err
+    except DiskFullError as err:
+        log.error("%s", err)
+        raise
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (optionally resuming), then test the best checkpoint. Returns run folder and test metrics."""
     _quiet_known_warnings()
@@ -87,10 +112,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     module = build_module(cfg, datamodule)
     module.sketchquant_config = to_container(cfg)  # every checkpoint carries its config
-    trainer = build_trainer(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir, resuming=resume is not None)
     trainer.callbacks.append(RunFileLogging(str(run_dir)))
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume[1]) if resume else None)
+        _fit(trainer, module, datamodule, str(resume[1]) if resume else None, run_dir)
         metrics: dict[str, float] = {}
         ckpt = trainer.checkpoint_callback
         best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""

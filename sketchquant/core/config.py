@@ -82,6 +82,16 @@ class LoggerConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """``checkpoints/last.ckpt``: written after every epoch; these add writes inside long epochs. A resume
+    from one continues at the next batch (same data order and augmentation). 0 = off."""
+
+    every_n_steps: int = 0  # also every N optimizer steps
+    every_n_minutes: float = 0.0  # also when N minutes passed since the last write
+    keep_previous: bool = True  # the replaced last.ckpt stays as last.prev.ckpt (resume falls back to it)
+
+
+@dataclass
 class RunConfig:
     experiment: str = MISSING
     name: str | None = None
@@ -93,6 +103,7 @@ class RunConfig:
     monitor_mode: str = choice("max", "min")
     save_top_k: int = 1
     test_after_fit: bool = True
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     data: Any = None
