@@ -55,11 +55,12 @@ def data_make(
     path = fn(out, **kwargs)
     secs = time.perf_counter() - t0
     man = json.loads((path / MANIFEST).read_text())
+    what_kind = "glyph dataset" if GENERATORS[kind][0].startswith("datamodules.glyphs") else "dataset"
     counts = man.get("counts", {})
     what = ", ".join(f"{k} {v}" for k, v in counts.items())
     verb = "reused existing" if existed and not kwargs.get("overwrite") else f"wrote ({secs:.1f} s)"
     print(
-        f"{kind} glyph dataset {verb}: {path} [{what}; {man['params']['image_size']} px, "
+        f"{kind} {what_kind} {verb}: {path} [{what}; {man['params']['image_size']} px, "
         f"seed {man['params']['seed']}]"
     )
     return path

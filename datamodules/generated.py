@@ -14,6 +14,7 @@ GENERATORS: dict[str, tuple[str, str, str, str]] = {
     "sketch_photo": ("datamodules.glyphs.sketch_photo", "make_glyph_benchmark", "folder", "data/glyphs"),
     "scenes": ("datamodules.glyphs.scenes", "make_glyph_scenes", "csv", "data/glyph_scenes"),
     "mosaics": ("datamodules.glyphs.mosaics", "make_glyph_mosaics", "csv", "data/glyph_mosaics"),
+    "digits": ("datamodules.digits", "make_digit_mosaics", "csv", "data/digit_mosaics"),
 }
 
 

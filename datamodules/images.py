@@ -7,9 +7,18 @@ Layouts:
   from ``<root>/classes.txt`` when present, else sorted names.
 - ``folder``: ``<root>/{train,query,database}/<class>/*`` (single-label).
 
-Train yields the training images (``domain=GALLERY``); validation and test both yield the query split
-(``domain=QUERY``) followed by the database (``domain=GALLERY``) in one loader. Labels are ``int64`` class
-ids (single-label) or ``float32`` multi-hot vectors (multi-label; detected from the data unless given).
+Stages (model selection never sees the test data):
+
+- train: the training images (``domain=GALLERY``) minus the validation part;
+- validate: the validation images only: ``val_list`` when given (a CSV list like the others, or for the
+  folder layout a folder ``<root>/<val_list>/<class>/*``), else ``val_fraction`` of the training list
+  held out (drawn with ``split_seed``). They are split once into queries (a quarter, ``domain=QUERY``) and
+  a database (the rest, ``domain=GALLERY``) ranked with the same protocol as the test;
+- test: the query split (``domain=QUERY``) followed by the database (``domain=GALLERY``) in one loader.
+  Nothing but test (and ``eval_dataset``) reads them.
+
+Labels are ``int64`` class ids (single-label) or ``float32`` multi-hot vectors (multi-label; detected from
+the data unless given).
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from sketchquant.core.batch import GALLERY, QUERY
 from sketchquant.core.config import choice
 
 from .base import RetrievalDataConfig, RetrievalDataModule
-from .common import tree
+from .common import stable_rng, tree
 from .lists import list_class_dirs, list_images, read_class_list
 
 log = logging.getLogger("sketchquant.data")
@@ -74,6 +83,9 @@ class ImageDataConfig(RetrievalDataConfig):
     query_list: str = "query.csv"
     database_list: str = "database.csv"
     multi_label: bool | None = None  # None: multi-label when some image has other than one label
+    val_fraction: float = 0.1  # of the training list held out for validation (ignored with val_list)
+    val_list: str | None = None  # validation images: a CSV list (csv layout) or a folder (folder layout)
+    split_seed: int = 0  # draws the held-out part
 
 
 class ImageDataModule(RetrievalDataModule):
@@ -82,12 +94,34 @@ class ImageDataModule(RetrievalDataModule):
     config_class = ImageDataConfig
     layouts = {"csv": CSV_LAYOUT, "folder": FOLDER_LAYOUT}
     default_generator = "scenes"
-    eval_splits = {"train": ("train", None), "query": ("eval", QUERY), "database": ("eval", GALLERY)}
-    val_name = test_name = "eval"
+    eval_splits = {
+        "train": ("train", None),
+        "val": ("val", None),
+        "query": ("eval", QUERY),
+        "database": ("eval", GALLERY),
+    }
+    val_name, test_name = "val", "eval"
+
+    def check_options(self) -> None:
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
     @property
     def lists(self) -> dict[str, str]:
-        return {"train": self.train_list, "query": self.query_list, "database": self.database_list}
+        lists = {"train": self.train_list, "query": self.query_list, "database": self.database_list}
+        if self.val_list:
+            lists["val"] = self.val_list
+        return lists
+
+    def _holdout(self, rows: list) -> tuple[list, list]:
+        """``(train, validation)`` rows: ``val_fraction`` of ``rows`` (at least 2 when > 0, so validation
+        has a query and a database), drawn with ``split_seed``; validation in drawn order."""
+        n = len(rows)
+        k = int(round(n * self.val_fraction))
+        k = min(max(k, 2), n - 1) if self.val_fraction > 0 and n >= 3 else 0
+        perm = stable_rng(self.split_seed, "val").permutation(n)[:k].tolist()
+        held = set(perm)
+        return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in perm]
 
     def _scan_csv(self) -> dict[str, list[tuple[str, list[str]]]]:
         rows = {}
@@ -100,8 +134,11 @@ class ImageDataModule(RetrievalDataModule):
 
     def _scan_folder(self) -> dict[str, list[tuple[str, list[str]]]]:
         rows = {}
-        for split in SPLITS:
-            d = self.root / split
+        folders = {split: split for split in SPLITS}
+        if self.val_list:
+            folders["val"] = self.val_list
+        for split, name in folders.items():
+            d = self.root / name
             if not d.is_dir():
                 raise FileNotFoundError(f"{d} does not exist. Expected layout:\n{FOLDER_LAYOUT}")
             rows[split] = [(str(f), [c]) for c in list_class_dirs(d) for f in list_images(d / c)]
@@ -109,7 +146,7 @@ class ImageDataModule(RetrievalDataModule):
 
     def build(self) -> None:
         rows = self._scan_csv() if self.layout == "csv" else self._scan_folder()
-        for split in SPLITS:
+        for split in rows:
             if not rows[split]:
                 raise ValueError(
                     f"the {split} split is empty ({self.lists[split] if self.layout == 'csv' else split})"
@@ -137,10 +174,12 @@ class ImageDataModule(RetrievalDataModule):
                         )
         skip = self.drop_bad_images([p for r in rows.values() for p, _ in r])
         if skip:
-            for split in SPLITS:
+            for split in rows:
                 rows[split] = [row for row in rows[split] if row[0] not in skip]
                 if not rows[split]:
                     raise ValueError(f"the {split} split has no readable images left")
+        if "val" not in rows:
+            rows["train"], rows["val"] = self._holdout(rows["train"])
         self.class_names = list(classes)
         self.num_classes = len(classes)
         self.multi_label = bool(multi)
@@ -158,17 +197,34 @@ class ImageDataModule(RetrievalDataModule):
         self.add_dataset(
             "train", labelled("train", GALLERY), {QUERY: train_tf, GALLERY: train_tf}, train=True, **kw
         )
+        val = rows["val"]
+        n_query = max(1, round(len(val) / 4)) if len(val) >= 2 else len(val)
+        self.add_dataset(
+            "val",
+            labelled("val", QUERY)[:n_query] + labelled("val", GALLERY)[n_query:],
+            {QUERY: eval_tf, GALLERY: eval_tf},
+            **kw,
+        )
         self.add_dataset(
             "eval",
             labelled("query", QUERY) + labelled("database", GALLERY),
             {QUERY: eval_tf, GALLERY: eval_tf},
             **kw,
         )
-        self.counts = {s: len(rows[s]) for s in SPLITS}
+        self.counts = {s: len(rows[s]) for s in ("train", "val", "query", "database")}
         log.info(
-            "image data %s: %d classes (%s-label); train %d, query %d, database %d",
+            "image data %s: %d classes (%s-label); train %d, validation %d (%s: %d queries / %d database), "
+            "query %d, database %d",
             self.root,
             self.num_classes,
             "multi" if self.multi_label else "single",
-            *self.counts.values(),
+            self.counts["train"],
+            len(val),
+            f"list {self.val_list}" if self.val_list else f"{self.val_fraction:g} of train held out",
+            n_query,
+            len(val) - n_query,
+            self.counts["query"],
+            self.counts["database"],
         )
+        if not val:
+            log.warning("no validation images (val_fraction=0 and no val_list): validation is skipped")

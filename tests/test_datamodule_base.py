@@ -66,7 +66,7 @@ def test_image_size_is_required_to_set_up(scenes):
 def test_eval_dataset_and_labels(scenes):
     dm = ImageDataModule(str(scenes), image_size=32, num_workers=0)
     query, database, train = (dm.eval_dataset(s) for s in ("query", "database", "train"))
-    assert (len(query), len(database), len(train)) == (2, 3, 6)
+    assert (len(query), len(database), len(train), len(dm.eval_dataset("val"))) == (2, 3, 4, 2)
     assert set(query.domains.tolist()) == {QUERY} and set(database.domains.tolist()) == {GALLERY}
     labels = database.labels_tensor()
     assert labels.shape == (3, 4) and labels.dtype == torch.float32
@@ -78,8 +78,8 @@ def test_eval_dataset_and_labels(scenes):
         assert torch.equal(database.label(i), labels[i])
     # no augmentation, also for train: the same tensor twice
     assert torch.equal(train[0]["image"], train[0]["image"])
-    with pytest.raises(ValueError, match="split must be one of train, query, database"):
-        dm.eval_dataset("val")
+    with pytest.raises(ValueError, match="split must be one of train, val, query, database"):
+        dm.eval_dataset("test")
 
 
 def test_lists_and_generators(tmp_path):

@@ -120,3 +120,22 @@ def test_mosaics(tmp_path):
     assert digest(out) != digest(make_glyph_mosaics(tmp_path / "m3", **{**kw, "seed": 1}))
     with pytest.raises(ValueError, match="max_objects <= grid"):
         make_glyph_mosaics(tmp_path / "bad", grid=1, max_objects=2)
+
+
+def test_digit_mosaics(tmp_path, capsys):
+    from datamodules.digits import make_digit_mosaics
+
+    kw = dict(num_train=6, num_query=2, num_database=3, image_size=32)
+    out = data_make(tmp_path / "d", "digits", {k: str(v) for k, v in kw.items()})
+    assert "digits dataset wrote" in capsys.readouterr().out
+    assert (out / "classes.txt").read_text().split() == [f"digit_{c}" for c in range(10)]
+    rows = (out / "train.csv").read_text().splitlines()
+    assert len(rows) == 6 and all(1 <= len(r.split(",")[1].split(";")) <= 2 for r in rows)
+    with Image.open(out / rows[0].split(",")[0]) as im:
+        assert im.size == (32, 32)
+    assert digest(out) == digest(make_digit_mosaics(tmp_path / "d2", **kw))
+    from datamodules.digits import _digits, _pools
+
+    pools = _pools(0, _digits()[1])
+    train, test = ({int(i) for idx in pools[p].values() for i in idx} for p in ("train", "test"))
+    assert len(train) + len(test) == 1797 and not train & test  # no scanned digit in both parts

@@ -14,7 +14,8 @@ from datamodules.images import ImageDataModule, read_label_csv
 from datamodules.transforms import build_eval_transform, build_train_transform, load_rgb
 from sketchquant.core.batch import GALLERY, QUERY
 
-KW = dict(image_size=32, batch_size=4, num_workers=0)
+# val_fraction=0: these tests read the layouts; held-out validation has its own tests below
+KW = dict(image_size=32, batch_size=4, num_workers=0, val_fraction=0.0)
 
 
 def _png(path: Path, value: int = 128, mode: str = "RGB") -> None:
@@ -48,13 +49,13 @@ def test_multi_label_csv(csv_root):
     s = dm.datasets["train"][0]
     assert s["label"].dtype == torch.float32 and s["label"].tolist() == [1.0, 1.0, 0.0]
     assert dm.datasets["train"][4]["label"].sum() == 0
-    val = list(dm.val_dataloader())
-    dom = torch.cat([b["domain"] for b in val])
+    test = list(dm.test_dataloader())
+    dom = torch.cat([b["domain"] for b in test])
     assert dom.tolist() == [QUERY] * 2 + [GALLERY] * 3
-    idx = torch.cat([b["index"] for b in val]).tolist() + dm.datasets["train"].indices.tolist()
+    idx = torch.cat([b["index"] for b in test]).tolist() + dm.datasets["train"].indices.tolist()
     assert sorted(idx) == list(range(10))
-    assert dm.path_for_index(val[0]["index"][0]).endswith("5.png")
-    assert len(list(dm.test_dataloader())) == len(val)
+    assert dm.path_for_index(test[0]["index"][0]).endswith("5.png")
+    assert dm.val_dataloader() == []  # val_fraction=0 and no val_list: no validation
     assert sum(len(b["index"]) for b in dm.train_dataloader()) == 4  # drop_last with 5 images, batch 4
 
 
@@ -165,3 +166,68 @@ def test_resolve_data_config():
     cfg = resolve_data_config("tf_efficientnet_lite0")
     assert cfg["image_size"] == 224 and cfg["mean"] == (0.5, 0.5, 0.5) and cfg["interpolation"] == "bicubic"
     assert resolve_data_config("resnet18", image_size=64)["image_size"] == 64
+
+
+def _split_paths(root: Path, *names: str) -> set[str]:
+    return {
+        str(root / line.split(",")[0])
+        for name in names
+        for line in (root / name).read_text().splitlines()
+        if line.strip() and not line.startswith(("#", "path"))
+    }
+
+
+def _read_paths(monkeypatch, loader) -> set[str]:
+    """Every file the loader's dataset opens while it is iterated."""
+    import datamodules.common as common
+
+    seen: set[str] = set()
+    real = common.load_rgb
+
+    def spy(path):
+        seen.add(str(path))
+        return real(path)
+
+    monkeypatch.setattr(common, "load_rgb", spy)
+    for _ in loader:
+        pass
+    monkeypatch.setattr(common, "load_rgb", real)
+    return seen
+
+
+def test_validation_never_reads_query_or_database(monkeypatch, tmp_path):
+    """Issue 11.3: model selection (validation) uses images held out of train, never the test splits."""
+    gen = dict(num_classes=4, num_train=20, num_query=4, num_database=6, image_size=32)
+    root = make_glyph_scenes(tmp_path / "scenes", **gen)
+    dm = ImageDataModule(str(root), image_size=32, batch_size=4, num_workers=0, val_fraction=0.2)
+    dm.setup("fit")
+    test_paths = _split_paths(root, "query.csv", "database.csv")
+    train_paths = _split_paths(root, "train.csv")
+    val_read = _read_paths(monkeypatch, dm.val_dataloader())
+    assert len(val_read) == 4 and val_read <= train_paths and not val_read & test_paths
+    train_read = _read_paths(monkeypatch, dm.train_dataloader())
+    assert train_read <= train_paths and not train_read & val_read  # held out of training too
+    assert len(dm.datasets["train"]) == 16 and dm.counts["val"] == 4
+    val = dm.datasets["val"]
+    assert val.domains.tolist() == [QUERY] + [GALLERY] * 3  # a quarter queries, the rest the database
+    assert _read_paths(monkeypatch, dm.test_dataloader()) == test_paths
+    again = ImageDataModule(str(root), image_size=32, num_workers=0, val_fraction=0.2)
+    again.setup()
+    assert again.datasets["val"].paths == val.paths  # the same draw every time (split_seed)
+    other = ImageDataModule(str(root), image_size=32, num_workers=0, val_fraction=0.2, split_seed=1)
+    other.setup()
+    assert other.datasets["val"].paths != val.paths
+
+
+def test_val_list(csv_root):
+    (csv_root / "val.csv").write_text("images/3.png,a\nimages/4.png,b\n")
+    (csv_root / "train.csv").write_text("images/0.png,a;b\nimages/1.png,c\nimages/2.png,b\n")
+    dm = ImageDataModule(str(csv_root), image_size=32, num_workers=0, val_list="val.csv")
+    dm.setup()
+    assert [Path(p).name for p in dm.datasets["val"].paths] == ["3.png", "4.png"]
+    assert len(dm.datasets["train"]) == 3  # nothing held out of train when a list is given
+    (csv_root / "val.csv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"val list .*val.csv does not exist"):
+        ImageDataModule(str(csv_root), image_size=32, val_list="val.csv").setup()
+    with pytest.raises(ValueError, match=r"val_fraction must be in \[0, 1\)"):
+        ImageDataModule(str(csv_root), val_fraction=1.0)

@@ -1,9 +1,9 @@
 """Method A's multi-label glyph mosaics: a grid of single-glyph photos (2×2 by default).
 
 Each image is ``grid × grid`` tiles. ``min_objects``–``max_objects`` tiles (chosen at random) each hold
-one glyph photo of a different class, drawn as the sketch/photo benchmark draws its photos (filled,
-coloured, textured, on clutter, maybe occluded); the other tiles hold clutter only (distractor shapes of
-the same primitives). The labels are the classes present. Compared with :mod:`.scenes` (1-3 small glyphs
+one glyph photo of a different class, drawn like the sketch/photo benchmark's photos (filled, coloured,
+textured, on a cluttered background) but large and whole (no occluder); the other tiles hold clutter only
+(distractor shapes of the same primitives). The labels are the classes present. Compared with :mod:`.scenes` (1-3 small glyphs
 in one cluttered picture) the objects are large and whole, so a short CPU run learns the classes, as on
 real mosaic data (2×2 mosaics of item photos).
 
@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image
 
 from .output import atomic_generate, run_tasks, split_bounds, write_image_lists
-from .render import background, finish_photo, render_photo, save_png
-from .shapes import class_name, class_spec
+from .render import background, draw_photo_object, finish_photo, save_png
+from .shapes import SUPERSAMPLE, class_name, class_spec, random_transform
 
 _MOSAIC, _LABELS = 4, 5
 
@@ -36,14 +36,21 @@ def _mosaic_layout(seed: int, i: int, num_classes: int, cells: int, lo: int, hi:
     return sorted(classes), dict(zip(tiles, classes))
 
 
+def render_tile(parts: list[dict] | None, rng, size: int) -> Image.Image:
+    """One tile: a whole glyph photo (filled, coloured, textured; large, no occluder) on a background with
+    a little clutter, or (``parts`` None) the background alone with a little more clutter."""
+    if parts is None:
+        return finish_photo(background(rng, size, clutter=(1, 4)), rng)
+    img = background(rng, size, clutter=(0, 3))
+    a, b = random_transform(rng, size * SUPERSAMPLE, rot=20, scale=(0.75, 0.95), shift=0.06)
+    return finish_photo(draw_photo_object(img, parts, a, b, rng), rng)
+
+
 def render_mosaic(specs: list[list[dict]], tiles: dict[int, int], rng, image_size: int, grid: int):
     tile = image_size // grid
     canvas = Image.new("RGB", (tile * grid, tile * grid))
     for t in range(grid * grid):
-        if t in tiles:
-            img = render_photo(specs[tiles[t]], rng, tile)
-        else:
-            img = finish_photo(background(rng, tile), rng)
+        img = render_tile(specs[tiles[t]] if t in tiles else None, rng, tile)
         canvas.paste(img, ((t % grid) * tile, (t // grid) * tile))
     if canvas.size != (image_size, image_size):
         canvas = canvas.resize((image_size, image_size), Image.BILINEAR)
