@@ -68,6 +68,7 @@ class RetrievalEvaluator(pl.Callback):
         prototypes: bool = True,
         pq_m: int = 2,
         pq_k: int = 32,
+        pq_max_points_per_centroid: int | None = None,
         fusion: str = "feature",
         fusion_lambda: float = 0.2,
         grid: bool = True,
@@ -84,6 +85,7 @@ class RetrievalEvaluator(pl.Callback):
         self.memory_budget_mb = memory_budget_mb
         self.prototypes = prototypes
         self.pq_m, self.pq_k = pq_m, pq_k
+        self.pq_max_points_per_centroid = pq_max_points_per_centroid
         self.fusion, self.fusion_lambda = fusion, fusion_lambda
         self.grid, self.grid_queries, self.grid_topk = grid, grid_queries, grid_topk
         self.run_dir = run_dir
@@ -191,6 +193,7 @@ class RetrievalEvaluator(pl.Callback):
                     labels[gmask],
                     m=self.pq_m,
                     k=self.pq_k,
+                    max_points_per_centroid=self.pq_max_points_per_centroid,
                     lam=self.fusion_lambda,
                     fusion=self.fusion,
                     **{k: v for k, v in self._kwargs().items() if k != "metric"},
@@ -246,6 +249,7 @@ class EvalConfig:
     prototypes: bool = True  # method B test: also prototype and fused gallery features
     pq_m: int = 2
     pq_k: int = 32
+    pq_max_points_per_centroid: int | None = None  # None: k-means on every gallery point
     fusion: str = choice("feature", "distance")
     fusion_lambda: float = 0.2
     grid: bool = True

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from sketchquant.core.retrieval import reference
 from sketchquant.core.retrieval.metrics import sbir_metrics
 from sketchquant.core.retrieval.prototypes import (
     fit_product_quantizer,
@@ -54,16 +55,56 @@ def test_feature_fusion_formula():
 
 
 def test_distance_fusion_formula():
+    """ClusterRetr: (1 − λ)·‖q − x̂‖² (nanopq's squared asymmetric distance) + λ·‖q − x‖ (unsquared)."""
     x, _ = _data()
     q = x[:10] + 0.1
     proto = prototype_features(fit_product_quantizer(x, 2, 8), x)
     fn = fused_distance_fn(q, x, proto, lam=0.3)
     got = fn(torch.arange(3, 7)).numpy()
     qq = q[3:7].astype(np.float64)
-    want = 0.7 * np.linalg.norm(qq[:, None] - proto[None], axis=2) + 0.3 * np.linalg.norm(
+    want = 0.7 * ((qq[:, None] - proto[None]) ** 2).sum(2) + 0.3 * np.linalg.norm(
         qq[:, None] - x[None], axis=2
     )
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_distance_fusion_equals_clusterretr_transliteration():
+    """Ranked by nanopq's dtable/adist + scipy's cdist, transliterated: the same metrics."""
+    x, labels = _data(n=300)
+    q, ql = x[:60] + 0.05, labels[:60]
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    pq = fit_product_quantizer(xn, m=2, k=8, seed=0)
+    cents = faiss.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub)
+    proto = prototype_features(pq, xn)  # faiss packs 3-bit codes: read each sub-vector's centre back
+    codes = np.stack(
+        [((proto[:, None, s * 8 : (s + 1) * 8] - cents[s][None]) ** 2).sum(-1).argmin(1) for s in range(2)], 1
+    )
+    dist = reference.clusterretr_fused_distances(qn, xn, cents, codes, lam=0.2)
+    want = reference.sbir(dist, ql, labels, ["all", 100], [100])
+    got = prototype_retrieval_metrics(
+        q, ql, x, labels, m=2, k=8, lam=0.2, fusion="distance", map_at=("all", 100), p_at=(100,)
+    )["fused"]
+    for key in ("map_all", "map_100", "p_100"):
+        assert got[key] == pytest.approx(want[key], abs=1e-6), key
+
+
+def test_pq_trains_on_every_gallery_point_by_default():
+    """faiss would sample 256 points per centre; ClusterRetr's k-means sees every point."""
+    x, _ = _data(n=600)
+    every = fit_product_quantizer(x, m=2, k=2, seed=0)
+    sampled = fit_product_quantizer(x, m=2, k=2, seed=0, max_points_per_centroid=16)
+    assert every.cp.max_points_per_centroid * 2 >= 600
+    assert sampled.cp.max_points_per_centroid == 16
+    assert not np.array_equal(
+        faiss.vector_to_array(every.centroids), faiss.vector_to_array(sampled.centroids)
+    )
+
+
+def test_few_points_warning_says_what_it_means():
+    x, _ = _data(n=64)
+    with pytest.warns(UserWarning, match=r"64 gallery features for K=8 .*eval\.pq_k"):
+        fit_product_quantizer(x, m=2, k=8)
 
 
 def test_prototype_retrieval_metrics_both_fusions():

@@ -5,7 +5,12 @@ Each gallery feature ``x`` is cut into ``M`` sub-vectors; k-means with ``K`` cen
 nearest centre → prototype ``x̂``. Two fusions:
 
 - feature fusion (the patent, default): ``x̃ = (1 − λ)·x̂ + λ·x``, ranked like any gallery feature;
-- distance fusion (ClusterRetr): ``d(q, x) = (1 − λ)·‖q − x̂‖ + λ·‖q − x‖`` (Euclidean, not squared).
+- distance fusion (ClusterRetr's ``fuse_expriment``): ``d(q, x) = (1 − λ)·‖q − x̂‖² + λ·‖q − x‖`` — the
+  PQ term is nanopq's asymmetric distance ``dtable(q).adist(codes)``, a sum of **squared** sub-vector
+  distances, the raw term scipy's unsquared ``cdist``, exactly as ClusterRetr adds them.
+
+k-means runs on **every** gallery point by default, as ClusterRetr's nanopq (scipy ``kmeans2``, 20
+iterations) does; faiss would otherwise sample 256 points per centre (``max_points_per_centroid``).
 
 Normalisation: the metrics L2-normalise query and gallery features by default. Here query and raw
 gallery features are normalised **once, before** the quantiser is fitted (when ``normalize=True``), and
@@ -16,6 +21,7 @@ metrics): re-normalising ``x̂`` would change the distance the quantiser was fit
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -49,10 +55,26 @@ def _as_f32(x: Any, field: str) -> np.ndarray:
     return a
 
 
+#: faiss warns (on stderr, from C++) below this many points per centre; we warn once, in words, instead
+MIN_POINTS_PER_CENTROID = 39
+
+
+class FewPointsWarning(UserWarning):
+    """The PQ centres are fitted on few gallery points: prototype and fused metrics are noisy."""
+
+
 def fit_product_quantizer(
-    gallery_feats: Any, m: int = 2, k: int = 32, seed: int = 0, niter: int = 25
+    gallery_feats: Any,
+    m: int = 2,
+    k: int = 32,
+    seed: int = 0,
+    niter: int = 20,
+    max_points_per_centroid: int | None = None,
 ) -> faiss.ProductQuantizer:
-    """Fit ``faiss.ProductQuantizer(d, m, log2 k)`` on the gallery features (float32 ``N × d``)."""
+    """Fit ``faiss.ProductQuantizer(d, m, log2 k)`` on the gallery features (float32 ``N × d``).
+
+    ``niter`` k-means iterations (ClusterRetr: 20); ``max_points_per_centroid`` ``None`` trains on every
+    gallery point (ClusterRetr), an int lets faiss sample ``k ×`` that many."""
     x = _as_f32(gallery_feats, "gallery_feats")
     n, d = x.shape
     if m <= 0:
@@ -68,6 +90,18 @@ def fit_product_quantizer(
     pq = faiss.ProductQuantizer(d, m, int(k).bit_length() - 1)
     pq.cp.seed = int(seed)
     pq.cp.niter = int(niter)
+    pq.cp.max_points_per_centroid = (
+        max(1, -(-n // k)) if max_points_per_centroid is None else int(max_points_per_centroid)
+    )
+    pq.cp.min_points_per_centroid = 1  # our warning below replaces faiss' stderr line
+    if n < MIN_POINTS_PER_CENTROID * k:
+        warnings.warn(
+            f"PQ prototypes: {n} gallery features for K={k} centres per subspace (fewer than "
+            f"{MIN_POINTS_PER_CENTROID}·K = {MIN_POINTS_PER_CENTROID * k}): the centres are fitted on few "
+            "points each, so prototype and fused metrics are noisy; a smaller eval.pq_k fits better",
+            FewPointsWarning,
+            stacklevel=2,
+        )
     pq.train(x)
     return pq
 
@@ -93,10 +127,10 @@ def fuse_features(raw: Any, proto: Any, lam: float = 0.2) -> np.ndarray:
     return ((1.0 - lam) * p + lam * r).astype(np.float32)
 
 
-def _euclid(qc: torch.Tensor, g: torch.Tensor, g_sq: torch.Tensor) -> torch.Tensor:
+def _squared(qc: torch.Tensor, g: torch.Tensor, g_sq: torch.Tensor) -> torch.Tensor:
     d = qc @ g.T
     d.mul_(-2.0).add_(g_sq[None, :]).add_((qc * qc).sum(1, keepdim=True))
-    return d.clamp_(min=0.0).sqrt_()
+    return d.clamp_(min=0.0)
 
 
 def fused_distance_fn(
@@ -124,8 +158,8 @@ def fused_distance_fn(
 
     def dist(idx: torch.Tensor) -> torch.Tensor:
         qc = q[idx.cpu()]
-        d = _euclid(qc, xh, xh_sq).mul_(1.0 - lam)
-        return d.add_(_euclid(qc, x, x_sq), alpha=lam)
+        d = _squared(qc, xh, xh_sq).mul_(1.0 - lam)
+        return d.add_(_squared(qc, x, x_sq).sqrt_(), alpha=lam)
 
     return dist
 
@@ -141,12 +175,13 @@ def prototype_retrieval_metrics(
     fusion: str = "feature",
     normalize: bool = True,
     seed: int = 0,
+    max_points_per_centroid: int | None = None,
     **metric_kwargs: Any,
 ) -> dict[str, dict[str, float]]:
     """SBIR metrics for the ``raw``, ``proto`` and ``fused`` gallery (SPEC §B S5–S6).
 
     ``fusion="feature"``: rank by ``x̃ = (1 − λ)x̂ + λx``; ``fusion="distance"``: rank by
-    ``(1 − λ)‖q − x̂‖ + λ‖q − x‖``. ``metric_kwargs`` go to :func:`sbir_metrics` (``map_at``, ``p_at``,
+    ``(1 − λ)‖q − x̂‖² + λ‖q − x‖`` (ClusterRetr). ``metric_kwargs`` go to :func:`sbir_metrics` (``map_at``, ``p_at``,
     ``ap``, ``chunk_size`` …; Euclidean metric only). See the module docstring for normalisation.
     """
     if fusion not in ("feature", "distance"):
@@ -159,7 +194,7 @@ def prototype_retrieval_metrics(
     if normalize:
         q = F.normalize(torch.from_numpy(q), dim=1).numpy()
         x = F.normalize(torch.from_numpy(x), dim=1).numpy()
-    pq = fit_product_quantizer(x, m=m, k=k, seed=seed)
+    pq = fit_product_quantizer(x, m=m, k=k, seed=seed, max_points_per_centroid=max_points_per_centroid)
     xh = prototype_features(pq, x)
     out = {
         "raw": sbir_metrics(q, q_labels, x, g_labels, normalize=False, **metric_kwargs),

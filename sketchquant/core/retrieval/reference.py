@@ -20,6 +20,7 @@ import numpy as np
 __all__ = [
     "DistanceRows",
     "calc_top_map",
+    "clusterretr_fused_distances",
     "eval_ap_inner",
     "eval_precision",
     "order",
@@ -153,3 +154,23 @@ class DistanceRows:
     def __getitem__(self, i: int) -> np.ndarray:
         s = self.g @ self.q[i]
         return -s if self.metric == "ip" else self.g_sq + self.q[i] @ self.q[i] - 2.0 * s
+
+
+def clusterretr_fused_distances(q, x, centroids, codes, lam: float) -> np.ndarray:
+    """ClusterRetr's ``fuse_expriment``: ``(1 − λ)·pq.dtable(q).adist(codes) + λ·cdist(q, x)``.
+
+    ``centroids``: ``M × K × Ds`` (nanopq ``codewords``), ``codes``: ``N × M``. nanopq's ``dtable`` holds
+    the **squared** distance of each query sub-vector to each centre (float32) and ``adist`` sums the
+    entries the codes pick; scipy's ``cdist`` is the plain (unsquared) Euclidean distance."""
+    q = np.asarray(q, dtype=np.float32)
+    x = np.asarray(x, dtype=np.float32)
+    m, ks, ds = centroids.shape
+    raw = np.sqrt(((q.astype(np.float64)[:, None] - x[None]) ** 2).sum(-1))  # cdist (float64)
+    out = np.empty((q.shape[0], x.shape[0]))
+    for i, query in enumerate(q):
+        dtable = np.empty((m, ks), dtype=np.float32)
+        for s in range(m):
+            dtable[s, :] = np.linalg.norm(centroids[s] - query[s * ds : (s + 1) * ds], axis=1) ** 2
+        adist = np.sum(dtable[range(m), codes], axis=1)
+        out[i] = (1 - lam) * adist + lam * raw[i]
+    return out
