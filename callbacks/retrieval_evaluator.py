@@ -164,6 +164,11 @@ class RetrievalEvaluator(pl.Callback):
         """Metrics for gathered, de-duplicated ``data`` (also usable without a Trainer)."""
         domain = data[DOMAIN]
         qmask, gmask = domain == SKETCH, domain == PHOTO
+        if stage == "val" and (int(qmask.sum()) == 0 or int(gmask.sum()) == 0):
+            if not getattr(self, "_told_no_val_gallery", False):
+                log.info("validation has no sketch queries or no photo gallery: no val retrieval metrics")
+                self._told_no_val_gallery = True
+            return {}
         if int(qmask.sum()) == 0 or int(gmask.sum()) == 0:
             raise ValueError(
                 f"{stage}: retrieval needs queries (domain={SKETCH}) and a gallery (domain={PHOTO}); got "

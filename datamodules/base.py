@@ -50,6 +50,8 @@ class RetrievalDataConfig:
     std: list[float] | None = None
     interpolation: str = "bilinear"
     augment: bool = True
+    #: affine: flip + torchvision RandomAffine (settings below); sake: SAKE/ClusterRetr's augmentation
+    augmentation: str = choice("affine", "sake")
     hflip: float = 0.5
     affine_degrees: float = 10.0
     affine_translate: float = 0.1
@@ -209,6 +211,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             affine_translate=self.affine_translate,
             affine_scale=self.affine_scale,
             fill=fill,
+            augmentation=self.augmentation,
         )
 
     def eval_transform(self):

@@ -265,6 +265,13 @@ class SketchPhotoDataModule(RetrievalDataModule):
             test_list = lst(d, "test")
             if test_list.exists():
                 val = _read_filelist(test_list, self.root, seen_ids)
+            elif self.val_fraction == 0:  # SAKE: train on every seen image, validate without this domain
+                val = []
+                log.info(
+                    "SAKE layout: %s not found and val_fraction=0: no %s in validation",
+                    test_list.name,
+                    DOMAIN_DIRS[d],
+                )
             else:
                 train, val = self._holdout(train, d)
                 log.warning(
@@ -297,7 +304,7 @@ class SketchPhotoDataModule(RetrievalDataModule):
     def _finish(self, splits, seen: list[str], unseen: list[str]) -> None:
         for stage in STAGES:
             for d in (SKETCH, PHOTO):
-                if stage == "val" and self.val_fraction == 0 and self.layout == "folder":
+                if stage == "val" and self.val_fraction == 0:
                     continue
                 if not splits[stage][d]:
                     raise ValueError(f"the {stage} split has no {DOMAIN_DIRS[d]} images")
@@ -306,7 +313,7 @@ class SketchPhotoDataModule(RetrievalDataModule):
             for s in STAGES:
                 for d in (SKETCH, PHOTO):
                     splits[s][d] = [it for it in splits[s][d] if it[0] not in skip]
-                    if not splits[s][d] and (s != "val" or self.val_fraction > 0 or self.layout == "sake"):
+                    if not splits[s][d] and (s != "val" or self.val_fraction > 0):
                         raise ValueError(f"the {s} split has no readable {DOMAIN_DIRS[d]} images left")
         self.seen_classes = list(seen)
         self.unseen_classes = list(unseen)

@@ -6,9 +6,11 @@ transparency are composited onto white first), so a network built for RGB photos
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
@@ -68,6 +70,63 @@ def build_eval_transform(
     )
 
 
+class SakeAugment:
+    """SAKE's / ClusterRetr's ``random_transform``, applied with probability ``p`` (0.7) to the image at
+    its stored size, before resizing: horizontal flip, per-axis scale ``U(0.7, 1.3)``, rotation ``±30°``
+    and shifts of ``±10`` px, each with probability 0.5, as one affine map about the top-left corner
+    (skimage's ``AffineTransform`` + ``warp``: bilinear, black fill — for sketches too).
+
+    Random numbers come from torch's generator, so :class:`~datamodules.common.SampleDataset`'s seeded
+    augmentation makes it reproducible."""
+
+    def __init__(
+        self,
+        p: float = 0.7,
+        scale: tuple[float, float] = (0.7, 1.3),
+        degrees: float = 30.0,
+        shift: float = 10.0,
+    ) -> None:
+        self.p, self.scale, self.degrees, self.shift = float(p), tuple(scale), float(degrees), float(shift)
+
+    @staticmethod
+    def _u(lo: float, hi: float) -> float:
+        return lo + (hi - lo) * float(torch.rand(()))
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if float(torch.rand(())) >= self.p:
+            return img
+        if float(torch.rand(())) < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        sx = sy = 1.0
+        if float(torch.rand(())) < 0.5:
+            sx, sy = self._u(*self.scale), self._u(*self.scale)
+        rot = math.radians(self._u(-self.degrees, self.degrees)) if float(torch.rand(())) < 0.5 else 0.0
+        tx = ty = 0.0
+        if float(torch.rand(())) < 0.5:
+            tx, ty = self._u(-self.shift, self.shift), self._u(-self.shift, self.shift)
+        # forward map (x, y) -> A·(x, y) + t with A = [[sx cos r, -sy sin r], [sx sin r, sy cos r]];
+        # PIL wants the inverse: output pixel -> input pixel
+        a, b = sx * math.cos(rot), -sy * math.sin(rot)
+        c, d = sx * math.sin(rot), sy * math.cos(rot)
+        det = a * d - b * c
+        ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
+        return sake_affine(img, (ia, ib, ic, id_), (tx, ty))
+
+
+def sake_affine(img: Image.Image, inverse: tuple[float, float, float, float], shift: tuple[float, float]):
+    """Warp ``img`` by the affine map whose linear part has inverse ``inverse`` (row-major 2×2) and whose
+    translation is ``shift``, with skimage's pixel-centre convention (PIL's centres sit at +0.5)."""
+    ia, ib, ic, id_ = inverse
+    tx, ty = shift
+    c0 = -(ia * tx + ib * ty) - 0.5 * (ia + ib) + 0.5
+    f0 = -(ic * tx + id_ * ty) - 0.5 * (ic + id_) + 0.5
+    coeffs = (ia, ib, c0, ic, id_, f0)
+    return img.transform(img.size, Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR, fillcolor=0)
+
+
+AUGMENTATIONS = ("affine", "sake")
+
+
 def build_train_transform(
     image_size: int | Sequence[int],
     mean: Sequence[float] = IMAGENET_MEAN,
@@ -80,15 +139,22 @@ def build_train_transform(
     affine_translate: float = 0.1,
     affine_scale: Sequence[float] = (0.9, 1.1),
     fill: int | Sequence[int] = 0,
+    augmentation: str = "affine",
 ) -> T.Compose:
     """Resize, then (if ``augment``) random horizontal flip and random affine, to tensor, normalise.
 
     ``fill`` paints the area the affine uncovers: 255 (white) suits sketches, 0 photos.
     A flip probability of 0, zero degrees, zero translation and scale (1, 1) switch the parts off.
+    ``augmentation="sake"`` replaces flip + affine by :class:`SakeAugment` (the published code's
+    augmentation, before the resize; the ``hflip``/``affine_*`` settings and ``fill`` are then unused).
     """
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {augmentation!r}")
     interp = interpolation_mode(interpolation)
     steps: list[Any] = [T.Resize(_size(image_size), interpolation=interp, antialias=True)]
-    if augment:
+    if augment and augmentation == "sake":
+        steps.insert(0, SakeAugment())
+    elif augment:
         if hflip > 0:
             steps.append(T.RandomHorizontalFlip(p=float(hflip)))
         scale = tuple(float(s) for s in affine_scale) if affine_scale is not None else None

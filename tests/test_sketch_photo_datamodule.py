@@ -248,3 +248,32 @@ def test_constructor_validation(tmp_path):
         SketchPhotoDataModule(str(tmp_path), layout="zip")
     with pytest.raises(ValueError, match="on_bad_image must be"):
         SketchPhotoDataModule(str(tmp_path), on_bad_image="ignore")
+
+
+def test_sake_layout_as_published_trains_on_every_photo(sake):
+    """``val_fraction=0`` without a photo ``test`` list (the published configs): every seen photo trains,
+    validation is the held-out seen sketches alone (SAKE picks its epoch by their accuracy)."""
+    dm = SketchPhotoDataModule(str(sake), layout="sake", sake_split_dir="zeroshot", val_fraction=0.0, **KW)
+    dm.setup()
+    assert dm.counts["train"] == {"sketch": 12, "photo": 12}
+    assert dm.counts["val"] == {"sketch": 3, "photo": 0}
+    val = all_batches(dm.val_dataloader())
+    assert all(int(d) == 1 for b in val for d in b["domain"])  # sketches only
+
+
+def test_published_configs_follow_the_published_code():
+    from sketchquant.app.methods import compose
+
+    for name in ("zs_sbir_sketchy", "zs_sbir_tuberlin", "zs_sbir_quickdraw"):
+        cfg = compose(name, ["data.root=/data"])
+        assert cfg.data.batch_size == 78 and cfg.data.sketch_fraction == pytest.approx(1 / 3)  # 26 + 52
+        assert cfg.data.augmentation == "sake" and cfg.data.image_size == 224
+        assert cfg.monitor == "val/acc" and cfg.trainer.max_epochs == 20
+        assert (cfg.model.optim.lr, cfg.model.optim.weight_decay, cfg.model.optim.schedule) == (
+            1e-4,
+            5e-4,
+            "exp",
+        )
+        assert (cfg.eval.pq_m, cfg.eval.pq_k, cfg.eval.fusion_lambda) == (2, 32, 0.2)
+        assert cfg.eval.pq_max_points_per_centroid is None
+    assert compose("zs_sbir_sketchy", ["data.root=/data"]).data.val_fraction == 0.0
