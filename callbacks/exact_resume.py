@@ -12,6 +12,11 @@ never stopped — from an end-of-epoch ``last.ckpt`` and from one written inside
    epoch are saved in the checkpoint and added back after the first batch of the resumed epoch, so
    ``train/loss_epoch`` and ``train/acc`` of that epoch average over all of its batches, as in a straight run.
 
+3. **The row logged right after the checkpoint.** Lightning writes a checkpoint at the end of a batch or
+   epoch and logs that step's (or epoch's) row just *after* it; a kill in between lost the row for good
+   (the resumed run starts after it). The checkpoint carries that row, and a resumed run hands it to
+   loggers that have ``resume_rows(rows)`` (``metrics.csv``), which add it if it is missing.
+
 Under DDP every rank's sums are gathered into the checkpoint and each rank takes back its own.
 """
 
@@ -87,6 +92,25 @@ class ExactResume(pl.Callback):
                 }
         return {"results": results, "metrics": metrics}
 
+    def _pending_row(self) -> dict[str, Any] | None:
+        """The row Lightning logs right after a checkpoint written at the end of a batch or of an epoch."""
+        trainer = self._trainer
+        assert trainer is not None
+        connector = trainer._logger_connector
+        fit = trainer.fit_loop
+        at_epoch_end = connector._first_loop_iter is None
+        if not at_epoch_end and (not connector.should_update_logs or fit._should_accumulate()):
+            return None  # no step row for this batch
+        metrics = {}
+        for key, value in connector.metrics["log"].items():
+            metrics[key] = float(value.item() if isinstance(value, torch.Tensor) else value)
+        if not metrics:
+            return None
+        metrics.setdefault("epoch", trainer.current_epoch)
+        # Lightning logs epoch rows with the step of the epoch's last batch
+        step = fit.epoch_loop._batches_that_stepped - (1 if at_epoch_end else 0)
+        return {"step": int(step), "metrics": metrics}
+
     def state_dict(self) -> dict[str, Any]:
         trainer = self._trainer
         if trainer is None or trainer.lightning_module is None or not trainer.training:
@@ -96,18 +120,25 @@ class ExactResume(pl.Callback):
         if torch.distributed.is_available() and torch.distributed.is_initialized() and trainer.world_size > 1:
             states = [None] * trainer.world_size
             torch.distributed.all_gather_object(states, own)
-        return {"ranks": states}
+        row = self._pending_row() if trainer.is_global_zero else None
+        return {"ranks": states, "pending_row": row}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         ranks = state_dict.get("ranks") or []
         rank = self._trainer.global_rank if self._trainer is not None else 0
         self._loaded = ranks[rank] if rank < len(ranks) else None
+        self._pending_row_loaded = state_dict.get("pending_row")
 
     # -- resuming --------------------------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.ckpt_path is None:
             self._loaded = None
             return
+        row, self._pending_row_loaded = getattr(self, "_pending_row_loaded", None), None
+        if row:
+            for logger in trainer.loggers:
+                if hasattr(logger, "resume_rows"):
+                    logger.resume_rows([(row["step"], row["metrics"])])
         fit = trainer.fit_loop
         epoch = fit.epoch_progress.current.processed  # what Lightning sets on the samplers for this epoch
         # inside an epoch: the batches the interrupted run trained on (Lightning counts them as fetched)

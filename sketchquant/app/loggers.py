@@ -39,6 +39,21 @@ class AppendingExperimentWriter(ExperimentWriter):
         if header and header != self.metrics_keys:  # appended rows follow the sorted header
             self._rewrite_with_new_header(self.metrics_keys)
 
+    def has_row(self, step: int, metrics: dict[str, float]) -> bool:
+        """A row of ``step`` with exactly these keys is in the file (or waiting to be written)."""
+        keys = set(metrics) | {"step"}
+        for row in self.metrics:
+            if int(row.get("step", -1)) == step and set(row) == keys:
+                return True
+        if not self._fs.isfile(self.metrics_file_path):
+            return False
+        with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+            for row in csv.DictReader(file):
+                filled = {k for k, v in row.items() if k is not None and v not in ("", None)}
+                if row.get("step") == str(step) and filled == keys:
+                    return True
+        return False
+
     def drop_rows_from(self, step: int) -> int:
         """Remove the rows of ``step`` and later (and a row cut short by a kill); returns how many."""
         self.metrics = [row for row in self.metrics if int(row.get("step", -1)) < step]
@@ -74,6 +89,12 @@ class AppendingCSVLogger(CSVLogger):
     def __init__(self, *args, resuming: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._resuming = resuming
+        self._resume_rows: list[tuple[int, dict]] = []
+
+    def resume_rows(self, rows: list[tuple[int, dict]]) -> None:
+        """Rows the checkpoint says were logged right after it (a kill may have lost them): added with the
+        first row of the resumed run, if missing."""
+        self._resume_rows = list(rows)
 
     @property
     @rank_zero_experiment
@@ -90,6 +111,13 @@ class AppendingCSVLogger(CSVLogger):
             dropped = self.experiment.drop_rows_from(int(step))
             if dropped:
                 log.info("metrics.csv: %d rows logged after the checkpoint are logged again", dropped)
+            for row_step, row in self._resume_rows:
+                if row_step < step and not self.experiment.has_row(row_step, row):
+                    self.experiment.log_metrics(row, row_step)
+                    log.info(
+                        "metrics.csv: the row of step %d (lost with the interrupted run) added", row_step
+                    )
+            self._resume_rows = []
         super().log_metrics(metrics, step)
         self.save()  # every row on disk at once: a kill costs at most the row being written
 
