@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast lint format clean
+.PHONY: help install train demo test test-fast lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -24,6 +24,24 @@ install: $(STAMP) ## create .venv with pip and install sketchquant + dev tools (
 
 train: install ## train the default experiment (EXP=zs_sbir) on the embedded data; ARGS="key=value ..."
 	$(BIN)/sketchquant train $(EXP) $(ARGS)
+
+DEMO_PORT ?= 7860
+DEMO_DIR  ?= runs/demo
+demo: install ## index the embedded benchmark's unseen-class photos with the newest `make train` checkpoint (trains first if none), then serve the drawing page
+	@ckpt=$$(ls -t runs/zs_sbir/*/checkpoints/best-*.ckpt runs/zs_sbir/*/checkpoints/last.ckpt 2>/dev/null | head -1); \
+	if [ -z "$$ckpt" ]; then \
+		echo "no zs_sbir checkpoint under runs/: training one first (make train)"; \
+		$(MAKE) train EXP=zs_sbir || exit 1; \
+		ckpt=$$(ls -t runs/zs_sbir/*/checkpoints/best-*.ckpt runs/zs_sbir/*/checkpoints/last.ckpt | head -1); \
+	fi; \
+	echo "checkpoint: $$ckpt"; \
+	[ -f data/glyphs/unseen_classes.txt ] || $(BIN)/sketchquant data make || exit 1; \
+	mkdir -p $(DEMO_DIR); \
+	for c in $$(cat data/glyphs/unseen_classes.txt); do \
+		for f in data/glyphs/photo/$$c/*; do echo "$$PWD/$$f,$$c"; done; \
+	done > $(DEMO_DIR)/unseen_photos.csv; \
+	$(BIN)/sketchquant index --ckpt "$$ckpt" --images $(DEMO_DIR)/unseen_photos.csv --out $(DEMO_DIR)/gallery && \
+	$(BIN)/sketchquant serve --gallery $(DEMO_DIR)/gallery --port $(DEMO_PORT)
 
 test: install ## run the whole test suite (slow-marked DDP/resume/sweep tests included)
 	$(BIN)/pytest -q

@@ -81,7 +81,7 @@ def search_drawing(gallery: Any, value: Any, k: int = 12, features: str | None =
         except Exception:  # noqa: BLE001 - a moved photo shows grey
             im = Image.new("RGB", (THUMB, THUMB), (200, 200, 200))
         im.thumbnail((THUMB, THUMB))
-        caption = f"#{h.rank} · {h.distance:.3f}" + (f" · {h.label}" if h.label else "")
+        caption = f"#{h.rank} " + (f"{h.label} · " if h.label else "") + f"{h.distance:.3f}"
         items.append((im, caption))
     return items, f"Top {len(items)} of {len(gallery):,} ({res.features} features)."
 
