@@ -130,3 +130,26 @@ def test_cli_list():
     assert out.returncode == 0
     assert "experiments:" in out.stdout and "zs_sbir" in out.stdout and "quantization" in out.stdout
     assert "data:" in out.stdout and "glyphs" in out.stdout
+
+
+def test_a_crash_reaches_the_user_as_one_line(monkeypatch, capsys):
+    """Any crash (one in a DDP worker arrives as its traceback's text) prints one line and a hint."""
+    from torch.multiprocessing.spawn import ProcessRaisedException
+
+    from sketchquant.app import cli
+
+    worker = "\n-- Process 1 terminated with the following error:\nTraceback (most recent call last):\n"
+    worker += '  File "x.py", line 1, in f\nRuntimeError: CUDA out of memory on rank 1\n'
+    monkeypatch.delenv("SKETCHQUANT_DEBUG", raising=False)
+    for err, line in (
+        (ProcessRaisedException(worker, 1, 123), "RuntimeError: CUDA out of memory on rank 1"),
+        (RuntimeError("boom\nsecond line"), "RuntimeError: boom"),
+    ):
+
+        def fail(args, err=err):
+            raise err
+
+        monkeypatch.setattr(cli, "_run", fail)
+        assert cli.main(["list"]) == 1
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines == [f"sketchquant list: error: {line}", "(set SKETCHQUANT_DEBUG=1 for the traceback)"]

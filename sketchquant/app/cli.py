@@ -239,15 +239,39 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
+    from callbacks.nan_guard import NonFiniteLossError
     from sketchquant.core.config import ConfigError
 
     try:
         return _run(args)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, FileNotFoundError, ValueError, NonFiniteLossError) as err:
         if os.environ.get("SKETCHQUANT_DEBUG"):
             raise
         print(f"sketchquant {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"sketchquant {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a crash (also one raised in a DDP worker): one line, the traceback on demand
+        if os.environ.get("SKETCHQUANT_DEBUG"):
+            raise
+        print(f"sketchquant {args.command}: error: {crash_line(err)}", file=sys.stderr)
+        print("(set SKETCHQUANT_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+def crash_line(err: BaseException) -> str:
+    """``Type: message`` of the error that started it all. A DDP worker's error arrives as the text of its
+    traceback (``ProcessRaisedException``): its last line is the worker's own ``Type: message``."""
+    text = str(err).strip()
+    if type(err).__name__ == "ProcessRaisedException" or "Traceback (most recent call last)" in text:
+        last = [line for line in text.splitlines() if line.strip()]
+        return last[-1].strip() if last else type(err).__name__
+    root = err
+    while root.__cause__ is not None:
+        root = root.__cause__
+    first = (str(root).strip().splitlines() or [""])[0]
+    return f"{type(root).__name__}: {first}" if first else type(root).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover
