@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,8 @@ from .checks import metric_name
 
 #: bytes of working memory per query × gallery cell of a chunk (keys, buckets, counts, temporaries)
 BYTES_PER_CELL = 40
+#: cells ranked at once on the CPU (a block's temporaries stay in the cache)
+BLOCK_CELLS = 2**20
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -49,28 +52,30 @@ def prepare(q: torch.Tensor, g: torch.Tensor, normalize: bool) -> tuple[torch.Te
 def distance_fill(
     q: torch.Tensor, g: torch.Tensor, metric: str
 ) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """``fill(query_indices, out)`` writes the ``n × N`` distances into ``out``: squared Euclidean
-    ``‖q‖² + ‖g‖² − 2 q·g`` (``"l2"``) or ``−q·g`` (``"ip"``)."""
-    g_t = g.T
+    """``fill(query_indices, out)`` writes the ``n × N`` keys (lower = closer) into ``out``:
+    ``½‖g‖² − q·g`` for ``"l2"`` (half the squared Euclidean distance minus the row's constant ``½‖q‖²``:
+    the same order, one rounding fewer) or ``−q·g`` for ``"ip"``. One matrix product per chunk, with
+    the sign folded into a negated gallery copy; ``"l2"`` adds one pass for ``½‖g‖²``."""
     q_max = float((q * q).sum(1).max()) ** 0.5
     g_max = float((g * g).sum(1).max()) ** 0.5
     if not math.isfinite((q_max + g_max) ** 2) or (q_max + g_max) ** 2 > 1e37:
         raise ValueError("feature norms are too large: distances would overflow float32")
+    neg_t = (-g).T
+    half_sq = (g * g).sum(1).mul_(0.5) if metric == "l2" else None
+
+    def fill(idx: torch.Tensor, out: torch.Tensor) -> None:
+        torch.mm(q[idx], neg_t, out=out)
+        if half_sq is not None:
+            out.add_(half_sq)
+
+    return fill
+
+
+def key_to_distance(keys: torch.Tensor, q_sq: torch.Tensor, metric: str) -> torch.Tensor:
+    """:func:`distance_fill` keys back to Euclidean distances (``"l2"``) or inner products (``"ip"``)."""
     if metric == "ip":
-
-        def fill_ip(idx: torch.Tensor, out: torch.Tensor) -> None:
-            torch.matmul(q[idx], g_t, out=out)
-            out.neg_()
-
-        return fill_ip
-    g_sq = (g * g).sum(1)
-
-    def fill_l2(idx: torch.Tensor, out: torch.Tensor) -> None:
-        qc = q[idx]
-        torch.matmul(qc, g_t, out=out)
-        out.mul_(-2.0).add_(g_sq[None, :]).add_((qc * qc).sum(1, keepdim=True))
-
-    return fill_l2
+        return -keys
+    return (keys * 2.0 + q_sq[:, None]).clamp_(min=0).sqrt_()
 
 
 def user_fill(distance_fn: Callable[[torch.Tensor], Any], n_gallery: int) -> Callable:
@@ -116,62 +121,124 @@ def relevant_ranks(
     """
     m, n = keys.shape
     dev, L = keys.device, cols.shape[1]
-    n_rel = n_rel.to(dev)
-    nb = max(2, int(n_buckets) if n_buckets is not None else n)
-    valid = torch.arange(L, device=dev)[None, :] < n_rel[:, None]
     if L == 0:
         return torch.empty(m, 0, dtype=torch.int64, device=dev)
+    n_rel = n_rel.to(dev)
+    nb = max(2, int(n_buckets) if n_buckets is not None else n)
+    nbp = nb + 2
+    if m > 1 and m * nbp >= (2**23 if keys.dtype == torch.float32 else 2**52):  # bucket ids exact in floats
+        h = m // 2
+        top = relevant_ranks(keys[:h], cols[:h], n_rel[:h], nb)
+        bottom = relevant_ranks(keys[h:], cols[h:], n_rel[h:], nb)
+        return torch.cat([top, bottom])
+    valid = torch.arange(L, device=dev)[None, :] < n_rel[:, None]
     kr = keys.gather(1, cols)
     big = torch.finfo(keys.dtype).max
     has = n_rel > 0
     lo = torch.where(has, torch.where(valid, kr, big).amin(1), 0.0).double()
     hi = torch.where(has, torch.where(valid, kr, -big).amax(1), 0.0).double()
-    bound = max(1.0, float(keys.abs().amax()))  # |key·scale| stays far below the float32 maximum
-    span = hi - lo
-    scale = torch.where(span > 0, (nb - 1) / span.clamp(min=1e-300), 1.0).clamp(max=1e36 / bound)
-    shift = 1.0 - lo * scale
-    t = torch.addcmul(shift.to(keys.dtype)[:, None], keys, scale.to(keys.dtype)[:, None])
-    t.clamp_(0, nb + 1)  # a monotone map of each row's keys: lower bucket ⇒ strictly closer
-    nbp = nb + 2
+    # (nb − 1) buckets over the relevant keys' range; the cap keeps lo·scale well inside the float range
+    cap = 2.0**21 / torch.maximum(lo.abs(), hi.abs()).clamp(min=1e-30)
+    scale = torch.minimum(torch.where(hi > lo, (nb - 1) / (hi - lo).clamp(min=1e-300), cap), cap)
+    row0 = torch.arange(m, device=dev, dtype=torch.float64) * nbp
+    shift = (row0 + 1.0 - lo * scale).to(keys.dtype)
+    t = torch.addcmul(shift[:, None], keys, scale.to(keys.dtype)[:, None])
+    # a monotone map of each row's keys into its own bucket range: lower bucket ⇒ strictly closer
+    t.clamp_(min=row0.to(keys.dtype)[:, None], max=(row0 + nb + 1).to(keys.dtype)[:, None])
     b = t.to(torch.int32 if m * nbp < 2**31 else torch.int64)
     del t
-    b += (torch.arange(m, device=dev, dtype=b.dtype) * nbp)[:, None]
     b_flat = b.view(-1)
-    hist = torch.bincount(b_flat, minlength=m * nbp)
-    below = hist.view(m, nbp).cumsum(1).view(-1) - hist
-    rb = b.gather(1, cols).long()
-    ranks = below[rb] + 1
-    shared = (hist[rb] > 1) & valid
-    if bool(shared.any()):
-        ranks[shared] += _within_bucket(keys, b_flat, rb[shared], shared, cols, nbp)
+    hist = _bincount(b_flat, m * nbp)
+    csum = hist.cumsum(0)  # every row holds n items: the rows above a bucket's row hold row·n of them
+    rb = b.gather(1, cols).view(-1).long()
+    h_at = hist.index_select(0, rb)
+    ranks = csum.index_select(0, rb) - h_at + 1  # 1 + #items in the buckets below, rows above included
+    ranks = ranks.view(m, L) - torch.arange(0, m * n, n, device=dev)[:, None]
+    sel = ((h_at > 1).view(m, L) & valid).view(-1).nonzero().squeeze(1)
+    if sel.numel():
+        rel_flat = torch.div(sel, L, rounding_mode="floor") * n + cols.reshape(-1).index_select(0, sel)
+        within = _within_bucket(keys, b_flat, rb.index_select(0, sel), rel_flat, nbp)
+        ranks.view(-1).index_add_(0, sel, within)
     ranks = torch.where(valid, ranks, torch.full_like(ranks, n + 1))
     return ranks.sort(dim=1).values
 
 
+def _bincount(x: torch.Tensor, length: int) -> torch.Tensor:
+    """``torch.bincount`` (numpy's on the CPU: faster there, same counts)."""
+    if x.is_cpu:
+        return torch.from_numpy(np.bincount(x.numpy(), minlength=length))
+    return torch.bincount(x, minlength=length)
+
+
+def _monotone_bits(k: torch.Tensor) -> torch.Tensor:
+    """int64 with the order of the float32 values ``k`` (−0.0 = +0.0), non-negative, < 2^32."""
+    bits = (k + 0.0).view(torch.int32).long()
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + 2**31
+
+
 def _within_bucket(
-    keys: torch.Tensor,
-    b_flat: torch.Tensor,
-    rel_buckets: torch.Tensor,
-    shared: torch.Tensor,
-    cols: torch.Tensor,
-    nbp: int,
+    keys: torch.Tensor, b_flat: torch.Tensor, rel_b: torch.Tensor, rel_flat: torch.Tensor, nbp: int
 ) -> torch.Tensor:
-    """For the relevant items in shared buckets: how many items of their bucket come first under
-    (key, column). Only the items of those buckets are sorted."""
+    """For relevant items in shared buckets (bucket ``rel_b``, flat position ``rel_flat``): how many
+    items of their bucket come first under (key, column).
+
+    The items of those buckets (the candidates) are found with one gather over the block; each is
+    compared with the relevant items of its bucket one layer at a time (the first relevant item of
+    every bucket, then the second, …); buckets holding many relevant items (ties) are sorted instead."""
     m, n = keys.shape
-    mark = torch.zeros(m * nbp, dtype=torch.bool, device=keys.device)
-    mark[rel_buckets] = True
-    pos = mark.index_select(0, b_flat).nonzero().squeeze(1)  # flat (row, column) order
-    kc = keys.view(-1)[pos] + 0.0  # -0.0 → +0.0
-    order = torch.sort(kc, stable=True).indices  # by key, then (row, column)
-    order = order[torch.sort(b_flat[pos][order], stable=True).indices]  # by bucket (row), key, column
-    sb = b_flat[pos][order]
-    within = torch.arange(sb.numel(), device=keys.device) - torch.searchsorted(sb, sb, side="left")
+    dev = keys.device
+    n_sel = rel_b.numel()
+    mark = torch.zeros(m * nbp, dtype=torch.bool, device=dev)
+    mark.index_fill_(0, rel_b, True)
+    pos = mark.index_select(0, b_flat).nonzero().squeeze(1)  # candidates, flat (row, column) order
+    order = torch.sort(rel_b, stable=True).indices
+    sb = rel_b.index_select(0, order)
+    layers = int((torch.arange(n_sel, device=dev) - torch.searchsorted(sb, sb, side="left")).max()) + 1
+    if layers > 8:
+        return _within_bucket_sorted(keys, b_flat, pos, rel_flat)
+    flat_keys = keys.view(-1)
+    cb = b_flat.index_select(0, pos).long()
+    ck, ccol = flat_keys.index_select(0, pos), pos % n
+    # the first relevant item of each candidate's bucket: a table written only where candidates read
+    starts = torch.ones(n_sel, dtype=torch.bool, device=dev)
+    starts[1:] = sb[1:] != sb[:-1]
+    start_idx = starts.nonzero().squeeze(1)
+    table = torch.empty(m * nbp, dtype=torch.int64, device=dev)
+    table.index_copy_(0, sb.index_select(0, start_idx), start_idx)
+    first = table.index_select(0, cb)
+    rel_sorted = rel_flat.index_select(0, order)
+    rk, rcol = flat_keys.index_select(0, rel_sorted), rel_sorted % n
+    within = torch.zeros(n_sel, dtype=torch.int64, device=dev)
+    for t in range(layers):
+        j = first + t
+        ok = j < n_sel
+        j.clamp_(max=n_sel - 1)
+        ok &= sb.index_select(0, j) == cb
+        kj = rk.index_select(0, j)
+        ok &= (ck < kj) | ((ck == kj) & (ccol < rcol.index_select(0, j)))
+        within.index_add_(0, j, ok.long())
+    out = torch.empty_like(within)
+    out.index_copy_(0, order, within)
+    return out
+
+
+def _within_bucket_sorted(
+    keys: torch.Tensor, b_flat: torch.Tensor, pos: torch.Tensor, rel_flat: torch.Tensor
+) -> torch.Tensor:
+    """:func:`_within_bucket` by one stable sort of the candidates ``pos`` by (bucket, key, column)."""
+    dev = keys.device
+    kc = keys.view(-1).index_select(0, pos)
+    bc = b_flat.index_select(0, pos).long()
+    if keys.dtype == torch.float32:  # equal keys keep their (row, column) order
+        order = torch.sort((bc << 32) | _monotone_bits(kc), stable=True).indices
+    else:
+        order = torch.sort(kc + 0.0, stable=True).indices
+        order = order.index_select(0, torch.sort(bc.index_select(0, order), stable=True).indices)
+    sb = bc.index_select(0, order)
+    within = torch.arange(sb.numel(), device=dev) - torch.searchsorted(sb, sb, side="left")
     inv = torch.empty_like(order)
-    inv[order] = torch.arange(order.numel(), device=keys.device)
-    rows = torch.arange(m, device=keys.device)[:, None].expand_as(cols)[shared]
-    slot = rows * n + cols[shared]
-    return within[inv[torch.searchsorted(pos, slot)]]
+    inv.index_copy_(0, order, torch.arange(order.numel(), device=dev))
+    return within.index_select(0, inv.index_select(0, torch.searchsorted(pos, rel_flat)))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -230,22 +297,46 @@ def run(
     """Per-query metric values (float64, on ``device``) of the query indices ``queries``, in that order,
     and each one's number of relevant gallery items.
 
-    ``fill(indices, out)`` writes a chunk's keys; ``relevant(indices) -> (cols m × L, n_rel m)``."""
+    ``fill(indices, out)`` writes a chunk's keys; ``relevant(indices) -> (cols m × L, n_rel m)``. On the
+    CPU, ``torch.get_num_threads()`` workers take alternate chunks, each single-threaded from its matrix
+    product to its metrics (no idle core while one-threaded steps run), and rank a chunk in blocks of
+    about :data:`BLOCK_CELLS` cells so that the temporaries stay in the cache."""
     n_query = queries.numel()
     chunk = max(1, min(chunk, n_query))
-    buf = torch.empty(chunk * n_gallery, device=device, dtype=dtype)
-    per: dict[str, list[torch.Tensor]] = {}
-    tots: list[torch.Tensor] = []
-    for start in range(0, n_query, chunk):
-        idx = queries[start : start + chunk]
-        keys = buf[: idx.numel() * n_gallery].view(idx.numel(), n_gallery)
-        fill(idx, keys)
-        cols, n_rel = relevant(idx)
-        ranks = relevant_ranks(keys, cols, n_rel)
-        tots.append(n_rel)
-        for name, v in per_query_metrics(ranks, n_rel, n_gallery, map_at, p_at, ap, protocol).items():
-            per.setdefault(name, []).append(v)
-    return {k: torch.cat(v) for k, v in per.items()}, torch.cat(tots)
+    starts = list(range(0, n_query, chunk))
+    cpu = device.type == "cpu"
+    workers = max(1, min(torch.get_num_threads(), len(starts))) if cpu else 1
+    block = max(1, BLOCK_CELLS // n_gallery) if cpu else chunk
+    results: list[Any] = [None] * len(starts)
+
+    def work(w: int) -> None:
+        if workers > 1:
+            torch.set_num_threads(1)
+        buf = torch.empty(chunk * n_gallery, device=device, dtype=dtype)
+        for ci in range(w, len(starts), workers):
+            idx = queries[starts[ci] : starts[ci] + chunk]
+            keys = buf[: idx.numel() * n_gallery].view(idx.numel(), n_gallery)
+            fill(idx, keys)
+            cols, n_rel = relevant(idx)
+            ranks = torch.cat(
+                [
+                    relevant_ranks(keys[a : a + block], cols[a : a + block], n_rel[a : a + block])
+                    for a in range(0, idx.numel(), block)
+                ]
+            )
+            results[ci] = (per_query_metrics(ranks, n_rel, n_gallery, map_at, p_at, ap, protocol), n_rel)
+
+    if workers == 1:
+        work(0)
+    else:
+        threads = torch.get_num_threads()
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(work, range(workers)))
+        finally:
+            torch.set_num_threads(threads)
+    per = {name: torch.cat([r[0][name] for r in results]) for name in results[0][0]}
+    return per, torch.cat([r[1] for r in results])
 
 
 def class_relevance(

@@ -274,8 +274,8 @@ def topk_neighbors(
         idx = torch.arange(start, min(start + chunk, q.shape[0]), device=g.device)
         keys = buf[: idx.numel() * n_gallery].view(idx.numel(), n_gallery)
         fill(idx, keys)
-        dd, ind = engine.topk_keys(keys, kk)
-        dd = dd.clamp(min=0).sqrt() if metric == "l2" else -dd
+        kd, ind = engine.topk_keys(keys, kk)
+        dd = engine.key_to_distance(kd, (q[idx] * q[idx]).sum(1), metric)
         all_d.append(dd.to(torch.float32).cpu())
         all_i.append(ind.cpu())
     return torch.cat(all_d), torch.cat(all_i)
