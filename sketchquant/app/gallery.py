@@ -837,6 +837,10 @@ class Gallery:
     def encode(self, queries: Sequence[Any]) -> np.ndarray:
         """The query features as the gallery compares them (codes, or L2-normalised ``f``)."""
         x, _ = self._batch(queries)
+        return self._encode_batch(x)
+
+    @torch.no_grad()
+    def _encode_batch(self, x: torch.Tensor) -> np.ndarray:
         out = self.module(x).cpu().numpy()
         return out.astype(np.float32) if "codes" in self.stored else _normalise(out)
 
@@ -856,8 +860,8 @@ class Gallery:
             raise GalleryError(
                 f"gallery {self.path} has features {', '.join(self.features)}, not {features!r}"
             )
-        _, names = self._batch(queries)  # fails fast on a bad query
-        q = self.encode(queries)
+        x, names = self._batch(queries)  # a bad query fails before the network runs
+        q = self._encode_batch(x)
         dist, ind = self._rank(q, min(int(k), len(self)), features)
         results = []
         for qi, name in enumerate(names):

@@ -4,9 +4,11 @@
 - ``flat``: ``IndexFlatL2`` over float features; over uint8 codes (``codes=True``) the
   ``IndexScalarQuantizer(QT_8bit_direct)`` of :func:`~sketchquant.core.retrieval.index.build_code_index`.
   Exact: the same ranking as the evaluation.
-- ``ivfpq``: ``IVF<nlist>,PQ<m>`` with ``nlist ≈ 4·√N`` (at least 39 training points per list) and
-  ``m`` sub-quantisers of 8 bits (``d/m`` ≤ 8 dims each when ``d`` allows); ``nprobe`` is stored in the
-  index file.
+- ``ivfpq``: ``IVF<nlist>,PQ<m>,RFlat`` with ``nlist ≈ 4·√N`` (at least 39 training points per list),
+  ``m`` sub-quantisers of 8 bits (at least 4 dims each, at most 64), and an exact re-ranking of the
+  ``k_factor · k`` PQ candidates over the stored float vectors (recall@10 close to 1 at a fraction of
+  flat's search time; the memory is flat's plus the PQ codes). ``nprobe`` (max(16, nlist/32)) and ``k_factor``
+  (4) are stored in the index file. ``IVF<nlist>,PQ<m>`` without ``RFlat`` is the compact variant (a factory string).
 - ``hnsw``: ``HNSW32`` (flat storage), ``efSearch`` stored in the index file.
 - anything else is handed to ``faiss.index_factory`` (e.g. ``"IVF256,PQ32,RFlat"``, ``"HNSW16"``).
 
@@ -26,11 +28,12 @@ __all__ = ["INDEX_TYPES", "make_index", "index_factory_string", "index_bytes", "
 INDEX_TYPES = ("flat", "ivfpq", "hnsw")
 DEFAULT_NPROBE = 16
 DEFAULT_EF_SEARCH = 64
+DEFAULT_K_FACTOR = 4
 
 
 def _pq_m(d: int) -> int:
-    """Sub-quantiser count: the largest divisor of ``d`` with at least 4 dims per sub-vector... and at
-    most 64 codes bytes."""
+    """Sub-quantiser count: the largest divisor of ``d`` that leaves at least 4 dims per sub-vector and
+    at most 64 code bytes."""
     best = 1
     for m in range(1, min(d, 64) + 1):
         if d % m == 0 and d // m >= 4:
@@ -49,7 +52,7 @@ def index_factory_string(kind: str, d: int, n: int) -> str:
                 f"ivfpq needs at least 256 photos to train its 8-bit product quantiser; the gallery has "
                 f"{n} (use --index-type flat)"
             )
-        return f"IVF{nlist},PQ{_pq_m(d)}"
+        return f"IVF{nlist},PQ{_pq_m(d)},RFlat"
     if kind == "hnsw":
         return "HNSW32"
     return kind
@@ -87,10 +90,13 @@ def make_index(kind: str, data: Any, *, codes: bool = False, seed: int = 0) -> f
     index.add(x)
     ivf = _ivf(index)
     if ivf is not None:
-        ivf.nprobe = min(DEFAULT_NPROBE, ivf.nlist)
+        ivf.nprobe = min(ivf.nlist, max(DEFAULT_NPROBE, ivf.nlist // 32))
     hnsw = _hnsw(index)
     if hnsw is not None:
         hnsw.hnsw.efSearch = DEFAULT_EF_SEARCH
+    refine = faiss.downcast_index(index)
+    if isinstance(refine, faiss.IndexRefine):
+        refine.k_factor = DEFAULT_K_FACTOR
     return index
 
 
