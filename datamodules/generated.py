@@ -15,6 +15,12 @@ GENERATORS: dict[str, tuple[str, str, str, str]] = {
     "scenes": ("datamodules.glyphs.scenes", "make_glyph_scenes", "csv", "data/glyph_scenes"),
     "mosaics": ("datamodules.glyphs.mosaics", "make_glyph_mosaics", "csv", "data/glyph_mosaics"),
     "digits": ("datamodules.digits", "make_digit_mosaics", "csv", "data/digit_mosaics"),
+    "digit_drawings": (
+        "datamodules.digit_drawings",
+        "make_digit_drawings",
+        "folder",
+        "data/digit_drawings",
+    ),
 }
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 GENERATOR_VERSION = 2
 #: the generator version at which each kind's bytes last changed (recorded in its manifest): a folder made
 #: by an older version of an unchanged kind stays valid, a changed kind is regenerated or refused
-KIND_VERSIONS = {"sketch_photo": 1, "scenes": 1, "mosaics": 2, "digits": 2}
+KIND_VERSIONS = {"sketch_photo": 1, "scenes": 1, "mosaics": 2, "digits": 2, "digit_drawings": 2}
 MANIFEST = "dataset.json"
 
 

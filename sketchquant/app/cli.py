@@ -13,6 +13,8 @@ EPILOG_OVERRIDES = (
 
 
 def _parser() -> argparse.ArgumentParser:
+    from datamodules.generated import GENERATORS
+
     p = argparse.ArgumentParser(
         prog="sketchquant",
         description="Compact, retrieval-ready image features: iReLU quantization (method A) and "
@@ -116,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     dsub.required = True
     dm = dsub.add_parser("make", help="generate the embedded benchmark (seconds)")
     dm.add_argument("--out", default=None, help="default data/glyphs (sketch_photo) or data/glyph_scenes")
-    dm.add_argument("--kind", choices=("sketch_photo", "scenes"), default="sketch_photo")
+    dm.add_argument("--kind", choices=sorted(GENERATORS), default="sketch_photo")
     dm.add_argument("overrides", nargs="*", metavar="key=value", help="generator settings, e.g. seed=1")
     dp = dsub.add_parser("preview", help="draw a contact sheet of both domains")
     dp.add_argument("dir")

@@ -1,0 +1,35 @@
+"""The real-drawing check's data: scikit-learn's handwritten digits as sketches, printed digits as photos."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from PIL import Image
+
+from datamodules.digit_drawings import make_digit_drawings
+from datamodules.sketch_photo import SketchPhotoDataModule
+
+
+def _digest(root):
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.png")):
+        h.update(p.relative_to(root).as_posix().encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def test_layout_counts_and_bytes_per_seed(tmp_path):
+    kw = dict(photos_per_class=2, sketches_per_class=3, image_size=32, seed=0)
+    a = make_digit_drawings(tmp_path / "a", **kw)
+    b = make_digit_drawings(tmp_path / "b", **kw)
+    assert _digest(a) == _digest(b)
+    assert sorted(p.name for p in (a / "sketch").iterdir()) == [f"digit_{c}" for c in range(10)]
+    assert len(list((a / "photo").rglob("*.png"))) == 20 and len(list((a / "sketch").rglob("*.png"))) == 30
+    unseen = (a / "unseen_classes.txt").read_text().split()
+    assert len(unseen) == 3
+    sketch = np.asarray(Image.open(next((a / "sketch" / "digit_0").iterdir())))
+    assert sketch.shape == (32, 32, 3) and sketch.max() == 255 and sketch.min() < 128  # dark ink on white
+    dm = SketchPhotoDataModule(str(a), image_size=32, num_workers=0, batch_size=6)
+    dm.setup()
+    assert dm.unseen_classes == sorted(unseen) and dm.num_seen_classes == 7
+    assert dm.counts["test"] == {"sketch": 9, "photo": 6}
