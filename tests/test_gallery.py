@@ -432,3 +432,27 @@ def test_cli_index_search_json_sheet(zs, zs_gallery, tmp_path, capsys):
     assert main(["index", "--ckpt", zs["ckpt"], "--images", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert main(["search", "--gallery", str(tmp_path), q[0]]) == 2
     assert "is not a gallery" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# sharded extraction
+
+
+@pytest.mark.slow
+def test_two_process_build_equals_one_process(zs, zs_gallery, tmp_path):
+    """Trainer.predict over 2 CPU processes (ddp_spawn): the shards merge into the single-process gallery
+    (the DistributedSampler's padding dropped)."""
+    from sketchquant.app.gallery import Gallery, build_gallery
+
+    out = tmp_path / "g2"
+    two = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp_spawn"]
+    # 21 photos over 2 processes: one is padded with a repeat
+    build_gallery(zs["ckpt"], zs["list"], out, overrides=two, batch_size=4, quiet=True)
+    a, b = Gallery.open(out), Gallery.open(zs_gallery)
+    assert a.manifest["items"] == b.manifest["items"]
+    np.testing.assert_allclose(a.stored["raw"], b.stored["raw"], atol=1e-5)
+    for feats in ("raw", "proto", "fused"):
+        ra = a.search(zs["queries"], k=1000, features=feats)
+        rb = b.search(zs["queries"], k=1000, features=feats)
+        assert [[h.index for h in r.hits] for r in ra] == [[h.index for h in r.hits] for r in rb]
+    assert not (out / a.manifest["data_dir"] / "shards").exists()

@@ -49,7 +49,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import BasePredictionWriter
 
 from sketchquant.core.io import atomic_path, atomic_savez, atomic_write_json
 
@@ -250,42 +252,37 @@ class _Files(torch.utils.data.Dataset):
         return {"image": image, "ok": ok, "pos": pos}
 
 
-def _extractor(module: Any):
-    """A LightningModule around a trained network whose ``predict_step`` returns its features."""
-    import pytorch_lightning as pl
+class _Extractor(pl.LightningModule):
+    """A trained network whose ``predict_step`` returns its features with the file positions
+    (module-level, so ``ddp_spawn`` can pickle it)."""
 
-    class Extractor(pl.LightningModule):
-        def __init__(self, net: Any) -> None:
-            super().__init__()
-            self.net = net
+    def __init__(self, net: Any) -> None:
+        super().__init__()
+        self.net = net
 
-        def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-            feats = self.net(batch["image"])
-            return {"feats": feats.detach().cpu(), "ok": batch["ok"].cpu(), "pos": batch["pos"].cpu()}
-
-    return Extractor(module)
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        feats = self.net(batch["image"])
+        return {"feats": feats.detach().cpu(), "ok": batch["ok"].cpu(), "pos": batch["pos"].cpu()}
 
 
-def _shard_writer(folder: Path):
-    """Each process writes its predictions to ``folder/shard-<rank>.npz`` (atomically), then waits."""
-    from pytorch_lightning.callbacks import BasePredictionWriter
+class _ShardWriter(BasePredictionWriter):
+    """Each process writes its predictions to ``folder/shard-<rank>.npz`` (atomically), then waits for
+    the others."""
 
-    class ShardWriter(BasePredictionWriter):
-        def __init__(self) -> None:
-            super().__init__(write_interval="batch")
-            self.parts: dict[str, list] = {"feats": [], "ok": [], "pos": []}
+    def __init__(self, folder: Path) -> None:
+        super().__init__(write_interval="batch")
+        self.folder = Path(folder)
+        self.parts: dict[str, list] = {"feats": [], "ok": [], "pos": []}
 
-        def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dl=0):
-            for key in self.parts:
-                self.parts[key].append(prediction[key].numpy())
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dl=0):
+        for key in self.parts:
+            self.parts[key].append(prediction[key].numpy())
 
-        def on_predict_epoch_end(self, trainer, pl_module) -> None:
-            arrays = {k: np.concatenate(v) if v else np.zeros(0) for k, v in self.parts.items()}
-            atomic_savez(folder / f"shard-{trainer.global_rank}.npz", arrays)
-            self.parts = {k: [] for k in self.parts}
-            trainer.strategy.barrier("gallery-shards")
-
-    return ShardWriter()
+    def on_predict_epoch_end(self, trainer, pl_module) -> None:
+        arrays = {k: np.concatenate(v) if v else np.zeros(0) for k, v in self.parts.items()}
+        atomic_savez(self.folder / f"shard-{trainer.global_rank}.npz", arrays)
+        self.parts = {k: [] for k in self.parts}
+        trainer.strategy.barrier("gallery-shards")
 
 
 def _extract(
@@ -293,7 +290,6 @@ def _extract(
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """Features of ``paths`` in their order and the ``ok`` mask; the third value is False on the
     processes (ranks > 0) that only helped."""
-    import pytorch_lightning as pl
     from pytorch_lightning.callbacks import RichProgressBar
 
     tf, size = _transform(cfg)
@@ -314,10 +310,10 @@ def _extract(
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=progress,
-        callbacks=[_shard_writer(folder), *([RichProgressBar()] if progress else [])],
+        callbacks=[_ShardWriter(folder), *([RichProgressBar()] if progress else [])],
         default_root_dir=str(folder),
     )
-    trainer.predict(_extractor(module), dataloaders=loader, return_predictions=False)
+    trainer.predict(_Extractor(module), dataloaders=loader, return_predictions=False)
     if trainer.global_rank != 0:
         return np.zeros(0), np.zeros(0, bool), False
     world = trainer.world_size
