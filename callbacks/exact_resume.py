@@ -120,8 +120,8 @@ class ExactResume(pl.Callback):
         if torch.distributed.is_available() and torch.distributed.is_initialized() and trainer.world_size > 1:
             states = [None] * trainer.world_size
             torch.distributed.all_gather_object(states, own)
-        row = self._pending_row() if trainer.is_global_zero else None
-        return {"ranks": states, "pending_row": row}
+        row = self._pending_row()  # on every rank: computing epoch values may sync across ranks
+        return {"ranks": states, "pending_row": row if trainer.is_global_zero else None}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         ranks = state_dict.get("ranks") or []

@@ -8,6 +8,7 @@ logged after its checkpoint (at or beyond the resumed run's first step), which i
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 from pathlib import Path
@@ -60,18 +61,23 @@ class AppendingExperimentWriter(ExperimentWriter):
         if not self._fs.isfile(self.metrics_file_path):
             return 0
         with self._fs.open(self.metrics_file_path, "r", newline="") as file:
-            reader = csv.DictReader(file)
-            header = list(reader.fieldnames or [])
-            rows = list(reader)
+            text = file.read()
+        cut = bool(text) and not text.endswith("\n")  # the last row was cut short by a kill
+        if cut:
+            text = text[: text.rfind("\n") + 1]
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        header = list(reader.fieldnames or [])
+        rows = list(reader)
 
         def keep(row: dict) -> bool:
             try:
-                return None not in row and int(float(row.get("step") or "")) < step
+                complete = None not in row and None not in row.values()
+                return complete and int(float(row.get("step") or "")) < step
             except ValueError:
                 return False
 
         kept = [row for row in rows if keep(row)]
-        if len(kept) < len(rows):
+        if cut or len(kept) < len(rows):
 
             def write(tmp) -> None:
                 with open(tmp, "w", newline="") as out:
@@ -80,7 +86,7 @@ class AppendingExperimentWriter(ExperimentWriter):
                     writer.writerows(kept)
 
             atomic_write(self.metrics_file_path, write)
-        return len(rows) - len(kept)
+        return len(rows) - len(kept) + int(cut)
 
 
 class AppendingCSVLogger(CSVLogger):
