@@ -26,7 +26,7 @@ import torch
 
 from sketchquant.core.batch import DOMAIN, INDEX, LABEL, PHOTO, SKETCH
 from sketchquant.core.config import choice
-from sketchquant.core.retrieval.torchmetric import RetrievalMetric, dedup_by_index
+from sketchquant.core.retrieval.torchmetric import RetrievalMetric, broadcast_from_zero, dedup_by_index
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,10 @@ class RetrievalEvaluator(pl.Callback):
                     max_points_per_centroid=self.pq_max_points_per_centroid,
                     lam=self.fusion_lambda,
                     fusion=self.fusion,
+                    variants=("proto", "fused"),  # raw: computed once, above
+                    sync_fn=broadcast_from_zero,
                     **{k: v for k, v in self._kwargs().items() if k != "metric"},
+                    **metric.shard_kwargs(),
                 )
                 for variant in ("proto", "fused"):
                     out.update({f"{stage}/{variant}/{k}": float(v) for k, v in both[variant].items()})

@@ -48,3 +48,83 @@ def test_evaluator_collects_and_matches_functional_and_reference():
     for k, v in ref.items():
         assert got[f"val/{k}"] == pytest.approx(v, abs=1e-6), k
     assert got["val/chance_map_all"] > 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# two processes (gloo): sharded ranking, exactly the one-process numbers
+# ----------------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _evaluate_all(shard_feed, world: int):
+    """(RetrievalMetric sbir, RetrievalMetric hashing, evaluator test metrics with prototypes, #ranked)."""
+    from sketchquant.core.retrieval import engine
+    from sketchquant.core.retrieval.torchmetric import RetrievalMetric
+
+    ranked = []
+    run = engine.run
+
+    def counting_run(fill, queries, *args, **kwargs):
+        ranked.append(int(queries.numel()))
+        return run(fill, queries, *args, **kwargs)
+
+    engine.run = counting_run
+    try:
+        sbir = RetrievalMetric("sbir", map_at=("all", 50), p_at=(10, 100))
+        hashing = RetrievalMetric("hashing", map_at=(30, "all"), p_at=(20,))
+        ev = RetrievalEvaluator(map_at=("all", 50), p_at=(10,), grid=False, pq_m=2, pq_k=4)
+        for feats, labels, domain, index in shard_feed:
+            sbir.update(feats, labels, domain, index)
+            hashing.update(torch.sign(feats), labels, domain, index)
+            batch = {LABEL: labels, DOMAIN: domain, INDEX: index}
+            ev._collect({"embeddings": {"raw": feats}}, batch, _Module())
+        out = (sbir.compute(), hashing.compute(), ev.compute(ev.gathered(), "test"))
+    finally:
+        engine.run = run
+    return (*out, sum(ranked))
+
+
+def _feed(rank: int, world: int, batch: int = 17):
+    """This rank's batches, as a DistributedSampler deals them (padded by repeating the first samples)."""
+    feats, labels, domain, _ = _data(nq=37, ng=210)  # 247 samples: odd, so the sampler pads
+    n = feats.shape[0]
+    per = -(-n // world)
+    order = list(range(n)) + list(range(per * world - n))
+    mine = torch.tensor(order[rank::world])
+    return [(feats[p], labels[p], domain[p], p) for p in mine.split(batch)]
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import os
+
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.save(_evaluate_all(_feed(rank, world), world), f"{out_dir}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_exactly(tmp_path):
+    import torch.multiprocessing as mp
+
+    one_sbir, one_hash, one_ev, one_ranked = _evaluate_all(_feed(0, 1), 1)
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    for sbir, hashing, ev, ranked in ranks:
+        assert sbir == one_sbir and hashing == one_hash and ev == one_ev  # exact, every rank
+        assert 0 < ranked < one_ranked  # each process ranked only its share of the queries
+    assert sum(r[3] for r in ranks) == one_ranked
+    assert {"test/map_all", "test/proto/map_all", "test/fused/map_all"} <= set(one_ev)
+    # and the numbers are the reference's
+    _, _, _, (q, ql, g, gl) = _data(nq=37, ng=210)
+    ref = ref_sbir(DistanceRows(q, g), ql, gl, ["all", 50], [10, 100])
+    for k, v in ref.items():
+        assert one_sbir[k] == pytest.approx(v, abs=1e-6), k

@@ -424,3 +424,57 @@ def test_relevant_ranks_whole_chunk_many_rows(n_buckets):
         want[r, : n_rel[r]] = np.sort(rank_of[c])
     got = relevant_ranks(torch.from_numpy(keys), torch.from_numpy(cols), torch.from_numpy(n_rel), n_buckets)
     np.testing.assert_array_equal(got.numpy(), want)
+
+
+# ----------------------------------------------------------------------------------------------------
+# device and sharding
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("device_path", [False, True])
+def test_device_argument_and_device_agnostic_path(monkeypatch, device_path):
+    # device_path=True runs the code an accelerator runs (no worker threads, no blocks, torch.bincount)
+    from sketchquant.core.retrieval import engine
+
+    if device_path:
+        monkeypatch.setattr(engine, "_host_path", lambda device: False)
+    rng = np.random.default_rng(15)
+    q, ql, g, gl = _tie_data(rng, 45, 230, 4)
+    want = ref_sbir(sq_l2(q, g), ql, gl, ["all", 30], [5, 50])
+    for device in ("cpu", torch.device("cpu"), None):
+        got = sbir_metrics(q, ql, g, gl, map_at=("all", 30), p_at=(5, 50), chunk_size=16, device=device)
+        _assert_match(got, want)
+    hq = np.sign(rng.normal(size=(30, 10))).astype(np.float32)
+    hg = np.sign(rng.normal(size=(120, 10))).astype(np.float32)
+    hql, hgl = (rng.random((30, 4)) < 0.3).astype(np.float32), (rng.random((120, 4)) < 0.3).astype(np.float32)
+    hamm = 0.5 * (10 - hq.astype(np.float64) @ hg.T)
+    got = hashing_metrics(hq, hql, hg, hgl, map_at=(25,), device="cpu", chunk_size=7)
+    assert got["map_25"] == pytest.approx(ref_calc_top_map(hamm, hql, hgl, 25), abs=1e-9)
+
+
+@pytest.mark.parametrize("world", [2, 3, 50])
+def test_query_shards_sum_to_the_whole(world):
+    # each shard ranks its share; summing the per-query matrices (what all_reduce does) gives the whole
+    rng = np.random.default_rng(16)
+    gl, ql = rng.integers(0, 5, 260), rng.integers(0, 6, 41)  # class 5: no relevant gallery item
+    g, q = _clustered(rng, 260, gl), _clustered(rng, 41, ql)
+    kw = dict(map_at=("all", 40), p_at=(10,), chunk_size=5)
+    partial = []
+    for rank in range(world):
+        sbir_metrics(
+            q, ql, g, gl, query_shard=(rank, world), reduce_fn=lambda t: partial.append(t) or t, **kw
+        )
+    total = torch.stack(partial).sum(0)
+    got = sbir_metrics(q, ql, g, gl, query_shard=(0, 1), reduce_fn=lambda t: total, **kw)
+    assert got == sbir_metrics(q, ql, g, gl, **kw)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    gn = g / np.linalg.norm(g, axis=1, keepdims=True)
+    _assert_match(got, ref_sbir(sq_l2(qn, gn), ql, gl, ["all", 40], [10]))
+    hpart = []
+    for rank in range(world):
+        hashing_metrics(
+            q, ql, g, gl, map_at=(30,), query_shard=(rank, world), reduce_fn=lambda t: hpart.append(t) or t
+        )
+    htotal = torch.stack(hpart).sum(0)
+    hgot = hashing_metrics(q, ql, g, gl, map_at=(30,), query_shard=(0, 1), reduce_fn=lambda t: htotal)
+    assert hgot == hashing_metrics(q, ql, g, gl, map_at=(30,))
+    with pytest.raises(ValueError, match="0 <= rank < world"):
+        sbir_metrics(q, ql, g, gl, query_shard=(2, 2))

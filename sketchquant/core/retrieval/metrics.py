@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import engine
+from . import engine, keys
 from .checks import (
     APS,
     METRICS,
@@ -56,6 +56,7 @@ from .checks import (
     check_ks,
     check_multi_labels,
     check_pair,
+    check_query_shard,
     check_single_labels,
     metric_name,
     sources,
@@ -70,18 +71,42 @@ __all__ = [
     "metric_name",
 ]
 
-Relevant = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _setup(
-    q: torch.Tensor, g: torch.Tensor, metric: str, normalize: bool, distance_fn: Callable | None
+    q: torch.Tensor,
+    g: torch.Tensor,
+    metric: str,
+    normalize: bool,
+    distance_fn: Callable | None,
+    device: str | torch.device | None,
 ) -> tuple[torch.device, torch.dtype, Callable]:
-    """``(device, key dtype, fill)``: the built-in distance on the gallery's device, or a user
-    ``distance_fn`` (its values checked) on the CPU."""
+    """``(device, key dtype, fill)``: ranking runs on ``device`` (default: the gallery features' device),
+    with the built-in distance or a user ``distance_fn`` (its values checked, copied to ``device``)."""
+    dev = torch.device(device) if device is not None else g.device
     if distance_fn is not None:
-        return torch.device("cpu"), torch.float32, engine.user_fill(distance_fn, g.shape[0])
-    q, g, exact = engine.prepare(q.to(g.device), g, normalize)
-    return g.device, q.dtype, engine.distance_fill(q, g, metric)
+        return dev, torch.float32, keys.user_fill(distance_fn, g.shape[0])
+    q, g, exact = keys.prepare(q.to(dev), g.to(dev), normalize)
+    return dev, q.dtype, keys.distance_fill(q, g, metric)
+
+
+def _shard(queries: torch.Tensor, query_shard: Any) -> torch.Tensor:
+    """This process's contiguous share of ``queries`` (``query_shard = (rank, world)``)."""
+    rank, world = check_query_shard(query_shard)
+    n = queries.numel()
+    return queries[rank * n // world : (rank + 1) * n // world]
+
+
+def _full(
+    per: dict[str, torch.Tensor], queries: torch.Tensor, n_query: int, reduce_fn: Reduce | None
+) -> torch.Tensor:
+    """The per-query values as one ``len(per) × n_query`` float64 matrix, zero outside ``queries``, summed
+    over the processes by ``reduce_fn`` (exact: every entry is non-zero in one process at most)."""
+    full = torch.zeros(len(per), n_query, dtype=torch.float64, device=queries.device)
+    for i, v in enumerate(per.values()):
+        full[i].index_copy_(0, queries, v.to(torch.float64))
+    return reduce_fn(full) if reduce_fn is not None else full
 
 
 def _sbir_aggregate(
@@ -115,16 +140,17 @@ def _sbir_run(
     p_ks: list,
     ap: str,
     chunk: int,
+    query_shard: Any = None,
+    reduce_fn: Reduce | None = None,
 ) -> dict[str, float]:
-    relevant, n_rel = engine.class_relevance(ql.to(device), gl.to(device))
+    ql, gl = ql.to(device), gl.to(device)
+    relevant, n_rel = engine.class_relevance(ql, gl)
     # queries in class order: a chunk's rows then share few relevant-column lists
-    queries = torch.argsort(ql.to(device), stable=True)
-    queries = queries[n_rel[queries] > 0]
+    queries = torch.argsort(ql, stable=True)
+    queries = _shard(queries[n_rel.index_select(0, queries) > 0], query_shard)
     per, _ = engine.run(fill, queries, gl.shape[0], relevant, dtype, map_ks, p_ks, ap, "sbir", chunk, device)
-    full = {}
-    for name, v in per.items():
-        full[name] = torch.zeros(ql.shape[0], dtype=torch.float64, device=device).index_copy_(0, queries, v)
-    return _sbir_aggregate(full, n_rel, ql)
+    full = _full(per, queries, ql.shape[0], reduce_fn)
+    return _sbir_aggregate(dict(zip(per, full)), n_rel, ql)
 
 
 def sbir_metrics(
@@ -142,6 +168,9 @@ def sbir_metrics(
     chunk_size: int | None = None,
     memory_budget_mb: float = 512,
     source: Sequence[str] | None = None,
+    device: str | torch.device | None = None,
+    query_shard: tuple[int, int] | None = None,
+    reduce_fn: Reduce | None = None,
 ) -> dict[str, float]:
     """Zero-shot SBIR metrics, SAKE-compatible (see the module docstring for the exact formulas).
 
@@ -152,6 +181,12 @@ def sbir_metrics(
 
     Returns ``map_<k>`` (``map_all`` for k="all") and ``p_<k>`` (class-mean), the same with ``_micro``
     (query mean), ``num_queries`` and ``num_queries_no_relevant``.
+
+    ``device``: where to rank (default: the gallery features' device; CUDA when they are there), same
+    numbers everywhere. Sharded evaluation: with ``query_shard=(rank, world)`` this process ranks only
+    its share of the queries against the whole gallery; ``reduce_fn`` sums the ``metrics × Q`` float64
+    matrix of per-query values (zero outside the share) over the processes — e.g.
+    :func:`.torchmetric.all_reduce_sum` — so every process returns exactly the one-process numbers.
     """
     sq, sg = sources(source)
     check_choice(ap, APS, "ap")
@@ -160,9 +195,9 @@ def sbir_metrics(
     q, g = check_pair(query_feats, gallery_feats, sq, sg)
     ql = check_single_labels(query_labels, q.shape[0], "query_labels", "query_feats", sq)
     gl = check_single_labels(gallery_labels, g.shape[0], "gallery_labels", "gallery_feats", sg)
-    device, dtype, fill = _setup(q, g, metric, normalize, distance_fn)
-    chunk = engine.chunk_rows(g.shape[0], chunk_size, memory_budget_mb)
-    return _sbir_run(fill, ql, gl, dtype, device, map_ks, p_ks, ap, chunk)
+    dev, dtype, fill = _setup(q, g, metric, normalize, distance_fn, device)
+    chunk = keys.chunk_rows(g.shape[0], chunk_size, memory_budget_mb)
+    return _sbir_run(fill, ql, gl, dtype, dev, map_ks, p_ks, ap, chunk, query_shard, reduce_fn)
 
 
 def sbir_metrics_from_distances(
@@ -186,8 +221,8 @@ def sbir_metrics_from_distances(
     ql = check_single_labels(query_labels, d.shape[0], "query_labels", "dist", sq)
     gl = check_single_labels(gallery_labels, d.shape[1], "gallery_labels", "dist (columns)", sg)
     dtype = torch.float32 if d.is_floating_point() else torch.float64
-    fill = engine.user_fill(lambda idx: d[idx], d.shape[1])
-    chunk = engine.chunk_rows(d.shape[1], chunk_size, memory_budget_mb)
+    fill = keys.user_fill(lambda idx: d[idx], d.shape[1])
+    chunk = keys.chunk_rows(d.shape[1], chunk_size, memory_budget_mb)
     return _sbir_run(fill, ql, gl, dtype, torch.device("cpu"), map_ks, p_ks, ap, chunk)
 
 
@@ -205,6 +240,9 @@ def hashing_metrics(
     chunk_size: int | None = None,
     memory_budget_mb: float = 512,
     source: Sequence[str] | None = None,
+    device: str | torch.device | None = None,
+    query_shard: tuple[int, int] | None = None,
+    reduce_fn: Reduce | None = None,
 ) -> dict[str, float]:
     """Multi-label retrieval metrics, DeepHash-pytorch ``CalcTopMap``-compatible.
 
@@ -213,7 +251,7 @@ def hashing_metrics(
     codes that is 4 × Hamming distance, the same order as ``CalcHammingDist``; uint8 codes are compared
     exactly. Returns ``map_<k>``, ``p_<k>`` (means over all queries), ``num_queries`` and
     ``num_queries_no_relevant`` (queries with no relevant gallery item; they score 0 and are kept, as in
-    ``CalcTopMap``).
+    ``CalcTopMap``). ``device``, ``query_shard`` and ``reduce_fn`` as in :func:`sbir_metrics`.
     """
     sq, sg = sources(source)
     check_choice(metric, METRICS, "metric")
@@ -231,17 +269,22 @@ def hashing_metrics(
             f"label widths differ: query_labels has {ql.shape[1]} classes but gallery_labels has "
             f"{gl.shape[1]}"
         )
-    device, dtype, fill = _setup(q, g, metric, normalize, distance_fn)
-    ql_d, gl_t = ql.to(device), gl.to(device).T.contiguous()
-    relevant = engine.mask_relevance(lambda idx: (ql_d[idx] @ gl_t) > 0)
-    chunk = engine.chunk_rows(g.shape[0], chunk_size, memory_budget_mb)
-    queries = torch.arange(q.shape[0], device=device)
+    dev, dtype, fill = _setup(q, g, metric, normalize, distance_fn, device)
+    ql_d, gl_d = ql.to(dev), gl.to(dev)
+    if bool((ql_d.sum(1) == 1).all()) and bool((gl_d.sum(1) == 1).all()):
+        relevant, _ = engine.class_relevance(ql_d.argmax(1), gl_d.argmax(1))  # one label each: classes
+    else:
+        gl_t = gl_d.T.contiguous()
+        relevant = engine.mask_relevance(lambda idx: (ql_d.index_select(0, idx) @ gl_t) > 0)
+    chunk = keys.chunk_rows(g.shape[0], chunk_size, memory_budget_mb)
+    queries = _shard(torch.arange(q.shape[0], device=dev), query_shard)
     per, tot = engine.run(
-        fill, queries, g.shape[0], relevant, dtype, map_ks, p_ks, "standard", "hashing", chunk, device
+        fill, queries, g.shape[0], relevant, dtype, map_ks, p_ks, "standard", "hashing", chunk, dev
     )
-    out: dict[str, float] = {name: float(v.mean()) for name, v in per.items()}
+    full = _full({**per, "n_rel": tot}, queries, q.shape[0], reduce_fn)
+    out: dict[str, float] = {name: float(v.mean()) for name, v in zip(per, full)}
     out["num_queries"] = int(q.shape[0])
-    out["num_queries_no_relevant"] = int((tot == 0).sum())
+    out["num_queries_no_relevant"] = int((full[-1] == 0).sum())
     return out
 
 
@@ -263,19 +306,19 @@ def topk_neighbors(
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or int(k) <= 0:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     q, g = check_pair(query_feats, gallery_feats, None, None)
-    q, g, _ = engine.prepare(q.to(g.device), g, normalize)
-    fill = engine.distance_fill(q, g, metric)
+    q, g, _ = keys.prepare(q.to(g.device), g, normalize)
+    fill = keys.distance_fill(q, g, metric)
     n_gallery = g.shape[0]
     kk = min(int(k), n_gallery)
-    chunk = min(engine.chunk_rows(n_gallery, chunk_size, memory_budget_mb), q.shape[0])
+    chunk = min(keys.chunk_rows(n_gallery, chunk_size, memory_budget_mb), q.shape[0])
     buf = torch.empty(chunk * n_gallery, device=g.device, dtype=q.dtype)
     all_d, all_i = [], []
     for start in range(0, q.shape[0], chunk):
         idx = torch.arange(start, min(start + chunk, q.shape[0]), device=g.device)
-        keys = buf[: idx.numel() * n_gallery].view(idx.numel(), n_gallery)
-        fill(idx, keys)
-        kd, ind = engine.topk_keys(keys, kk)
-        dd = engine.key_to_distance(kd, (q[idx] * q[idx]).sum(1), metric)
+        kmat = buf[: idx.numel() * n_gallery].view(idx.numel(), n_gallery)
+        fill(idx, kmat)
+        kd, ind = engine.topk_keys(kmat, kk)
+        dd = keys.key_to_distance(kd, (q[idx] * q[idx]).sum(1), metric)
         all_d.append(dd.to(torch.float32).cpu())
         all_i.append(ind.cpu())
     return torch.cat(all_d), torch.cat(all_i)

@@ -22,7 +22,7 @@ metrics): re-normalising ``x̂`` would change the distance the quantiser was fit
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import faiss
@@ -176,13 +176,17 @@ def prototype_retrieval_metrics(
     normalize: bool = True,
     seed: int = 0,
     max_points_per_centroid: int | None = None,
+    variants: Sequence[str] = ("raw", "proto", "fused"),
+    sync_fn: Callable[[np.ndarray], np.ndarray] | None = None,
     **metric_kwargs: Any,
 ) -> dict[str, dict[str, float]]:
     """SBIR metrics for the ``raw``, ``proto`` and ``fused`` gallery (SPEC §B S5–S6).
 
     ``fusion="feature"``: rank by ``x̃ = (1 − λ)x̂ + λx``; ``fusion="distance"``: rank by
     ``(1 − λ)‖q − x̂‖² + λ‖q − x‖`` (ClusterRetr). ``metric_kwargs`` go to :func:`sbir_metrics` (``map_at``, ``p_at``,
-    ``ap``, ``chunk_size`` …; Euclidean metric only). See the module docstring for normalisation.
+    ``ap``, ``chunk_size``, ``query_shard`` …; Euclidean metric only). See the module docstring for
+    normalisation. ``variants``: which of the three to compute (the evaluator has ``raw`` already);
+    ``sync_fn(prototypes) -> prototypes`` makes every process use the same prototypes (e.g. rank 0's).
     """
     if fusion not in ("feature", "distance"):
         raise ValueError(f"unknown fusion {fusion!r}; expected 'feature' or 'distance'")
@@ -196,15 +200,18 @@ def prototype_retrieval_metrics(
         x = F.normalize(torch.from_numpy(x), dim=1).numpy()
     pq = fit_product_quantizer(x, m=m, k=k, seed=seed, max_points_per_centroid=max_points_per_centroid)
     xh = prototype_features(pq, x)
-    out = {
-        "raw": sbir_metrics(q, q_labels, x, g_labels, normalize=False, **metric_kwargs),
-        "proto": sbir_metrics(q, q_labels, xh, g_labels, normalize=False, **metric_kwargs),
-    }
-    if fusion == "feature":
+    if sync_fn is not None:
+        xh = np.ascontiguousarray(sync_fn(xh), dtype=np.float32)
+    out: dict[str, dict[str, float]] = {}
+    if "raw" in variants:
+        out["raw"] = sbir_metrics(q, q_labels, x, g_labels, normalize=False, **metric_kwargs)
+    if "proto" in variants:
+        out["proto"] = sbir_metrics(q, q_labels, xh, g_labels, normalize=False, **metric_kwargs)
+    if "fused" in variants and fusion == "feature":
         out["fused"] = sbir_metrics(
             q, q_labels, fuse_features(x, xh, lam), g_labels, normalize=False, **metric_kwargs
         )
-    else:
+    elif "fused" in variants:
         out["fused"] = sbir_metrics(
             q, q_labels, x, g_labels, distance_fn=fused_distance_fn(q, x, xh, lam), **metric_kwargs
         )

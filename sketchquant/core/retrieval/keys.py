@@ -1,0 +1,88 @@
+"""Keys for the ranking engine: the distances of a chunk of queries to the whole gallery (lower = closer).
+
+Features are prepared once (:func:`prepare`: float32, L2-normalised, or exact float64 for integer codes);
+:func:`distance_fill` writes a chunk's keys with one matrix product; :func:`user_fill` wraps a user
+``distance_fn``; :func:`chunk_rows` sizes the chunks from a memory budget.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+#: bytes of working memory per query × gallery cell of a chunk (keys, buckets, counts, temporaries)
+BYTES_PER_CELL = 40
+
+
+def prepare(q: torch.Tensor, g: torch.Tensor, normalize: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """``(q, g, exact)``: integer features without normalisation are ranked exactly (float64, exact up
+    to 2^53); everything else in float32, L2-normalised when ``normalize``."""
+    if not q.is_floating_point() and not g.is_floating_point() and not normalize:
+        return q.to(torch.float64), g.to(torch.float64), True
+    q, g = q.to(torch.float32), g.to(torch.float32)
+    if normalize:
+        q, g = F.normalize(q, dim=1), F.normalize(g, dim=1)
+    return q, g, False
+
+
+def distance_fill(
+    q: torch.Tensor, g: torch.Tensor, metric: str
+) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """``fill(query_indices, out)`` writes the ``n × N`` keys (lower = closer) into ``out``:
+    ``½‖g‖² − q·g`` for ``"l2"`` (half the squared Euclidean distance minus the row's constant ``½‖q‖²``:
+    the same order, one rounding fewer) or ``−q·g`` for ``"ip"``. One matrix product per chunk, with
+    the sign folded into a negated gallery copy; ``"l2"`` adds one pass for ``½‖g‖²``."""
+    q_max = float((q * q).sum(1).max()) ** 0.5
+    g_max = float((g * g).sum(1).max()) ** 0.5
+    if not math.isfinite((q_max + g_max) ** 2) or (q_max + g_max) ** 2 > 1e37:
+        raise ValueError("feature norms are too large: distances would overflow float32")
+    neg_t = (-g).T
+    half_sq = (g * g).sum(1).mul_(0.5) if metric == "l2" else None
+
+    def fill(idx: torch.Tensor, out: torch.Tensor) -> None:
+        torch.mm(q[idx], neg_t, out=out)
+        if half_sq is not None:
+            out.add_(half_sq)
+
+    return fill
+
+
+def key_to_distance(keys: torch.Tensor, q_sq: torch.Tensor, metric: str) -> torch.Tensor:
+    """:func:`distance_fill` keys back to Euclidean distances (``"l2"``) or inner products (``"ip"``)."""
+    if metric == "ip":
+        return -keys
+    return (keys * 2.0 + q_sq[:, None]).clamp_(min=0).sqrt_()
+
+
+def user_fill(distance_fn: Callable[[torch.Tensor], Any], n_gallery: int) -> Callable:
+    """A user ``distance_fn(query_indices) -> n × N`` as a ``fill``; its values are checked."""
+
+    def fill(idx: torch.Tensor, out: torch.Tensor) -> None:
+        d = distance_fn(idx)
+        d = d if isinstance(d, torch.Tensor) else torch.as_tensor(np.asarray(d))
+        if tuple(d.shape) != (idx.numel(), n_gallery):
+            raise ValueError(
+                f"distance_fn returned shape {tuple(d.shape)}, expected ({idx.numel()}, {n_gallery})"
+            )
+        out.copy_(d)
+        if not bool(torch.isfinite(out.sum())):
+            bad = int((~torch.isfinite(out)).sum())
+            if bad:
+                raise ValueError(f"distances contain {bad} non-finite value(s) (NaN/Inf)")
+
+    return fill
+
+
+def chunk_rows(n_gallery: int, chunk_size: int | None, memory_budget_mb: float) -> int:
+    if chunk_size is not None:
+        if int(chunk_size) <= 0:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        return int(chunk_size)
+    if memory_budget_mb <= 0:
+        raise ValueError(f"memory_budget_mb must be positive, got {memory_budget_mb}")
+    return max(1, int(memory_budget_mb * 2**20 // (BYTES_PER_CELL * n_gallery)))
