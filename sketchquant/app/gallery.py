@@ -503,6 +503,24 @@ def _checkpoint_record(ckpt: Path) -> dict[str, Any]:
     }
 
 
+BUILD_ENV = "SKETCHQUANT_GALLERY_BUILD"
+
+
+def _build_stamp(old: dict | None) -> str:
+    """The name of this build's data folder, the same in every process of a multi-process build: the
+    first process sets it in the environment (Lightning's re-launched DDP workers inherit it); under
+    torchrun / SLURM every process derives it from the job id (and the gallery's current data folder)."""
+    from sketchquant.app.rundir import _job_id
+
+    if os.environ.get(BUILD_ENV):
+        return os.environ[BUILD_ENV]
+    job = _job_id()
+    if job:
+        prev = hashlib.sha1(str((old or {}).get("data_dir")).encode()).hexdigest()[:8]
+        return f"job{job}-{prev}"
+    return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}-{int(time.time_ns() % 10**6):06d}"
+
+
 def build_gallery(
     ckpt: str | os.PathLike,
     images: str | os.PathLike,
@@ -574,17 +592,23 @@ def build_gallery(
             old_stored = {k: z[k] for k in z.files}
     todo = [i for i in range(n) if i not in reuse]
 
-    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}-{int(time.time_ns() % 10**6):06d}"
-    data_dir = f"data-{stamp}"
+    data_dir = f"data-{_build_stamp(old)}"
     work = out / data_dir
     feats = ok = None
     if todo:
         bs = int(batch_size or cfg.data.get("batch_size", 64) or 64)
         nw = int(workers if workers is not None else (cfg.data.get("num_workers", 0) or 0))
         module.eval()
-        feats, ok, main = _extract(
-            cfg, module, [coll.paths[i] for i in todo], work / "shards", batch_size=bs, workers=nw
-        )
+        from sketchquant.app.rundir import restore_env
+
+        outer = os.environ.get(BUILD_ENV)
+        os.environ[BUILD_ENV] = data_dir[len("data-") :]
+        try:
+            feats, ok, main = _extract(
+                cfg, module, [coll.paths[i] for i in todo], work / "shards", batch_size=bs, workers=nw
+            )
+        finally:
+            restore_env(BUILD_ENV, outer)
         if not main:
             return None
     else:
