@@ -292,3 +292,53 @@ def test_metrics_csv_drops_rows_after_checkpoint_and_restores_lost_row(tmp_path)
     with open(tmp_path / "metrics.csv", newline="") as fh:
         rows = [(r["step"], r["train/loss_step"], r.get("train/loss_epoch", "")) for r in csv.DictReader(fh)]
     assert rows == [("0", "0.0", ""), ("1", "1.0", ""), ("1", "", "9.0"), ("2", "2.0", "")]
+
+
+def test_last_checkpoint_writes_inside_epochs_and_stops_on_signal(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from callbacks import LastCheckpoint, RunStopped
+
+    saved = []
+    progress = SimpleNamespace(ready=0)
+    trainer = SimpleNamespace(
+        sanity_checking=False,
+        global_step=0,
+        received_sigterm=False,
+        world_size=1,
+        is_global_zero=True,
+        current_epoch=0,
+        num_training_batches=10,
+        loggers=[],
+        fit_loop=SimpleNamespace(
+            epoch_loop=SimpleNamespace(batch_progress=SimpleNamespace(current=progress))
+        ),
+        save_checkpoint=lambda path: saved.append((trainer.global_step, str(path))),
+    )
+    before = signal.getsignal(signal.SIGUSR1)
+    cb = LastCheckpoint(tmp_path, every_n_steps=3, every_n_minutes=0.0)
+    cb.on_fit_start(trainer, None)
+    try:
+        for step in range(1, 11):  # 10 batches: steps 3, 6, 9 write; 10 is the epoch's last batch
+            trainer.global_step, progress.ready = step, step
+            cb.on_train_batch_end(trainer, None, None, None, step - 1)
+        assert [s for s, _ in saved] == [3, 6, 9] and saved[0][1] == str(tmp_path / "last.ckpt")
+
+        timed = LastCheckpoint(tmp_path, every_n_minutes=1.0)
+        timed.on_fit_start(trainer, None)
+        trainer.global_step, progress.ready = 11, 1
+        timed.on_train_batch_end(trainer, None, None, None, 0)
+        assert len(saved) == 3  # a minute has not passed
+        timed._last_write -= 61
+        timed.on_train_batch_end(trainer, None, None, None, 0)
+        assert [s for s, _ in saved][-1] == 11
+
+        trainer.global_step, progress.ready = 12, 2
+        os.kill(os.getpid(), signal.SIGUSR1)  # handled: a flag, acted upon at the batch end
+        with pytest.raises(RunStopped) as stop:
+            timed.on_train_batch_end(trainer, None, None, None, 1)
+        assert stop.value.code == 128 + signal.SIGUSR1 and [s for s, _ in saved][-1] == 12
+        timed.teardown(trainer, None, "fit")
+    finally:
+        cb.teardown(trainer, None, "fit")
+    assert signal.getsignal(signal.SIGUSR1) == before  # the handler is put back

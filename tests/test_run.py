@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-import sketchquant.app.train as run_module
+import sketchquant.app.build as build
 from callbacks import NonFiniteLossError
 from sketchquant.app.checkpoints import load_checkpoint_config
 from sketchquant.app.methods import compose
@@ -72,12 +72,12 @@ def test_resume_matches_straight_run(tiny_zs, tmp_path, monkeypatch):
     prefetch the resumed epoch with the sampler's epoch 0); real kills: tests/test_resume_kill.py."""
     base = tiny_zs(seed=3, **{"data.num_workers": 2, "trainer.max_epochs": 3, "test_after_fit": "false"})
     straight = _train([*base, "name=straight"])
-    original = run_module.build_callbacks
+    original = build.build_callbacks  # build_trainer looks it up in sketchquant.app.build
     monkeypatch.setattr(
-        run_module, "build_callbacks", lambda *a, **k: [*original(*a, **k), _StopAfterFirstEpoch()]
+        build, "build_callbacks", lambda *a, **k: [*original(*a, **k), _StopAfterFirstEpoch()]
     )
     first = _train([*base, "name=resumed"])
-    monkeypatch.setattr(run_module, "build_callbacks", original)
+    monkeypatch.setattr(build, "build_callbacks", original)
     assert torch.load(Path(first["run_dir"]) / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0
     second = _train([*base, "name=resumed", "resume=auto"])
     assert second["run_dir"] == first["run_dir"]  # continued in the same folder

@@ -105,6 +105,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     setup_file_logging(run_dir)
     write_config(run_dir, cfg, resumed=resume is not None)
     log.info("run folder: %s", run_dir)
+    if resume and resume[1].name != "last.ckpt":
+        log.warning("resuming from %s (see the error above about last.ckpt)", resume[1])
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = build_datamodule(cfg)
