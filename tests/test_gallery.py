@@ -456,3 +456,34 @@ def test_two_process_build_equals_one_process(zs, zs_gallery, tmp_path):
         rb = b.search(zs["queries"], k=1000, features=feats)
         assert [[h.index for h in r.hits] for r in ra] == [[h.index for h in r.hits] for r in rb]
     assert not (out / a.manifest["data_dir"] / "shards").exists()
+
+
+@pytest.mark.slow
+def test_cli_ddp_relaunch_build(zs, zs_gallery, tmp_path):
+    """``trainer.strategy=ddp`` re-launches the command line for rank 1; both write into one data folder."""
+    import subprocess
+    import sys
+
+    from sketchquant.app.gallery import Gallery
+
+    out = tmp_path / "g"
+    cmd = [
+        sys.executable,
+        "-m",
+        "sketchquant.app.cli",
+        "index",
+        "--ckpt",
+        zs["ckpt"],
+        "--images",
+        str(zs["list"]),
+    ]
+    cmd += ["--out", str(out), "--batch-size", "4", "trainer.accelerator=cpu", "trainer.devices=2"]
+    cmd += ["trainer.strategy=ddp"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    env.pop("SKETCHQUANT_GALLERY_BUILD", None)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = Gallery.open(out), Gallery.open(zs_gallery)
+    assert a.manifest["items"] == b.manifest["items"]
+    np.testing.assert_allclose(a.stored["raw"], b.stored["raw"], atol=1e-5)
+    assert len(list(out.glob("data-*"))) == 1
