@@ -27,12 +27,14 @@ train: install ## train the default experiment (EXP=zs_sbir) on the embedded dat
 
 DEMO_PORT ?= 7860
 DEMO_DIR  ?= runs/demo
-demo: install ## index the embedded benchmark's unseen-class photos with the newest `make train` checkpoint (trains first if none), then serve the drawing page
-	@ckpt=$$(ls -t runs/zs_sbir/*/checkpoints/best-*.ckpt runs/zs_sbir/*/checkpoints/last.ckpt 2>/dev/null | head -1); \
+demo: install ## index the embedded benchmark's unseen-class photos with the newest `make train` run's best checkpoint (trains first if none), then serve the drawing page
+	@newest() { last=$$(ls -t runs/zs_sbir/*/checkpoints/*.ckpt 2>/dev/null | head -1); [ -n "$$last" ] || return 0; \
+		d=$$(dirname "$$last"); { ls -t "$$d"/best-*.ckpt 2>/dev/null || echo "$$last"; } | head -1; }; \
+	ckpt=$$(newest); \
 	if [ -z "$$ckpt" ]; then \
 		echo "no zs_sbir checkpoint under runs/: training one first (make train)"; \
 		$(MAKE) train EXP=zs_sbir || exit 1; \
-		ckpt=$$(ls -t runs/zs_sbir/*/checkpoints/best-*.ckpt runs/zs_sbir/*/checkpoints/last.ckpt | head -1); \
+		ckpt=$$(newest); \
 	fi; \
 	echo "checkpoint: $$ckpt"; \
 	[ -f data/glyphs/unseen_classes.txt ] || $(BIN)/sketchquant data make || exit 1; \
