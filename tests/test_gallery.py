@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import conftest
@@ -486,4 +487,53 @@ def test_cli_ddp_relaunch_build(zs, zs_gallery, tmp_path):
     a, b = Gallery.open(out), Gallery.open(zs_gallery)
     assert a.manifest["items"] == b.manifest["items"]
     np.testing.assert_allclose(a.stored["raw"], b.stored["raw"], atol=1e-5)
+    assert len(list(out.glob("data-*"))) == 1
+
+
+@pytest.mark.slow
+def test_sigkilled_build_leaves_the_old_gallery(zs, tmp_path):
+    """A real kill (SIGKILL, no clean-up code runs) while a rebuild is under way: the old gallery opens and
+    answers as before; the next build removes the half-written data folder."""
+    import signal
+    import subprocess
+    import sys
+
+    from sketchquant.app.gallery import Gallery, build_gallery
+
+    photos = _photo_folder(zs, tmp_path / "photos", per_class=3)
+    out = tmp_path / "g"
+    build_gallery(zs["ckpt"], photos, out, quiet=True)
+    before = (out / "manifest.json").read_text()
+    old_dir = json.loads(before)["data_dir"]
+    hits = [h.relpath for h in Gallery.open(out).search(zs["queries"][0], k=5)[0].hits]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sketchquant.app.cli",
+        "index",
+        "--ckpt",
+        zs["ckpt"],
+        "--images",
+        str(photos),
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    env.pop("SKETCHQUANT_GALLERY_BUILD", None)
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if [p for p in out.glob("data-*") if p.name != old_dir]:  # the new build has started writing
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the build finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (out / "manifest.json").read_text() == before
+    assert [h.relpath for h in Gallery.open(out).search(zs["queries"][0], k=5)[0].hits] == hits
+    build_gallery(zs["ckpt"], photos, out, update=True, quiet=True)
     assert len(list(out.glob("data-*"))) == 1
