@@ -13,7 +13,7 @@ from typing import Any
 import pytorch_lightning as pl
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
 from callbacks import (
     AtomicCheckpointIO,
@@ -90,6 +90,8 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, *, progress_bar: bool) -> li
         EpochSummary(echo=not progress_bar),
         *method_of(cfg).callbacks(cfg),
     ]
+    if cfg.early_stop_patience is not None:
+        cbs.append(EarlyStopping(cfg.monitor, mode=cfg.monitor_mode, patience=int(cfg.early_stop_patience)))
     if progress_bar:
         cbs.append(RichProgressBar())
     return cbs
