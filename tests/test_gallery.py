@@ -537,3 +537,20 @@ def test_sigkilled_build_leaves_the_old_gallery(zs, tmp_path):
     assert [h.relpath for h in Gallery.open(out).search(zs["queries"][0], k=5)[0].hits] == hits
     build_gallery(zs["ckpt"], photos, out, update=True, quiet=True)
     assert len(list(out.glob("data-*"))) == 1
+
+
+def test_page_search_with_a_method_a_gallery(quant):
+    """The page's search function serves method A's galleries too (an uploaded image as the query)."""
+    from PIL import Image
+
+    from sketchquant.app.gallery import Gallery, build_gallery
+    from sketchquant.app.serve import build_app, search_drawing
+
+    out = quant["tmp"] / "gallery-a"
+    if not (out / "manifest.json").exists():
+        build_gallery(quant["ckpt"], quant["list"], out, quiet=True)
+    g = Gallery.open(out)
+    build_app(g)  # builds without launching
+    image = np.asarray(Image.open(quant["queries"][0]).convert("RGB"))
+    items, msg = search_drawing(g, image, k=3)
+    assert len(items) == 3 and msg == f"Top 3 of {len(g)} (codes features)."

@@ -10,6 +10,10 @@
 
 Every file is written to a temporary name in the target folder and moved into place with ``os.replace``:
 an interrupted run never leaves a half-written ``.npz`` or index.
+
+For searching a photo collection, :mod:`sketchquant.app.gallery` (``sketchquant index --ckpt --images
+--out`` / ``sketchquant search --gallery``) serves both methods with a manifest; the ``.npz`` → index →
+``search --index`` path here stays for a configured dataset split and for existing code files.
 """
 
 from __future__ import annotations

@@ -688,10 +688,14 @@ def build_gallery(
     )
     if not quiet:
         what = f"{report.encoded} encoded, {report.reused} reused" if update else f"{report.encoded} encoded"
+        feats = ", ".join(settings["features"])
+        if settings.get("fusion") == "distance" and "fused" in settings["features"]:
+            feats += " (fused by distance at query time)"
+        size = report.bytes_on_disk
+        human = f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 1024:.0f} KiB"
         print(
             f"gallery {out}: {report.images} images ({what}, {len(bad)} skipped), method "
-            f"{cfg.model.name}, features {', '.join(files)}, index {index_type}, "
-            f"{report.bytes_on_disk / 2**20:.1f} MiB, {report.seconds:.1f} s"
+            f"{cfg.model.name}, features {feats}, index {index_type}, {human}, {report.seconds:.1f} s"
         )
     return report
 

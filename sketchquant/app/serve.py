@@ -98,8 +98,10 @@ def build_app(gallery: Any, k: int = 12):
         except Exception as err:  # noqa: BLE001 - a message on the page, never a traceback
             return [], f"Search failed: {err}"
 
+    sketches = gallery.settings.get("query", "sketch") == "sketch"
+    title = "Sketch search" if sketches else "Image search (draw, or better: upload an image)"
     with gr.Blocks(title="sketchquant search", analytics_enabled=False) as app:
-        gr.Markdown(f"## Sketch search\n{gallery.describe()}", elem_id="sq-info")
+        gr.Markdown(f"## {title}\n{gallery.describe()}", elem_id="sq-info")
         with gr.Row():
             with gr.Column(scale=1):
                 pad = gr.Sketchpad(
@@ -110,7 +112,7 @@ def build_app(gallery: Any, k: int = 12):
                     elem_id="sq-sketch",
                 )
                 upload = gr.Image(
-                    label="…or upload a sketch (used when the canvas is blank)",
+                    label=f"…or upload {'a sketch' if sketches else 'an image'} (used when the canvas is blank)",
                     type="numpy",
                     image_mode="RGBA",
                     sources=("upload", "clipboard"),
