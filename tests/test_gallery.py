@@ -554,3 +554,13 @@ def test_page_search_with_a_method_a_gallery(quant):
     image = np.asarray(Image.open(quant["queries"][0]).convert("RGB"))
     items, msg = search_drawing(g, image, k=3)
     assert len(items) == 3 and msg == f"Top 3 of {len(g)} (codes features)."
+
+
+def test_trainer_group_choice_becomes_single_keys():
+    from sketchquant.app.gallery import GalleryError, expand_trainer_choice
+
+    got = expand_trainer_choice(["trainer=ddp", "trainer.devices=2", "eval.pq_k=4"])
+    assert "trainer.strategy=ddp" in got and got[-2:] == ["trainer.devices=2", "eval.pq_k=4"]
+    assert not any(k.startswith("trainer.max_epochs") for k in got)  # only the extraction settings
+    with pytest.raises(GalleryError, match="trainer=nope: no such choice"):
+        expand_trainer_choice(["trainer=nope"])

@@ -29,7 +29,7 @@ features (k-means costs little next to the network), so an update gives the same
 rebuild; the prototypes of unchanged photos can therefore move a little.
 
 **Extraction** runs through ``Trainer.predict`` with the checkpoint's trainer settings (``trainer.*``
-overrides: ``trainer.strategy=ddp trainer.devices=N``); every process writes its shard, the shards are
+overrides: ``trainer.strategy=ddp trainer.devices=N``, or a group choice ``trainer=ddp``); every process writes its shard, the shards are
 merged by file position (the padding a ``DistributedSampler`` adds is dropped), so a sharded build
 equals a single-process one. Searching needs no Trainer: the network is loaded from the checkpoint.
 """
@@ -504,6 +504,31 @@ def _checkpoint_record(ckpt: Path) -> dict[str, Any]:
 
 
 BUILD_ENV = "SKETCHQUANT_GALLERY_BUILD"
+#: the trainer settings extraction uses (``trainer=NAME`` takes these from ``configs/trainer/NAME.yaml``)
+EXTRACTION_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "precision")
+
+
+def expand_trainer_choice(overrides: Sequence[str]) -> list[str]:
+    """``trainer=NAME`` (a group choice, e.g. ``trainer=ddp``) as the ``trainer.KEY=VALUE`` overrides of
+    its extraction settings: a checkpoint's config takes single keys only."""
+    from omegaconf import OmegaConf
+
+    from sketchquant.core.config import config_dir, list_choices
+
+    out: list[str] = []
+    for item in overrides:
+        key, _, value = str(item).partition("=")
+        if key.strip() != "trainer" or not value:
+            out.append(str(item))
+            continue
+        path = config_dir() / "trainer" / f"{value.strip()}.yaml"
+        if not path.is_file():
+            raise GalleryError(
+                f"trainer={value}: no such choice (choices: {', '.join(list_choices('trainer'))})"
+            )
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+        out += [f"trainer.{k}={v}" for k, v in data.items() if k in EXTRACTION_KEYS]
+    return out
 
 
 def _build_stamp(old: dict | None) -> str:
@@ -557,7 +582,7 @@ def build_gallery(
     elif out.exists() and not out.is_dir():
         raise GalleryError(f"--out {out} exists and is not a folder")
     coll = list_images(images)
-    overrides = list(overrides)
+    overrides = expand_trainer_choice(overrides)
     if pq_m is not None:
         overrides.append(f"eval.pq_m={int(pq_m)}")
     if pq_k is not None:
