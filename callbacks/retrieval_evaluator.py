@@ -55,6 +55,19 @@ def gather_and_dedup(
     return {INDEX: index, **dict(zip(keys, rest))}
 
 
+def hashing_chance(q_labels: torch.Tensor, g_labels: torch.Tensor, map_at, stage: str) -> dict[str, float]:
+    """Chance level of the hashing protocol: a random ranking's AP (CalcTopMap) is, in expectation, the
+    share of the database relevant to the query (sharing a label), whatever the cut-off; averaged over
+    queries. Logged once per cut-off name, e.g. ``test/chance_map_1000``."""
+    q = q_labels.float() if q_labels.dim() == 2 else torch.nn.functional.one_hot(q_labels.long()).float()
+    g = g_labels.float() if g_labels.dim() == 2 else torch.nn.functional.one_hot(g_labels.long()).float()
+    width = max(q.shape[1], g.shape[1])
+    q = torch.nn.functional.pad(q, (0, width - q.shape[1]))
+    g = torch.nn.functional.pad(g, (0, width - g.shape[1]))
+    share = float(((q @ g.T) > 0).float().mean(1).mean())
+    return {f"{stage}/chance_map_{k}": share for k in map_at}
+
+
 class RetrievalEvaluator(pl.Callback):
     def __init__(
         self,
@@ -181,6 +194,8 @@ class RetrievalEvaluator(pl.Callback):
             g = labels[gmask]
             shares = [float((g == c).float().mean()) for c in torch.unique(labels[qmask]).tolist()]
             out[f"{stage}/chance_map_all"] = float(np.mean(shares))
+        elif self.protocol == "hashing":
+            out.update(hashing_chance(labels[qmask], labels[gmask], self.map_at, stage))
         metric = self._new_metric()
         for key in sorted(k for k in data if k.startswith("emb/")):
             name = key.split("/", 1)[1]

@@ -33,3 +33,17 @@ def test_print_results_adds_a_chance_row(capsys):
     print_results("t", {"test/map_all": 0.5, "test/chance_map_all": 0.0667, "test/loss": 2.0})
     out = capsys.readouterr().out
     assert "chance" in out and "0.0667" in out and "loss" not in out and "2.0000" not in out
+
+
+def test_hashing_chance_is_the_share_of_relevant_database_items():
+    import torch
+
+    from callbacks.retrieval_evaluator import hashing_chance
+
+    q = torch.tensor([[1, 0, 0], [0, 1, 1]])
+    g = torch.tensor([[1, 0, 0], [0, 0, 1], [0, 1, 0], [1, 1, 0]])
+    # query 0 shares a label with items 0 and 3 (2/4); query 1 with items 1, 2, 3 (3/4)
+    assert hashing_chance(q, g, (1000, "all"), "test") == {
+        "test/chance_map_1000": 0.625,
+        "test/chance_map_all": 0.625,
+    }
