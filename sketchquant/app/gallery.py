@@ -620,25 +620,25 @@ def build_gallery(
     data_dir = f"data-{_build_stamp(old)}"
     work = out / data_dir
     feats = ok = None
-    if todo:
-        bs = int(batch_size or cfg.data.get("batch_size", 64) or 64)
-        nw = int(workers if workers is not None else (cfg.data.get("num_workers", 0) or 0))
-        module.eval()
-        from sketchquant.app.rundir import restore_env
-
-        outer = os.environ.get(BUILD_ENV)
-        os.environ[BUILD_ENV] = data_dir[len("data-") :]
-        try:
-            feats, ok, main = _extract(
-                cfg, module, [coll.paths[i] for i in todo], work / "shards", batch_size=bs, workers=nw
-            )
-        finally:
-            restore_env(BUILD_ENV, outer)
-        if not main:
-            return None
-    else:
-        work.mkdir(parents=True, exist_ok=True)
     try:
+        if todo:
+            bs = int(batch_size or cfg.data.get("batch_size", 64) or 64)
+            nw = int(workers if workers is not None else (cfg.data.get("num_workers", 0) or 0))
+            module.eval()
+            from sketchquant.app.rundir import restore_env
+
+            outer = os.environ.get(BUILD_ENV)
+            os.environ[BUILD_ENV] = data_dir[len("data-") :]
+            try:
+                feats, ok, main = _extract(
+                    cfg, module, [coll.paths[i] for i in todo], work / "shards", batch_size=bs, workers=nw
+                )
+            finally:
+                restore_env(BUILD_ENV, outer)
+            if not main:
+                return None
+        else:
+            work.mkdir(parents=True, exist_ok=True)
         key = "codes" if settings["query"] == "image" else "raw"
         dim = int(old_stored[key].shape[1]) if old_stored else int(feats.shape[1])
         rows = np.zeros((n, dim), np.uint8 if key == "codes" else np.float32)
