@@ -109,13 +109,16 @@ def _metrics_of_search(results, ql, gl, cfg, protocol: str):
 # search equals evaluate
 
 
-@pytest.mark.parametrize("fusion", ["feature", "distance"])
-def test_search_equals_evaluate_method_b(zs, fusion):
+@pytest.mark.parametrize(
+    "overrides",
+    [["eval.fusion=feature"], ["eval.fusion=distance"], ["eval.pq_max_points_per_centroid=2"]],
+    ids=["feature-fusion", "distance-fusion", "sampled-kmeans"],
+)
+def test_search_equals_evaluate_method_b(zs, overrides):
     from sketchquant.app.gallery import Gallery, build_gallery
     from sketchquant.app.train import evaluate
 
-    overrides = [f"eval.fusion={fusion}"]
-    out = zs["tmp"] / f"gallery-{fusion}"
+    out = zs["tmp"] / f"gallery-{overrides[0].replace('=', '-')}"
     build_gallery(zs["ckpt"], zs["list"], out, overrides=overrides, quiet=True)
     g = Gallery.open(out)
     assert len(g) == len(zs["gpaths"]) and g.features == ["raw", "proto", "fused"]

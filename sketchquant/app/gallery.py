@@ -17,9 +17,10 @@ gallery still opens.
 
 **Same ranking as evaluation** (SPEC §C): method B stores the L2-normalised raw features ``x``; the
 PQ prototypes ``x̂`` are fitted with :func:`~sketchquant.core.retrieval.prototypes.fit_product_quantizer`
-on every gallery feature with the checkpoint's ``eval.pq_m`` / ``eval.pq_k`` (seed 0), exactly as the
-evaluator fits them; ``fused`` is ``(1 − λ)x̂ + λx`` (feature fusion) or, with ``eval.fusion=distance``,
-the evaluator's own distance-fusion function over the whole gallery. Ties go to the lower gallery
+on the gallery features with the checkpoint's ``eval.pq_m`` / ``eval.pq_k`` /
+``eval.pq_max_points_per_centroid`` (seed 0), exactly as the evaluator fits them; ``fused`` is
+``(1 − λ)x̂ + λx`` (feature fusion) or, with ``eval.fusion=distance``, the evaluator's own
+distance-fusion function over the whole gallery. Ties go to the lower gallery
 position (the order of the list file, or sorted paths for a folder). Method A stores uint8 codes in
 ``IndexScalarQuantizer(QT_8bit_direct)`` (exact squared L2 between codes).
 
@@ -371,6 +372,7 @@ def _settings(cfg: Any) -> dict[str, Any]:
         "pq_m": int(ev.pq_m),
         "pq_k": int(ev.pq_k),
         "pq_seed": 0,
+        "pq_max_points_per_centroid": ev.get("pq_max_points_per_centroid"),
         "fusion": str(ev.fusion),
         "fusion_lambda": float(ev.fusion_lambda),
     }
@@ -428,7 +430,13 @@ def _fit_pq(settings: dict, raw: np.ndarray) -> tuple[np.ndarray, int]:
         k_new = 1 << (max(n, 2).bit_length() - 1)
         print(f"warning: pq_k={k} is more than the {n} gallery photos; using pq_k={k_new}", file=sys.stderr)
         k = k_new
-    pq = fit_product_quantizer(raw, m=int(settings["pq_m"]), k=k, seed=int(settings["pq_seed"]))
+    pq = fit_product_quantizer(
+        raw,
+        m=int(settings["pq_m"]),
+        k=k,
+        seed=int(settings["pq_seed"]),
+        max_points_per_centroid=settings.get("pq_max_points_per_centroid"),
+    )
     import faiss
 
     return faiss.vector_to_array(pq.centroids).astype(np.float32), k
