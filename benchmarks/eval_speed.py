@@ -1,44 +1,48 @@
-"""Speed of the chunked, exact SBIR evaluation at benchmark scale, against a SAKE-style reference.
+"""Speed of the exact retrieval metrics at benchmark scale, against the bare matrix product they need.
 
-    python benchmarks/eval_speed.py --scale tuberlin|quickdraw|all [--ref-queries 40] [--out PATH]
+    python benchmarks/eval_speed.py --scale tuberlin|quickdraw|all [--ref-queries 40] [--no-ddp] [--out PATH]
 
 Data: random class-clustered float32 features, d = 512, 30 unseen classes (TU-Berlin Ext: 2,400
-queries × 27,989 gallery; QuickDraw Ext: 92,291 × 54,151). Metrics: mAP@all, mAP@200, P@100, P@200.
+queries × 27,989 gallery; QuickDraw Ext: 92,291 × 54,151). SBIR metrics: mAP@all, mAP@200, P@100,
+P@200 (VOC AP); hashing metrics (same features and labels): mAP@1000, mAP@all, P@100.
 
-- ``seconds``: wall time of one ``sbir_metrics`` call (normalisation, distances, ranking, metrics);
-  ``cpu_seconds`` its process CPU time and ``load_avg_1min_before_after`` the machine's 1-minute load
-  average around it (timings on a shared machine are only comparable at similar load).
-- ``peak_rss_mb``: peak resident set size of the process that ran that scale (``resource.getrusage``
-  ``ru_maxrss``; each scale runs in its own child process, so it includes that scale's data arrays),
-  and ``data_mb`` the size of the feature arrays themselves.
-- ``reference``: SAKE's loop (``eval_AP_inner`` / ``VOCap`` with its Python loop / ``eval_precision``,
-  from ``sketchquant.core.retrieval.reference``) with one distance row per query, ties by index, timed on
-  the first ``--ref-queries`` queries and extrapolated per query to the whole query set
-  (``ref_seconds_extrapolated``); ``speedup`` = that / ``seconds``. The same subsample is evaluated by
-  the fast code too and the largest difference of the aggregated metrics is reported (``max_abs_diff``).
+Per scale, each in its own child process (so peak memory is that scale's):
+
+- ``bare_seconds``: a plain float32 ``torch.mm`` of the same Q·Gᵀ in 4,096-row chunks — the work no
+  exact evaluation can skip — timed around each metric call in the same process (``bare`` before and
+  after, averaged); ``sbir_ratio`` / ``hashing_ratio`` = metric seconds ÷ that. Ratios are what compare
+  across machines and loads; seconds only at similar load (``load_avg_1min_before_after``).
+- ``peak_rss_mb``: ``ru_maxrss`` of that child (its feature arrays included), ``data_mb`` the arrays.
+- ``ddp``: the SBIR metrics in 2 gloo processes (``query_shard`` + all-reduce, 1 thread each), wall time
+  of the slower rank and whether the numbers equal the 1-process ones exactly.
+- ``gpu``: the same on CUDA (``device="cuda"``) when a GPU is present, with its own bare product.
+- ``max_abs_diff_vs_reference``: the first ``--ref-queries`` queries against the per-query SAKE loop of
+  ``sketchquant.core.retrieval.reference`` (float64 distances), with its time extrapolated.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import resource
+import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 SCALES = {
+    "small": dict(n_query=700, n_gallery=9001, n_classes=30),  # a quick check of the script itself
     "tuberlin": dict(n_query=2400, n_gallery=27989, n_classes=30),
     "quickdraw": dict(n_query=92291, n_gallery=54151, n_classes=30),
 }
 DIM = 512
 MAP_AT = ("all", 200)
 P_AT = (100, 200)
+HASH = dict(map_at=(1000, "all"), p_at=(100,))
+BARE_ROWS = 4096
 
 
 def make_data(n_query: int, n_gallery: int, n_classes: int, seed: int = 0):
@@ -63,50 +67,124 @@ def reference(q, ql, g, gl):
     return {k: v for k, v in res.items() if k.startswith(("map_", "p_")) and not k.endswith("_micro")}
 
 
+def bare_matmul(q, g, device="cpu") -> float:
+    import torch
+
+    qt, gt = torch.as_tensor(q, device=device), torch.as_tensor(g, device=device)
+    t0 = time.perf_counter()
+    for i in range(0, qt.shape[0], BARE_ROWS):
+        torch.mm(qt[i : i + BARE_ROWS], gt.T)
+    if qt.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def timed(fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
 def run_scale(name: str, ref_queries: int) -> dict:
     import torch
 
-    from sketchquant.core.retrieval.metrics import sbir_metrics
+    from sketchquant.core.retrieval.metrics import hashing_metrics, sbir_metrics
 
     cfg = SCALES[name]
-    t0 = time.perf_counter()
     q, ql, g, gl = make_data(**cfg)
-    gen_s = time.perf_counter() - t0
     data_mb = (q.nbytes + g.nbytes + ql.nbytes + gl.nbytes) / 2**20
     load_before = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    c0 = time.process_time()
-    res = sbir_metrics(q, ql, g, gl, map_at=MAP_AT, p_at=P_AT)
-    seconds = time.perf_counter() - t0
-    cpu_seconds = time.process_time() - c0
+    b1 = bare_matmul(q, g)
+    res, sbir_s = timed(sbir_metrics, q, ql, g, gl, map_at=MAP_AT, p_at=P_AT)
+    b2 = bare_matmul(q, g)
+    hres, hash_s = timed(hashing_metrics, q, ql, g, gl, **HASH)
+    b3 = bare_matmul(q, g)
     load_after = os.getloadavg()[0]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     nr = min(ref_queries, q.shape[0])
-    t0 = time.perf_counter()
-    ref = reference(q[:nr], ql[:nr], g, gl)
-    ref_s = time.perf_counter() - t0
-    fast_sub = sbir_metrics(q[:nr], ql[:nr], g, gl, map_at=MAP_AT, p_at=P_AT)
-    diff = max(abs(fast_sub[k] - v) for k, v in ref.items())
-    ref_total = ref_s / nr * q.shape[0]
-    return {
+    ref, ref_s = timed(reference, q[:nr], ql[:nr], g, gl)
+    sub = sbir_metrics(q[:nr], ql[:nr], g, gl, map_at=MAP_AT, p_at=P_AT)
+    out = {
         "scale": name,
         **cfg,
         "dim": DIM,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
-        "seconds": round(seconds, 3),
-        "cpu_seconds": round(cpu_seconds, 1),
         "load_avg_1min_before_after": [round(load_before, 2), round(load_after, 2)],
+        "bare_seconds": [round(b, 3) for b in (b1, b2, b3)],
+        "sbir_seconds": round(sbir_s, 3),
+        "sbir_ratio": round(sbir_s / ((b1 + b2) / 2), 3),
+        "hashing_seconds": round(hash_s, 3),
+        "hashing_ratio": round(hash_s / ((b2 + b3) / 2), 3),
         "peak_rss_mb": round(peak_mb, 1),
         "data_mb": round(data_mb, 1),
-        "data_generation_seconds": round(gen_s, 2),
         "ref_queries": nr,
-        "ref_seconds": round(ref_s, 3),
-        "ref_seconds_per_query": round(ref_s / nr, 5),
-        "ref_seconds_extrapolated": round(ref_total, 1),
-        "speedup": round(ref_total / seconds, 1),
-        "max_abs_diff_vs_reference": diff,
-        "metrics": {k: v for k, v in res.items()},
+        "ref_seconds_extrapolated": round(ref_s / nr * q.shape[0], 1),
+        "max_abs_diff_vs_reference": max(abs(sub[k] - v) for k, v in ref.items()),
+        "metrics": res,
+        "hashing_metrics": hres,
+    }
+    if torch.cuda.is_available():
+        gb = bare_matmul(q, g, "cuda")
+        gres, gs = timed(sbir_metrics, q, ql, g, gl, map_at=MAP_AT, p_at=P_AT, device="cuda")
+        out["gpu"] = {
+            "name": torch.cuda.get_device_name(),
+            "sbir_seconds": round(gs, 3),
+            "bare_seconds": round(gb, 3),
+            "sbir_ratio": round(gs / gb, 3),
+            "equal_to_cpu": gres == res,
+        }
+    return out
+
+
+def _ddp_rank(rank: int, world: int, port: int, name: str, queue) -> None:
+    import torch
+
+    from sketchquant.core.retrieval.metrics import sbir_metrics
+    from sketchquant.core.retrieval.torchmetric import all_reduce_sum
+
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        q, ql, g, gl = make_data(**SCALES[name])
+        torch.distributed.barrier()
+        res, s = timed(
+            sbir_metrics,
+            q,
+            ql,
+            g,
+            gl,
+            map_at=MAP_AT,
+            p_at=P_AT,
+            query_shard=(rank, world),
+            reduce_fn=all_reduce_sum,
+        )
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        queue.put((rank, s, peak, res))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def run_ddp(name: str, one: dict, world: int = 2) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [ctx.Process(target=_ddp_rank, args=(r, world, port, name, queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    got = [queue.get() for _ in procs]
+    for p in procs:
+        p.join()
+    seconds = max(g[1] for g in got)
+    return {
+        "processes": world,
+        "seconds": round(seconds, 3),
+        "ratio_to_one_process_bare": round(seconds / (sum(one["bare_seconds"][:2]) / 2), 3),
+        "peak_rss_mb_per_process": round(max(g[2] for g in got), 1),
+        "equal_to_one_process": all(g[3] == one["metrics"] for g in got),
     }
 
 
@@ -117,60 +195,59 @@ def _child(name: str, ref_queries: int, queue) -> None:
         queue.put({"scale": name, "error": repr(exc)})
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def main(argv=None) -> int:
+    from sketchquant.core.io import atomic_write_json
+    from sketchquant.core.report import print_table
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scale", choices=["tuberlin", "quickdraw", "all"], default="tuberlin")
+    ap.add_argument("--scale", choices=["small", "tuberlin", "quickdraw", "all"], default="tuberlin")
     ap.add_argument("--ref-queries", type=int, default=40)
+    ap.add_argument("--no-ddp", action="store_true", help="skip the 2-process run")
     ap.add_argument(
         "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "eval_speed.json"
     )
     args = ap.parse_args(argv)
-    names = list(SCALES) if args.scale == "all" else [args.scale]
+    names = ["tuberlin", "quickdraw"] if args.scale == "all" else [args.scale]
     ctx = mp.get_context("spawn")
     results = []
     for name in names:
         queue = ctx.Queue()
         proc = ctx.Process(target=_child, args=(name, args.ref_queries, queue))
         proc.start()
-        results.append(queue.get())
+        r = queue.get()
         proc.join()
-        r = results[-1]
-        if "error" in r:
-            print(f"{name}: FAILED {r['error']}", file=sys.stderr)
-        else:
-            print(f"{name}: {r['seconds']:.1f} s done", file=sys.stderr, flush=True)
-    hdr = (
-        f"{'scale':10s} {'queries×gallery':>16s} {'seconds':>8s} {'peak RSS MB':>11s} {'ref s/query':>11s} "
-        f"{'ref total s (extrap.)':>21s} {'speed-up':>8s} {'max|diff|':>9s}"
-    )
-    print(hdr)
+        if "error" not in r and not args.no_ddp:
+            r["ddp"] = run_ddp(name, r)
+        results.append(r)
+        print(f"{name}: {'FAILED ' + r['error'] if 'error' in r else 'done'}", file=sys.stderr, flush=True)
+    cols = ["scale", "Q × N", "bare s", "sbir s", "sbir ÷ bare", "hash s", "hash ÷ bare", "peak MB"]
+    cols += ["2 proc s", "2 proc ÷ bare", "2 = 1 proc", "GPU ÷ bare", "load before/after", "max|diff| ref"]
+    rows = []
     for r in results:
         if "error" in r:
-            print(f"{r['scale']:10s} error: {r['error']}")
+            rows.append([r["scale"], "error: " + r["error"]] + [None] * (len(cols) - 2))
             continue
-        print(
-            f"{r['scale']:10s} {r['n_query']:>7d}×{r['n_gallery']:<8d} {r['seconds']:8.2f} {r['peak_rss_mb']:11.0f} "
-            f"{r['ref_seconds_per_query']:11.4f} {r['ref_seconds_extrapolated']:21.1f} {r['speedup']:8.1f} "
-            f"{r['max_abs_diff_vs_reference']:9.1e}"
+        ddp, gpu = r.get("ddp", {}), r.get("gpu", {})
+        rows.append(
+            [
+                r["scale"],
+                f"{r['n_query']:,} × {r['n_gallery']:,}",
+                sum(r["bare_seconds"]) / 3,
+                r["sbir_seconds"],
+                r["sbir_ratio"],
+                r["hashing_seconds"],
+                r["hashing_ratio"],
+                r["peak_rss_mb"],
+                ddp.get("seconds"),
+                ddp.get("ratio_to_one_process_bare"),
+                ddp.get("equal_to_one_process"),
+                gpu.get("sbir_ratio"),
+                "{} / {}".format(*r["load_avg_1min_before_after"]),
+                f"{r['max_abs_diff_vs_reference']:.1e}",
+            ]
         )
-    print(
-        "peak RSS = ru_maxrss of the child process that ran the scale (includes its feature arrays); "
-        "reference timed on the first --ref-queries queries and extrapolated per query."
-    )
-    write_json_atomic(args.out, {"results": results, "note": "see benchmarks/eval_speed.py docstring"})
+    print_table("exact retrieval metrics vs the bare chunked matrix product", cols, rows, digits=2)
+    atomic_write_json(args.out, {"results": results, "note": "see benchmarks/eval_speed.py docstring"})
     return 0 if all("error" not in r for r in results) else 1
 
 

@@ -75,9 +75,12 @@ def _evaluate_all(shard_feed, world: int):
 
     engine.run = counting_run
     try:
-        sbir = RetrievalMetric("sbir", map_at=("all", 50), p_at=(10, 100))
-        hashing = RetrievalMetric("hashing", map_at=(30, "all"), p_at=(20,))
-        ev = RetrievalEvaluator(map_at=("all", 50), p_at=(10,), grid=False, pq_m=2, pq_k=4)
+        # small chunks: processes share the queries chunk by chunk
+        sbir = RetrievalMetric("sbir", map_at=("all", 50), p_at=(10, 100), chunk_size=5)
+        hashing = RetrievalMetric("hashing", map_at=(30, "all"), p_at=(20,), chunk_size=4)
+        ev = RetrievalEvaluator(
+            map_at=("all", 50), p_at=(10,), grid=False, pq_m=2, pq_k=4, memory_budget_mb=0.05
+        )
         for feats, labels, domain, index in shard_feed:
             sbir.update(feats, labels, domain, index)
             hashing.update(torch.sign(feats), labels, domain, index)

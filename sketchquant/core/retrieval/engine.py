@@ -244,7 +244,7 @@ def run(
     results: list[Any] = [None] * len(starts)
 
     def work(w: int) -> None:
-        if workers > 1:
+        if cpu:  # one thread per product: its rounding is then the same whatever the thread count
             torch.set_num_threads(1)
         buf = torch.empty(chunk * n_gallery, device=device, dtype=dtype)
         for ci in range(w, len(starts), workers):
@@ -260,7 +260,7 @@ def run(
             )
             results[ci] = (per_query_metrics(ranks, n_rel, n_gallery, map_at, p_at, ap, protocol), n_rel)
 
-    if workers == 1:
+    if not cpu:
         work(0)
     else:
         threads = torch.get_num_threads()

@@ -91,11 +91,12 @@ def _setup(
     return dev, q.dtype, keys.distance_fill(q, g, metric)
 
 
-def _shard(queries: torch.Tensor, query_shard: Any) -> torch.Tensor:
-    """This process's contiguous share of ``queries`` (``query_shard = (rank, world)``)."""
+def _shard(queries: torch.Tensor, query_shard: Any, chunk: int) -> torch.Tensor:
+    """This process's share of ``queries`` (``query_shard = (rank, world)``): a contiguous run of whole
+    chunks, so every chunk is the same matrix product in any number of processes (same rounding)."""
     rank, world = check_query_shard(query_shard)
-    n = queries.numel()
-    return queries[rank * n // world : (rank + 1) * n // world]
+    n_chunks = -(-queries.numel() // chunk)
+    return queries[rank * n_chunks // world * chunk : (rank + 1) * n_chunks // world * chunk]
 
 
 def _full(
@@ -147,7 +148,7 @@ def _sbir_run(
     relevant, n_rel = engine.class_relevance(ql, gl)
     # queries in class order: a chunk's rows then share few relevant-column lists
     queries = torch.argsort(ql, stable=True)
-    queries = _shard(queries[n_rel.index_select(0, queries) > 0], query_shard)
+    queries = _shard(queries[n_rel.index_select(0, queries) > 0], query_shard, chunk)
     per, _ = engine.run(fill, queries, gl.shape[0], relevant, dtype, map_ks, p_ks, ap, "sbir", chunk, device)
     full = _full(per, queries, ql.shape[0], reduce_fn)
     return _sbir_aggregate(dict(zip(per, full)), n_rel, ql)
@@ -277,7 +278,7 @@ def hashing_metrics(
         gl_t = gl_d.T.contiguous()
         relevant = engine.mask_relevance(lambda idx: (ql_d.index_select(0, idx) @ gl_t) > 0)
     chunk = keys.chunk_rows(g.shape[0], chunk_size, memory_budget_mb)
-    queries = _shard(torch.arange(q.shape[0], device=dev), query_shard)
+    queries = _shard(torch.arange(q.shape[0], device=dev), query_shard, chunk)
     per, tot = engine.run(
         fill, queries, g.shape[0], relevant, dtype, map_ks, p_ks, "standard", "hashing", chunk, dev
     )
