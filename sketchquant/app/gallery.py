@@ -741,14 +741,14 @@ class Gallery:
     """An opened gallery: its manifest, indexes and the network that encodes queries."""
 
     def __init__(
-        self, path: Path, manifest: dict, cfg: Any, module: Any, indexes: dict, stored: dict
+        self, path: Path, manifest: dict, cfg: Any, module: Any, indexes: dict, stored: dict | None = None
     ) -> None:
         self.path = path
         self.manifest = manifest
         self.cfg = cfg
         self.module = module
         self.indexes = indexes
-        self.stored = stored
+        self._stored = stored
         self.settings = manifest["settings"]
         self.root = Path(manifest["image_root"])
         items = manifest["items"]
@@ -819,9 +819,16 @@ class Gallery:
                 indexes[name] = faiss.read_index(str(data / info["file"]))
             except RuntimeError as err:
                 raise GalleryError(f"gallery {path}: index {info['file']} is unreadable: {err}") from err
-        with np.load(data / "features.npz") as z:
-            stored = {k: z[k] for k in z.files}
-        return cls(path, manifest, cfg, module, indexes, stored)
+        return cls(path, manifest, cfg, module, indexes)
+
+    @property
+    def stored(self) -> dict[str, np.ndarray]:
+        """``features.npz``: the stored features (and PQ codebook), read on first use — searching an
+        index does not need them (distance fusion does)."""
+        if self._stored is None:
+            with np.load(self.path / self.manifest["data_dir"] / "features.npz") as z:
+                self._stored = {k: z[k] for k in z.files}
+        return self._stored
 
     # ---- facts
 
@@ -899,7 +906,7 @@ class Gallery:
     @torch.no_grad()
     def _encode_batch(self, x: torch.Tensor) -> np.ndarray:
         out = self.module(x).cpu().numpy()
-        return out.astype(np.float32) if "codes" in self.stored else _normalise(out)
+        return out.astype(np.float32) if self.settings["query"] == "image" else _normalise(out)
 
     def search(
         self, queries: Sequence[Any] | Any, k: int = 10, features: str | None = None
