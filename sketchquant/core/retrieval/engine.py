@@ -29,6 +29,8 @@ from .checks import metric_name
 
 #: cells ranked at once on the CPU (a block's temporaries stay in the cache)
 BLOCK_CELLS = 2**20
+#: buckets per gallery item: more means fewer items to compare exactly, a larger histogram
+BUCKETS_PER_ITEM = 1.0
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -48,7 +50,7 @@ def relevant_ranks(
     if L == 0:
         return torch.empty(m, 0, dtype=torch.int64, device=dev)
     n_rel = n_rel.to(dev)
-    nb = max(2, int(n_buckets) if n_buckets is not None else n)
+    nb = max(2, int(n_buckets) if n_buckets is not None else int(n * BUCKETS_PER_ITEM))
     nbp = nb + 2
     if m > 1 and m * nbp >= (2**23 if keys.dtype == torch.float32 else 2**52):  # bucket ids exact in floats
         h = m // 2
@@ -134,7 +136,7 @@ def _within_bucket(
     starts[1:] = sb[1:] != sb[:-1]
     start_idx = starts.nonzero().squeeze(1)
     table = torch.empty(m * nbp, dtype=torch.int64, device=dev)
-    table.index_copy_(0, sb.index_select(0, start_idx), start_idx)
+    table.scatter_(0, sb.index_select(0, start_idx), start_idx)
     first = table.index_select(0, cb)
     rel_sorted = rel_flat.index_select(0, order)
     rk, rcol = flat_keys.index_select(0, rel_sorted), rel_sorted % n
@@ -147,9 +149,7 @@ def _within_bucket(
         kj = rk.index_select(0, j)
         ok &= (ck < kj) | ((ck == kj) & (ccol < rcol.index_select(0, j)))
         within.index_add_(0, j, ok.long())
-    out = torch.empty_like(within)
-    out.index_copy_(0, order, within)
-    return out
+    return torch.empty_like(within).scatter_(0, order, within)
 
 
 def _within_bucket_sorted(
