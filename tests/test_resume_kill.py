@@ -23,8 +23,9 @@ from conftest import tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: kills the process at (where, epoch, batch): "train" = after the batch's callbacks (a LastCheckpoint
-#: write included), "val" = before a validation batch; SQ_KILL="SIGKILL:val:1:0"
+#: kills the process at (where, epoch, batch): "step" = as the batch starts (the signal arrives during the
+#: step), "train" = after the batch's callbacks (a LastCheckpoint write included), "val" = before a
+#: validation batch; SQ_KILL="SIGKILL:val:1:0"
 KILLER = textwrap.dedent(
     """
     import os, signal, sys
@@ -40,6 +41,9 @@ KILLER = textwrap.dedent(
             if (where, trainer.current_epoch, batch_idx) == (self.where, self.epoch, self.batch):
                 if not trainer.sanity_checking:
                     os.kill(os.getpid(), self.sig)
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self._hit(trainer, "step", batch_idx)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self._hit(trainer, "train", batch_idx)
@@ -135,12 +139,12 @@ def _assert_same_checkpoint(a: Path, b: Path) -> None:
 def test_killed_and_resumed_run_matches_straight_run(tmp_path):
     """One run interrupted five ways (each resume continues the previous state) ends like a straight run:
 
-    1. SIGTERM inside epoch 0 → ``last.ckpt`` written at that batch's end, exit 143;
+    1. SIGTERM during epoch 0's first step → ``last.ckpt`` written at that batch's end, exit 143;
     2. SIGKILL inside epoch 1, one batch after a ``checkpoint.every_n_steps`` write;
     3. SIGTERM during epoch 1's validation (resumes from the mid-epoch checkpoint of 2.);
-    4. SLURM's SIGUSR1 in epoch 2: checkpoint at the next batch end, ``scontrol requeue 4242``, exit 138;
-       the requeued job (``SLURM_RESTART_COUNT``) continues in ``slurm4242`` without ``resume=``;
-    5. ``last.ckpt`` truncated: the resume names it and falls back to ``last.prev.ckpt``.
+    4. SLURM's SIGUSR1 during a step of epoch 2: checkpoint at that batch's end, ``scontrol requeue 4242``,
+       exit 138; the requeued job (``SLURM_RESTART_COUNT``) continues in ``slurm4242`` without ``resume=``;
+    5. ``last.ckpt`` truncated: the resume names it and falls back to ``last.prev.ckpt`` (epoch 1's end).
     """
     straight = _run(tmp_path, _overrides(tmp_path, name="straight"))
     assert straight.returncode == 0, straight.stderr[-3000:]
@@ -159,15 +163,16 @@ def test_killed_and_resumed_run_matches_straight_run(tmp_path):
         assert res.returncode == expect_rc, f"{kill}: rc {res.returncode}\n{res.stderr[-3000:]}"
         return res
 
-    step("SIGTERM:train:0:1", 0, 128 + signal.SIGTERM)
+    step("SIGTERM:step:0:0", 0, 128 + signal.SIGTERM)
     ck = torch.load(last, weights_only=False)
-    assert (ck["epoch"], ck["global_step"]) == (0, 2)  # written at the interrupted batch, inside epoch 0
+    assert (ck["epoch"], ck["global_step"]) == (0, 1)  # written at the interrupted batch, inside epoch 0
     step("SIGKILL:train:1:1", 1, -signal.SIGKILL)
     assert torch.load(last, weights_only=False)["global_step"] == 4  # the every_n_steps write before the kill
     step("SIGTERM:val:1:0", 2, 128 + signal.SIGTERM)
-    step("SIGUSR1:train:2:0", 3, 128 + signal.SIGUSR1)
+    step("SIGUSR1:step:2:0", 3, 128 + signal.SIGUSR1)
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
-    assert torch.load(last, weights_only=False)["global_step"] == 8
+    assert torch.load(last, weights_only=False)["global_step"] == 7
+    assert torch.load(run_dir / "checkpoints" / "last.prev.ckpt", weights_only=False)["global_step"] == 6
     with open(last, "r+b") as fh:  # a broken disk or copy
         fh.truncate(last.stat().st_size // 2)
     res = step(None, 4, 0)
