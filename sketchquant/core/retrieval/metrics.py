@@ -35,8 +35,10 @@ codes) with ``normalize=False`` are compared exactly in integer arithmetic (floa
 to 2^53), so no rounding ever merges or splits a tie.
 
 How it scales: the query × gallery matrix is never built whole; :mod:`.engine` ranks query chunks sized
-from ``memory_budget_mb`` (see there). Input checks live in :mod:`.checks`, per-query reference
-implementations of the published code in :mod:`.reference`, the torchmetrics wrapper in :mod:`.torchmetric`.
+from ``memory_budget_mb`` (see there), with keys from :mod:`.keys` and relevance from :mod:`.relevance`;
+``device=`` picks where, ``query_shard=`` / ``reduce_fn=`` split the queries over processes
+(:mod:`.aggregate`). Input checks live in :mod:`.checks`, per-query reference implementations of the
+published code in :mod:`.reference`, the torchmetrics wrapper in :mod:`.torchmetric`.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import engine, keys
+from . import aggregate, engine, keys, relevance
 from .checks import (
     APS,
     METRICS,
@@ -56,7 +58,6 @@ from .checks import (
     check_ks,
     check_multi_labels,
     check_pair,
-    check_query_shard,
     check_single_labels,
     metric_name,
     sources,
@@ -71,7 +72,7 @@ __all__ = [
     "metric_name",
 ]
 
-Reduce = Callable[[torch.Tensor], torch.Tensor]
+Reduce = aggregate.Reduce
 
 
 def _setup(
@@ -91,46 +92,6 @@ def _setup(
     return dev, q.dtype, keys.distance_fill(q, g, metric)
 
 
-def _shard(queries: torch.Tensor, query_shard: Any, chunk: int) -> torch.Tensor:
-    """This process's share of ``queries`` (``query_shard = (rank, world)``): a contiguous run of whole
-    chunks, so every chunk is the same matrix product in any number of processes (same rounding)."""
-    rank, world = check_query_shard(query_shard)
-    n_chunks = -(-queries.numel() // chunk)
-    return queries[rank * n_chunks // world * chunk : (rank + 1) * n_chunks // world * chunk]
-
-
-def _full(
-    per: dict[str, torch.Tensor], queries: torch.Tensor, n_query: int, reduce_fn: Reduce | None
-) -> torch.Tensor:
-    """The per-query values as one ``len(per) × n_query`` float64 matrix, zero outside ``queries``, summed
-    over the processes by ``reduce_fn`` (exact: every entry is non-zero in one process at most)."""
-    full = torch.zeros(len(per), n_query, dtype=torch.float64, device=queries.device)
-    for i, v in enumerate(per.values()):
-        full[i].index_copy_(0, queries, v.to(torch.float64))
-    return reduce_fn(full) if reduce_fn is not None else full
-
-
-def _sbir_aggregate(
-    per: dict[str, torch.Tensor], tot: torch.Tensor, labels: torch.Tensor
-) -> dict[str, float]:
-    keep = tot.cpu() > 0
-    out: dict[str, float] = {}
-    lab = labels.cpu()[keep]
-    classes = torch.unique(lab)
-    for name, v in per.items():
-        v = v.cpu()[keep]
-        if v.numel() == 0:
-            out[name] = float("nan")
-            out[name + "_micro"] = float("nan")
-            continue
-        class_means = torch.stack([v[lab == c].mean() for c in classes])
-        out[name] = float(class_means.mean())
-        out[name + "_micro"] = float(v.mean())
-    out["num_queries"] = int(labels.numel())
-    out["num_queries_no_relevant"] = int((~keep).sum())
-    return out
-
-
 def _sbir_run(
     fill: Callable,
     ql: torch.Tensor,
@@ -145,13 +106,13 @@ def _sbir_run(
     reduce_fn: Reduce | None = None,
 ) -> dict[str, float]:
     ql, gl = ql.to(device), gl.to(device)
-    relevant, n_rel = engine.class_relevance(ql, gl)
+    relevant, n_rel = relevance.class_relevance(ql, gl)
     # queries in class order: a chunk's rows then share few relevant-column lists
     queries = torch.argsort(ql, stable=True)
-    queries = _shard(queries[n_rel.index_select(0, queries) > 0], query_shard, chunk)
+    queries = aggregate.shard(queries[n_rel.index_select(0, queries) > 0], query_shard, chunk)
     per, _ = engine.run(fill, queries, gl.shape[0], relevant, dtype, map_ks, p_ks, ap, "sbir", chunk, device)
-    full = _full(per, queries, ql.shape[0], reduce_fn)
-    return _sbir_aggregate(dict(zip(per, full)), n_rel, ql)
+    full = aggregate.full(per, queries, ql.shape[0], reduce_fn)
+    return aggregate.sbir_aggregate(dict(zip(per, full)), n_rel, ql)
 
 
 def sbir_metrics(
@@ -273,16 +234,16 @@ def hashing_metrics(
     dev, dtype, fill = _setup(q, g, metric, normalize, distance_fn, device)
     ql_d, gl_d = ql.to(dev), gl.to(dev)
     if bool((ql_d.sum(1) == 1).all()) and bool((gl_d.sum(1) == 1).all()):
-        relevant, _ = engine.class_relevance(ql_d.argmax(1), gl_d.argmax(1))  # one label each: classes
+        relevant, _ = relevance.class_relevance(ql_d.argmax(1), gl_d.argmax(1))  # one label each: classes
     else:
         gl_t = gl_d.T.contiguous()
-        relevant = engine.mask_relevance(lambda idx: (ql_d.index_select(0, idx) @ gl_t) > 0)
+        relevant = relevance.mask_relevance(lambda idx: (ql_d.index_select(0, idx) @ gl_t) > 0)
     chunk = keys.chunk_rows(g.shape[0], chunk_size, memory_budget_mb)
-    queries = _shard(torch.arange(q.shape[0], device=dev), query_shard, chunk)
+    queries = aggregate.shard(torch.arange(q.shape[0], device=dev), query_shard, chunk)
     per, tot = engine.run(
         fill, queries, g.shape[0], relevant, dtype, map_ks, p_ks, "standard", "hashing", chunk, dev
     )
-    full = _full({**per, "n_rel": tot}, queries, q.shape[0], reduce_fn)
+    full = aggregate.full({**per, "n_rel": tot}, queries, q.shape[0], reduce_fn)
     out: dict[str, float] = {name: float(v.mean()) for name, v in zip(per, full)}
     out["num_queries"] = int(q.shape[0])
     out["num_queries_no_relevant"] = int((full[-1] == 0).sum())
