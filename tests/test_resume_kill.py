@@ -347,3 +347,40 @@ def test_last_checkpoint_writes_inside_epochs_and_stops_on_signal(tmp_path, monk
     finally:
         cb.teardown(trainer, None, "fit")
     assert signal.getsignal(signal.SIGUSR1) == before  # the handler is put back
+
+
+@pytest.mark.slow
+def test_full_disk_during_training_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """ENOSPC while writing epoch 1's last.ckpt: DiskFullError naming it; epoch 0's last.ckpt is intact and
+    the run resumes from it once there is space again."""
+    import callbacks.atomic_checkpoint as atomic
+    from sketchquant.app.methods import compose
+    from sketchquant.app.train import train
+    from sketchquant.core.io import DiskFullError
+
+    monkeypatch.delenv("SKETCHQUANT_RUN_DIR", raising=False)
+    overrides = tiny_overrides(
+        "zs_sbir", tmp_path, name="full", test_after_fit="false", **{"trainer.max_epochs": 2}
+    )
+    real_save, writes = atomic.torch.save, []
+
+    def save(obj, fh):
+        if ".last.ckpt." in getattr(fh, "name", ""):
+            writes.append(obj["epoch"])
+            if len(writes) == 2:
+                fh.write(b"half a checkpoint")
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, fh)
+
+    monkeypatch.setattr(atomic.torch, "save", save)
+    with pytest.raises(DiskFullError, match="disk full while writing .*last.ckpt; the previous file"):
+        train(compose("zs_sbir", overrides))
+    ckpts = next((tmp_path / "runs" / "zs_sbir").glob("*-full")) / "checkpoints"
+    assert torch.load(ckpts / "last.ckpt", weights_only=False)["epoch"] == 0
+    assert not [p for p in ckpts.iterdir() if p.name.endswith(".tmp")]
+
+    monkeypatch.setattr(atomic.torch, "save", real_save)
+    monkeypatch.delenv("SKETCHQUANT_RUN_DIR", raising=False)
+    out = train(compose("zs_sbir", [*overrides, "resume=auto"]))
+    assert Path(out["run_dir"]) == ckpts.parent
+    assert torch.load(ckpts / "last.ckpt", weights_only=False)["epoch"] == 1
