@@ -35,19 +35,22 @@ def distance_fill(
 ) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """``fill(query_indices, out)`` writes the ``n × N`` keys (lower = closer) into ``out``:
     ``½‖g‖² − q·g`` for ``"l2"`` (half the squared Euclidean distance minus the row's constant ``½‖q‖²``:
-    the same order, one rounding fewer) or ``−q·g`` for ``"ip"``. One matrix product per chunk, with
-    the sign folded into a negated gallery copy; ``"l2"`` adds one pass for ``½‖g‖²``."""
-    q_max = float((q * q).sum(1).max()) ** 0.5
-    g_max = float((g * g).sum(1).max()) ** 0.5
+    the same order, one rounding fewer) or ``−q·g`` for ``"ip"``: one matrix product per chunk and one
+    pass over its result (no copy of the gallery)."""
+    g_sq = torch.linalg.vector_norm(g, dim=1).square_()
+    q_max = float(torch.linalg.vector_norm(q, dim=1).max())
+    g_max = float(g_sq.max()) ** 0.5
     if not math.isfinite((q_max + g_max) ** 2) or (q_max + g_max) ** 2 > 1e37:
         raise ValueError("feature norms are too large: distances would overflow float32")
-    neg_t = (-g).T
+    g_t = g.T
     half_sq = (g * g).sum(1).mul_(0.5) if metric == "l2" else None
 
     def fill(idx: torch.Tensor, out: torch.Tensor) -> None:
-        torch.mm(q[idx], neg_t, out=out)
-        if half_sq is not None:
-            out.add_(half_sq)
+        torch.mm(q[idx], g_t, out=out)
+        if half_sq is None:
+            out.neg_()
+        else:
+            torch.sub(half_sq, out, out=out)
 
     return fill
 
