@@ -1,4 +1,4 @@
-"""Method A's two claims, measured on the embedded multi-label glyph scenes (SPEC §A).
+"""Method A's two claims, measured on the embedded multi-label glyph mosaics (SPEC §A).
 
 1. integer iReLU codes keep *how strongly* a part responds, which a sign hash throws away:
    float features vs 8-bit / 4-bit codes vs a sign hash of the same continuous features, at equal dims
@@ -93,20 +93,23 @@ def variants(dim: int) -> list[Variant]:
 # data and cached backbone maps
 
 
-def load_data(root: str, image_size: int):
+def load_data(data_config: str, root: str | None, image_size: int):
+    """The ImageDataModule of ``configs/data/<data_config>.yaml`` (generator settings included, so the
+    data are the experiment's), with ``root`` / ``image_size`` overridden."""
+    from omegaconf import OmegaConf
+
     from datamodules import ImageDataModule
     from datamodules.transforms import resolve_data_config
 
+    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "data" / f"{data_config}.yaml"))
+    cfg.pop("kind", None)
+    if root:
+        cfg["root"] = root
+    if not os.path.isabs(cfg["root"]):
+        cfg["root"] = str(ROOT / cfg["root"])
     dcfg = resolve_data_config("tf_efficientnet_lite0")
-    dm = ImageDataModule(
-        root=root,
-        image_size=image_size,
-        mean=dcfg["mean"],
-        std=dcfg["std"],
-        auto_generate=True,
-        num_workers=0,
-        batch_size=64,
-    )
+    cfg.update(image_size=image_size, mean=dcfg["mean"], std=dcfg["std"], num_workers=0, batch_size=64)
+    dm = ImageDataModule(**cfg)
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -195,6 +198,12 @@ def score(q, ql, g, gl) -> float:
     from sketchquant.core.retrieval.metrics import hashing_metrics
 
     return float(hashing_metrics(q.float(), ql, g.float(), gl, map_at=("all",))["map_all"])
+
+
+def chance_map(ql: torch.Tensor, gl: torch.Tensor) -> float:
+    """mAP of a random ranking: the mean over queries of the share of relevant database items."""
+    rel = (ql.float() @ gl.float().T > 0) if ql.dim() == 2 else (ql[:, None] == gl[None, :])
+    return float(rel.float().mean(1).mean())
 
 
 def codes_of(f: torch.Tensor, bits: int) -> torch.Tensor:
@@ -360,7 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--quick", action="store_true", help="smoke mode: one seed, fewer epochs")
     p.add_argument("--mode", choices=("frozen", "finetune"), default="frozen")
-    p.add_argument("--data", default=str(ROOT / "data" / "glyph_scenes"))
+    p.add_argument(
+        "--data-config", default="glyph_mosaics", help="configs/data/<name>.yaml (method A's default data)"
+    )
+    p.add_argument("--data", default=None, help="data root (default: the data config's)")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--feature-stage", type=int, default=-2)
     p.add_argument("--dim", type=int, default=48)
@@ -378,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     vlist = variants(args.dim)
 
     # P and the reference GAP features come from the cached maps (also used in finetune mode for P)
-    dm = load_data(args.data, args.image_size)
+    dm = load_data(args.data_config, args.data, args.image_size)
     maps = backbone_maps(dm, args.image_size, args.feature_stage) if args.mode == "frozen" else None
     t_maps = time.time() - t0
     from lightning_modules.components.windows import WindowPooling
@@ -463,7 +475,12 @@ def main(argv: list[str] | None = None) -> int:
         "lr": args.lr,
         "alpha": alpha,
         "backbone": "tf_efficientnet_lite0 (ImageNet, efficientnet_lite0 file)",
-        "data": args.data,
+        "data": str(dm.root),
+        "data_config": args.data_config,
+        "num_val_held_out": len(dm.eval_dataset("val")),
+        "chance_map_all": chance_map(
+            dm.eval_dataset("query").labels_tensor(), dm.eval_dataset("database").labels_tensor()
+        ),
         "num_query": len(dm.eval_dataset("query")),
         "num_database": len(dm.eval_dataset("database")),
         "num_train": len(dm.eval_dataset("train")),
@@ -479,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
 
     atomic_write_json(out, {"meta": meta, "rows": table}, indent=2)
     title = (
-        f"glyph scenes, {args.mode} lite0 stage {args.feature_stage} @{args.image_size}px, "
+        f"{args.data_config}, {args.mode} lite0 stage {args.feature_stage} @{args.image_size}px, "
         f"{len(seeds)} seed(s), mAP@all"
     )
     plot(table, out.with_suffix(".png"), title)
@@ -488,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in table:
         pm = f"{r['mean']:.3f} ± {r['std']:.3f}" if len(seeds) > 1 else f"{r['mean']:.3f}"
         print(f"{r['claim']:9s} {r['name']:{w}s} {r['bytes']:7g}  {pm:>15s}  {r['note']}")
+    print(f"chance (random ranking) mAP@all {meta['chance_map_all']:.3f}")
     print(f"\n{len(seeds)} seed(s), {elapsed:.0f} s; wrote {out} and {out.with_suffix('.png')}")
     if not math.isfinite(elapsed):  # pragma: no cover
         return 1

@@ -71,7 +71,7 @@ def make_glyph_mosaics(
     out_dir: str | os.PathLike,
     *,
     num_classes: int = 10,
-    num_train: int = 2000,
+    num_train: int = 1200,
     num_query: int = 200,
     num_database: int = 1000,
     grid: int = 2,
