@@ -51,11 +51,12 @@ KILLER = textwrap.dedent(
         def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
             self._hit(trainer, "val", batch_idx)
 
-    if os.environ.get("SQ_KILL"):
-        original = build.build_callbacks
-        build.build_callbacks = lambda *a, **k: [*original(*a, **k), Killer(os.environ["SQ_KILL"])]
-    from sketchquant.app.cli import main
-    sys.exit(main())
+    if __name__ == "__main__":  # not in spawned DataLoader workers
+        if os.environ.get("SQ_KILL"):
+            original = build.build_callbacks
+            build.build_callbacks = lambda *a, **k: [*original(*a, **k), Killer(os.environ["SQ_KILL"])]
+        from sketchquant.app.cli import main
+        sys.exit(main())
     """
 )
 
