@@ -51,11 +51,11 @@ def make_data(n_query: int, n_gallery: int, n_classes: int, seed: int = 0):
     ql = rng.integers(0, n_classes, n_query)
     gl = rng.integers(0, n_classes, n_gallery)
     q = rng.standard_normal((n_query, DIM), dtype=np.float32)
-    q *= 5.0
-    q += centres[ql]
     g = rng.standard_normal((n_gallery, DIM), dtype=np.float32)
-    g *= 5.0
-    g += centres[gl]
+    for x, lab in ((q, ql), (g, gl)):  # in blocks: no array-sized temporary in the peak memory
+        x *= 5.0
+        for i in range(0, x.shape[0], 8192):
+            x[i : i + 8192] += centres[lab[i : i + 8192]]
     return q, ql, g, gl
 
 

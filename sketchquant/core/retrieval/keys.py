@@ -21,32 +21,39 @@ BYTES_PER_CELL = 40
 
 def prepare(q: torch.Tensor, g: torch.Tensor, normalize: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """``(q, g, exact)``: integer features without normalisation are ranked exactly (float64, exact up
-    to 2^53); everything else in float32, L2-normalised when ``normalize``."""
+    to 2^53); everything else in float32, the gallery L2-normalised when ``normalize`` — the queries are
+    normalised chunk by chunk by :func:`distance_fill` (no second copy of a large query set)."""
     if not q.is_floating_point() and not g.is_floating_point() and not normalize:
         return q.to(torch.float64), g.to(torch.float64), True
     q, g = q.to(torch.float32), g.to(torch.float32)
-    if normalize:
-        q, g = F.normalize(q, dim=1), F.normalize(g, dim=1)
-    return q, g, False
+    return q, F.normalize(g, dim=1) if normalize else g, False
+
+
+def query_rows(q: torch.Tensor, idx: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """Rows ``idx`` of the prepared queries, L2-normalised when ``normalize``."""
+    qc = q.index_select(0, idx)
+    return F.normalize(qc, dim=1) if normalize else qc
 
 
 def distance_fill(
-    q: torch.Tensor, g: torch.Tensor, metric: str
+    q: torch.Tensor, g: torch.Tensor, metric: str, normalize: bool = False
 ) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """``fill(query_indices, out)`` writes the ``n × N`` keys (lower = closer) into ``out``:
     ``½‖g‖² − q·g`` for ``"l2"`` (half the squared Euclidean distance minus the row's constant ``½‖q‖²``:
     the same order, one rounding fewer) or ``−q·g`` for ``"ip"``: one matrix product per chunk and one
     pass over its result (no copy of the gallery)."""
     g_sq = torch.linalg.vector_norm(g, dim=1).square_()
-    q_max = float(torch.linalg.vector_norm(q, dim=1).max())
+    q_max = 1.0 if normalize else float(torch.linalg.vector_norm(q, dim=1).max())
     g_max = float(g_sq.max()) ** 0.5
     if not math.isfinite((q_max + g_max) ** 2) or (q_max + g_max) ** 2 > 1e37:
         raise ValueError("feature norms are too large: distances would overflow float32")
     g_t = g.T
-    half_sq = (g * g).sum(1).mul_(0.5) if metric == "l2" else None
+    half_sq = None
+    if metric == "l2":  # by blocks of rows: no gallery-sized temporary
+        half_sq = torch.cat([(b * b).sum(1) for b in g.split(8192)]).mul_(0.5)
 
     def fill(idx: torch.Tensor, out: torch.Tensor) -> None:
-        torch.mm(q[idx], g_t, out=out)
+        torch.mm(query_rows(q, idx, normalize), g_t, out=out)
         if half_sq is None:
             out.neg_()
         else:

@@ -89,7 +89,7 @@ def _setup(
     if distance_fn is not None:
         return dev, torch.float32, keys.user_fill(distance_fn, g.shape[0])
     q, g, exact = keys.prepare(q.to(dev), g.to(dev), normalize)
-    return dev, q.dtype, keys.distance_fill(q, g, metric)
+    return dev, q.dtype, keys.distance_fill(q, g, metric, normalize and not exact)
 
 
 def _sbir_run(
@@ -268,8 +268,8 @@ def topk_neighbors(
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or int(k) <= 0:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     q, g = check_pair(query_feats, gallery_feats, None, None)
-    q, g, _ = keys.prepare(q.to(g.device), g, normalize)
-    fill = keys.distance_fill(q, g, metric)
+    q, g, exact = keys.prepare(q.to(g.device), g, normalize)
+    fill = keys.distance_fill(q, g, metric, normalize and not exact)
     n_gallery = g.shape[0]
     kk = min(int(k), n_gallery)
     chunk = min(keys.chunk_rows(n_gallery, chunk_size, memory_budget_mb), q.shape[0])
@@ -280,7 +280,8 @@ def topk_neighbors(
         kmat = buf[: idx.numel() * n_gallery].view(idx.numel(), n_gallery)
         fill(idx, kmat)
         kd, ind = engine.topk_keys(kmat, kk)
-        dd = keys.key_to_distance(kd, (q[idx] * q[idx]).sum(1), metric)
+        qc = keys.query_rows(q, idx, normalize and not exact)
+        dd = keys.key_to_distance(kd, (qc * qc).sum(1), metric)
         all_d.append(dd.to(torch.float32).cpu())
         all_i.append(ind.cpu())
     return torch.cat(all_d), torch.cat(all_i)
