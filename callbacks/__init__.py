@@ -7,7 +7,7 @@ from callbacks.epoch_summary import EpochSummary
 from callbacks.exact_resume import ExactResume
 from callbacks.last_checkpoint import LastCheckpoint, RunStopped
 from callbacks.nan_guard import NaNGuard, NonFiniteLossError
-from callbacks.retrieval_evaluator import RetrievalEvaluator, gather_and_dedup
+from callbacks.retrieval_evaluator import RetrievalEvaluator
 from callbacks.teacher_distillation import TeacherDistillation
 
 __all__ = [
@@ -25,5 +25,4 @@ __all__ = [
     "alpha_schedule",
     "atomic_torch_save",
     "epoch_seed",
-    "gather_and_dedup",
 ]

@@ -26,7 +26,7 @@ import torch
 
 from sketchquant.core.batch import DOMAIN, INDEX, LABEL, PHOTO, SKETCH
 from sketchquant.core.config import choice
-from sketchquant.core.retrieval.torchmetric import RetrievalMetric, broadcast_from_zero, dedup_by_index
+from sketchquant.core.retrieval.torchmetric import RetrievalMetric, broadcast_from_zero
 
 log = logging.getLogger(__name__)
 
@@ -38,21 +38,6 @@ warnings.filterwarnings(
     message=r"It is recommended to use `self\.log\('(val|test)/.*sync_dist=True",
     category=UserWarning,
 )
-
-
-def gather_and_dedup(
-    pl_module: pl.LightningModule, parts: dict[str, list[torch.Tensor]]
-) -> dict[str, torch.Tensor]:
-    """Kept for the ``callbacks`` package export only (the evaluator gathers through torchmetrics):
-    local parts concatenated, gathered from every process, each sample index once, ordered by index."""
-    from torchmetrics.utilities.distributed import gather_all_tensors
-
-    local = {k: torch.cat(v) if v else torch.empty(0) for k, v in parts.items()}
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        local = {k: torch.cat(gather_all_tensors(v.to(pl_module.device))).cpu() for k, v in local.items()}
-    keys = [k for k in local if k != INDEX]
-    index, *rest = dedup_by_index(local[INDEX].long(), *(local[k] for k in keys))
-    return {INDEX: index, **dict(zip(keys, rest))}
 
 
 def hashing_chance(q_labels: torch.Tensor, g_labels: torch.Tensor, map_at, stage: str) -> dict[str, float]:
