@@ -71,6 +71,7 @@ class ExactResume(pl.Callback):
         self._trainer: pl.Trainer | None = None
         self._loaded: dict[str, Any] | None = None  # this rank's saved state, until used
         self._pending: dict[str, dict[str, Any]] | None = None  # result sums to add after the first batch
+        self._pending_row_loaded: dict[str, Any] | None = None  # the row logged right after the checkpoint
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._trainer = trainer
@@ -134,7 +135,7 @@ class ExactResume(pl.Callback):
         if trainer.ckpt_path is None:
             self._loaded = None
             return
-        row, self._pending_row_loaded = getattr(self, "_pending_row_loaded", None), None
+        row, self._pending_row_loaded = self._pending_row_loaded, None
         if row:
             for logger in trainer.loggers:
                 if hasattr(logger, "resume_rows"):
