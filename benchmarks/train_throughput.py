@@ -69,8 +69,8 @@ TARGET_HEADROOM = 2.0
 
 
 def load_experiment(name: str, overrides: list[str], image_size: int | None):
-    from sketchquant.app.methods import compose
     from sketchquant.app.build import build_datamodule, build_module
+    from sketchquant.app.methods import compose
 
     extra = [f"data.image_size={image_size}"] if image_size else []
     cfg = compose(name, [*extra, *overrides])
