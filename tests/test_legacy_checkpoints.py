@@ -24,8 +24,8 @@ DATA_DIR = {"zs_sbir": "glyphs", "quantization": "scenes"}
 def test_v01_checkpoint_evaluates_to_its_own_numbers(method, tmp_path):
     ckpt = LEGACY / f"{method}-v0.1.ckpt"
     expected = json.loads((LEGACY / f"{method}-v0.1.results.json").read_text())["metrics"]
-    res = evaluate(
-        str(ckpt), [f"data.root={tmp_path / DATA_DIR[method]}", f"run_dir={tmp_path / 'runs'}"]
-    )["test"]
+    res = evaluate(str(ckpt), [f"data.root={tmp_path / DATA_DIR[method]}", f"run_dir={tmp_path / 'runs'}"])[
+        "test"
+    ]
     for key in CHECKED[method]:
         assert res[key] == pytest.approx(expected[key], abs=1e-6), key
