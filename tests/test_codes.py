@@ -90,8 +90,16 @@ def test_encode_other_splits_and_suffix(trained, capsys):
     assert "encoded 12 query images" in capsys.readouterr().out
     t = encode(trained["ckpt"], trained["tmp"] / "train.npz", split="train")
     z = np.load(t["path"])
-    assert z["codes"].shape == (N_TRAIN, WINDOWS * DIM)
-    assert list(z["paths"]) == _csv_paths(trained["root"], "train")
+    # "train" is what the model trained on: the train list minus the part held out for validation
+    from sketchquant.app.build import build_datamodule
+    from sketchquant.app.checkpoints import load_checkpoint_config
+
+    dm = build_datamodule(load_checkpoint_config(trained["ckpt"])[0])
+    dm.setup("fit")
+    fit = list(dm.datasets["train"].paths)
+    assert len(fit) < N_TRAIN and set(fit) < set(_csv_paths(trained["root"], "train"))
+    assert z["codes"].shape == (len(fit), WINDOWS * DIM)
+    assert list(z["paths"]) == fit
     # train split is encoded with the eval transform: deterministic
     t2 = encode(trained["ckpt"], trained["tmp"] / "train2.npz", split="train")
     np.testing.assert_array_equal(z["codes"], np.load(t2["path"])["codes"])
