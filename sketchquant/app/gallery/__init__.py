@@ -1,0 +1,61 @@
+"""Galleries: index a photo collection with a trained checkpoint of either method, search it with
+sketches (method B) or images (method A) — SPEC §B S4–S6 and §F.
+
+    gallery = Gallery.build("runs/.../last.ckpt", "photos/", "my-gallery")
+    hits = Gallery.open("my-gallery").search(["sketch.png"], k=10)[0].hits
+
+A gallery is a folder::
+
+    GALLERY/manifest.json        format version, method, checkpoint path + sha256, resolved config,
+                                 image root, items (relative path, size, mtime, label), index files
+    GALLERY/data-<stamp>/        features.npz + the FAISS index(es) the manifest names
+
+Reading order: :mod:`.records` (results, the photo collection), :mod:`.store` (what is stored and how:
+settings from the checkpoint, prototypes, indexes, manifest), :mod:`.extract` (``Trainer.predict`` in
+shards), :mod:`.build` (atomic build and ``--update``), :mod:`.search` (:class:`Gallery`).
+
+**Atomic**: a build writes a fresh ``data-<stamp>/`` folder (each file through
+:mod:`sketchquant.core.io`), then replaces ``manifest.json`` atomically, then deletes the older data
+folders. A build killed at any point leaves the previous manifest and the data it names: the previous
+gallery still opens.
+
+**Same ranking as evaluation** (SPEC §C): method B stores the L2-normalised raw features ``x``; the
+PQ prototypes ``x̂`` are fitted exactly as the evaluator fits them; ``fused`` is ``(1 − λ)x̂ + λx``
+(feature fusion) or, with ``eval.fusion=distance``, the evaluator's own distance-fusion function. Ties
+go to the lower gallery position. Method A stores uint8 codes in ``IndexScalarQuantizer(QT_8bit_direct)``.
+
+**--update**: unchanged files keep their stored features; new or changed files are encoded; deleted
+files are dropped; the PQ codebook is re-fitted on all features, so an update equals a full rebuild.
+"""
+
+from sketchquant.app.gallery.build import build_gallery
+from sketchquant.app.gallery.records import (
+    FORMAT_VERSION,
+    IMAGE_EXTENSIONS,
+    BadGalleryImageWarning,
+    BuildReport,
+    GalleryError,
+    Hit,
+    QueryResult,
+    list_images,
+    sha256_file,
+)
+from sketchquant.app.gallery.search import Gallery, contact_sheet, search_gallery
+from sketchquant.app.gallery.store import expand_trainer_choice
+
+__all__ = [
+    "FORMAT_VERSION",
+    "IMAGE_EXTENSIONS",
+    "BadGalleryImageWarning",
+    "BuildReport",
+    "Gallery",
+    "GalleryError",
+    "Hit",
+    "QueryResult",
+    "build_gallery",
+    "contact_sheet",
+    "expand_trainer_choice",
+    "list_images",
+    "search_gallery",
+    "sha256_file",
+]

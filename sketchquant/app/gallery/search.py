@@ -1,0 +1,326 @@
+"""Opening a gallery and searching it (no Trainer: the network is loaded from the checkpoint)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sketchquant.app.gallery.build import build_gallery
+from sketchquant.app.gallery.records import GalleryError, Hit, QueryResult, _rgb, sha256_file
+from sketchquant.app.gallery.store import _normalise, _prototypes, _read_manifest, _transform
+
+# --------------------------------------------------------------------------------------------------
+# open + search
+
+
+class Gallery:
+    """An opened gallery: its manifest, indexes and the network that encodes queries."""
+
+    def __init__(
+        self, path: Path, manifest: dict, cfg: Any, module: Any, indexes: dict, stored: dict | None = None
+    ) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.cfg = cfg
+        self.module = module
+        self.indexes = indexes
+        self._stored = stored
+        self.settings = manifest["settings"]
+        self.root = Path(manifest["image_root"])
+        items = manifest["items"]
+        self.relpaths: list[str] = items["relpaths"]
+        self.labels: list[str | None] = items["labels"]
+        self._transform, _ = _transform(cfg)
+        self._proto: np.ndarray | None = None
+
+    # ---- construction
+
+    build = staticmethod(build_gallery)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike,
+        ckpt: str | os.PathLike | None = None,
+        *,
+        force: bool = False,
+        overrides: Sequence[str] = (),
+    ) -> Gallery:
+        """Open gallery ``path``. The network comes from the manifest's checkpoint; ``ckpt`` overrides it
+        and is refused when its sha256 differs from the manifest's (unless ``force``); a checkpoint of
+        another method is always refused."""
+        import faiss
+
+        from sketchquant.app.checkpoints import load_checkpoint_config, load_trained_module
+        from sketchquant.app.methods import method_of
+
+        path = Path(path)
+        manifest = _read_manifest(path)
+        rec = manifest["checkpoint"]
+        use = Path(ckpt) if ckpt is not None else Path(rec["path"])
+        if not use.is_file():
+            raise FileNotFoundError(
+                f"checkpoint {use} (recorded in gallery {path}) does not exist: pass --ckpt"
+                if ckpt is None
+                else f"checkpoint {use} does not exist"
+            )
+        cfg, _ = load_checkpoint_config(use, list(overrides))
+        if method_of(cfg).name != manifest["method"]:
+            raise GalleryError(
+                f"gallery {path} holds a '{manifest['method']}' model's features, but checkpoint {use} is a "
+                f"'{method_of(cfg).name}' model: its queries cannot be compared with this gallery"
+            )
+        st = use.stat()
+        same_file = ckpt is None and int(st.st_size) == rec["size"] and int(st.st_mtime_ns) == rec["mtime_ns"]
+        if not same_file:
+            digest = sha256_file(use)
+            if digest != rec["sha256"]:
+                msg = (
+                    f"checkpoint {use} (sha256 {digest[:12]}…) is not the one gallery {path} was built with "
+                    f"({rec['path']}, sha256 {rec['sha256'][:12]}…)"
+                )
+                if not force:
+                    raise GalleryError(msg + ": rebuild the gallery, or pass --force to search anyway")
+                print(f"warning: {msg}; searching anyway (--force)", file=sys.stderr)
+        # the gallery's own config (eval, data) with the checkpoint's weights
+        from sketchquant.app.methods import from_container
+
+        cfg = from_container(manifest["config"], list(overrides))
+        _, module, _ = load_trained_module(use, list(overrides))
+        module.eval()
+        data = path / manifest["data_dir"]
+        indexes = {}
+        for name, info in manifest["indexes"].items():
+            try:
+                indexes[name] = faiss.read_index(str(data / info["file"]))
+            except RuntimeError as err:
+                raise GalleryError(f"gallery {path}: index {info['file']} is unreadable: {err}") from err
+        return cls(path, manifest, cfg, module, indexes)
+
+    @property
+    def stored(self) -> dict[str, np.ndarray]:
+        """``features.npz``: the stored features (and PQ codebook), read on first use — searching an
+        index does not need them (distance fusion does)."""
+        if self._stored is None:
+            with np.load(self.path / self.manifest["data_dir"] / "features.npz") as z:
+                self._stored = {k: z[k] for k in z.files}
+        return self._stored
+
+    # ---- facts
+
+    def __len__(self) -> int:
+        return int(self.manifest["count"])
+
+    @property
+    def method(self) -> str:
+        return self.manifest["method"]
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.settings["features"])
+
+    @property
+    def default_features(self) -> str:
+        return self.settings["default"]
+
+    def image_path(self, i: int) -> Path:
+        rel = Path(self.relpaths[i])
+        return rel if rel.is_absolute() else self.root / rel
+
+    def describe(self) -> str:
+        ck = self.manifest["checkpoint"]
+        return (
+            f"{len(self):,} photos · method {self.method} · checkpoint {Path(ck['path']).name} "
+            f"(sha256 {ck['sha256'][:12]}) · index {self.manifest['index_type']}"
+        )
+
+    # ---- queries
+
+    def _batch(self, queries: Sequence[Any]) -> tuple[torch.Tensor, list[str]]:
+        from PIL import Image
+
+        from datamodules.transforms import load_rgb
+
+        tensors, names = [], []
+        for i, q in enumerate(queries):
+            if isinstance(q, str | os.PathLike):
+                p = Path(q)
+                if not p.is_file():
+                    raise FileNotFoundError(f"query image {p} does not exist")
+                try:
+                    img = load_rgb(str(p))
+                except Exception as err:
+                    raise GalleryError(f"cannot read query image {p}: {err}") from err
+                tensors.append(self._transform(img))
+                names.append(str(q))
+            elif isinstance(q, Image.Image):
+                tensors.append(self._transform(_rgb(q)))
+                names.append(f"<image {i}>")
+            elif isinstance(q, np.ndarray):
+                arr = q if q.dtype == np.uint8 else np.clip(q, 0, 255).astype(np.uint8)
+                tensors.append(self._transform(_rgb(Image.fromarray(arr))))
+                names.append(f"<array {i}>")
+            elif isinstance(q, torch.Tensor):  # already transformed, 3 × H × W
+                if q.ndim != 3:
+                    raise GalleryError(
+                        f"a query tensor must be 3 × H × W (transformed), got {tuple(q.shape)}"
+                    )
+                tensors.append(q.float())
+                names.append(f"<tensor {i}>")
+            else:
+                raise GalleryError(f"cannot use a {type(q).__name__} as a query image")
+        if not tensors:
+            raise GalleryError("search needs at least one query image")
+        return torch.stack(tensors), names
+
+    @torch.no_grad()
+    def encode(self, queries: Sequence[Any]) -> np.ndarray:
+        """The query features as the gallery compares them (codes, or L2-normalised ``f``)."""
+        x, _ = self._batch(queries)
+        return self._encode_batch(x)
+
+    @torch.no_grad()
+    def _encode_batch(self, x: torch.Tensor) -> np.ndarray:
+        out = self.module(x).cpu().numpy()
+        return out.astype(np.float32) if self.settings["query"] == "image" else _normalise(out)
+
+    def search(
+        self, queries: Sequence[Any] | Any, k: int = 10, features: str | None = None
+    ) -> list[QueryResult]:
+        """Top-``k`` gallery items of each query (paths, PIL images, uint8 arrays or transformed tensors),
+        ranked as the evaluation ranks (ascending distance, ties to the lower gallery position). ``k``
+        larger than the gallery returns all of it. ``features``: ``raw`` / ``proto`` / ``fused``
+        (method B; default fused) or ``codes`` (method A)."""
+        if not isinstance(queries, list | tuple):
+            queries = [queries]
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or int(k) < 1:
+            raise GalleryError(f"k must be a positive integer, got {k!r}")
+        features = features or self.default_features
+        if features not in self.features:
+            raise GalleryError(
+                f"gallery {self.path} has features {', '.join(self.features)}, not {features!r}"
+            )
+        x, names = self._batch(queries)  # a bad query fails before the network runs
+        q = self._encode_batch(x)
+        dist, ind = self._rank(q, min(int(k), len(self)), features)
+        results = []
+        for qi, name in enumerate(names):
+            hits = [
+                Hit(
+                    rank=r + 1,
+                    index=int(i),
+                    path=str(self.image_path(int(i))),
+                    relpath=self.relpaths[int(i)],
+                    distance=float(d),
+                    label=self.labels[int(i)],
+                )
+                for r, (d, i) in enumerate(zip(dist[qi].tolist(), ind[qi].tolist()))
+                if i >= 0
+            ]
+            results.append(QueryResult(query=name, features=features, hits=hits))
+        return results
+
+    def _rank(self, q: np.ndarray, k: int, features: str) -> tuple[np.ndarray, np.ndarray]:
+        from sketchquant.core.retrieval.index import search_index
+
+        if features == "fused" and self.settings.get("fusion") == "distance":
+            from sketchquant.core.retrieval.prototypes import fused_distance_fn
+
+            if self._proto is None:
+                self._proto = _prototypes(self.stored)
+            fn = fused_distance_fn(q, self.stored["raw"], self._proto, self.settings["fusion_lambda"])
+            d = fn(torch.arange(q.shape[0]))
+            dist, ind = torch.sort(d, dim=1, stable=True)
+            return dist[:, :k].numpy(), ind[:, :k].numpy()
+        return search_index(self.indexes[features], q, k)
+
+
+def search_gallery(
+    gallery: str | os.PathLike,
+    queries: Sequence[str],
+    *,
+    k: int = 10,
+    features: str | None = None,
+    ckpt: str | os.PathLike | None = None,
+    force: bool = False,
+    as_json: bool = False,
+    sheet: str | os.PathLike | None = None,
+) -> list[QueryResult]:
+    """The ``search`` command: open, search, print a table per query (or one JSON object), draw a
+    contact sheet when asked."""
+    import json
+
+    for q in queries:  # a bad query path fails before the network is loaded
+        if not Path(q).is_file():
+            raise FileNotFoundError(f"query image {q} does not exist")
+    g = Gallery.open(gallery, ckpt, force=force)
+    results = g.search(list(queries), k=k, features=features)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "gallery": str(gallery),
+                    "method": g.method,
+                    "size": len(g),
+                    "features": results[0].features,
+                    "k": k,
+                    "queries": [r.to_dict() for r in results],
+                }
+            )
+        )
+    else:
+        from sketchquant.core.report import print_table
+
+        for r in results:
+            print_table(
+                f"{r.query} — top {len(r.hits)} of {len(g)} ({r.features})",
+                ["rank", "distance", "path", "label"],
+                [(h.rank, h.distance, h.relpath, h.label or "") for h in r.hits],
+            )
+    if sheet:
+        contact_sheet(g, results, sheet)
+    return results
+
+
+def contact_sheet(g: Gallery, results: list[QueryResult], out: str | os.PathLike, thumb: int = 128):
+    """One row per query: the query, then its hits with rank, distance and label. Written atomically."""
+    from PIL import Image, ImageDraw
+
+    from datamodules.transforms import load_rgb
+    from sketchquant.core.io import atomic_save_image
+
+    cols = 1 + max((len(r.hits) for r in results), default=0)
+    cap = 28
+    sheet = Image.new("RGB", (cols * (thumb + 8) + 8, len(results) * (thumb + cap + 8) + 8), "white")
+    draw = ImageDraw.Draw(sheet)
+
+    def tile(path: str) -> Image.Image:
+        try:
+            im = load_rgb(path)
+        except Exception:  # noqa: BLE001 - a moved photo is drawn grey
+            im = Image.new("RGB", (thumb, thumb), (200, 200, 200))
+        im.thumbnail((thumb, thumb))
+        return im
+
+    for row, r in enumerate(results):
+        y = 8 + row * (thumb + cap + 8)
+        q = r.query if Path(r.query).is_file() else None
+        if q:
+            sheet.paste(tile(q), (8, y))
+        draw.rectangle([8, y, 8 + thumb - 1, y + thumb - 1], outline=(0, 90, 200), width=2)
+        draw.text((8, y + thumb + 2), "query", fill=(0, 90, 200))
+        for c, h in enumerate(r.hits, start=1):
+            x = 8 + c * (thumb + 8)
+            sheet.paste(tile(h.path), (x, y))
+            draw.text((x, y + thumb + 2), f"#{h.rank} {h.distance:.3f}", fill=(0, 0, 0))
+            if h.label:
+                draw.text((x, y + thumb + 14), h.label[:20], fill=(90, 90, 90))
+    atomic_save_image(sheet, out)
+    print(f"contact sheet -> {out}")
+    return Path(out)
