@@ -235,11 +235,11 @@ def _cfg(tmp_path, *extra: str):
 
 @pytest.fixture
 def later_clock(monkeypatch):
-    """Every ``time.strftime`` call in sketchquant.app.train is an hour later than the previous one: processes
+    """Every ``time.strftime`` call in sketchquant.app.rundir is an hour later than the previous one: processes
     that start later (a second, a midnight) without sleeping in the test."""
     import itertools
 
-    import sketchquant.app.train as run
+    import sketchquant.app.rundir as run
 
     real, hours, base = time.strftime, itertools.count(), time.time()
 
