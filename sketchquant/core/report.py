@@ -70,9 +70,7 @@ def print_results(title: str, metrics: dict[str, float]) -> None:
     """The test table of a run: one row per feature set, with the chance level when it was logged."""
     columns, body = results_table(metrics)
     chance = {k.split("/")[-1]: v for k, v in metrics.items() if k.split("/")[-1].startswith("chance_")}
-    if chance:
-        for name, value in sorted(chance.items()):
-            metric = name[len("chance_") :]
-            cells = [f"{value:.4f}" if c == metric else "" for c in columns]
-            body.append(("chance", cells))
+    if chance:  # one row: each chance value under its metric
+        by_metric = {name[len("chance_") :]: value for name, value in chance.items()}
+        body.append(("chance", [f"{by_metric[c]:.4f}" if c in by_metric else "" for c in columns]))
     print_table(title, ["features", *columns], [(v, *cells) for v, cells in body])
