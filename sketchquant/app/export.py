@@ -72,30 +72,6 @@ def _human(n: int) -> str:
 # encode
 
 
-def _split_dataset(dm, split: str):
-    """The rows of ``split`` with the eval transform (no augmentation, also for ``train``)."""
-    from datamodules.common import SampleDataset
-    from datamodules.transforms import build_eval_transform
-    from sketchquant.core.batch import GALLERY, QUERY
-
-    if split == "train":
-        src, keep = dm.datasets["train"], None
-    else:
-        src = dm.datasets["eval"]
-        keep = QUERY if split == "query" else GALLERY
-    pos = np.arange(len(src)) if keep is None else src.positions(keep)
-    tf = build_eval_transform(dm.image_size, dm.mean, dm.std, dm.interpolation)
-    return SampleDataset(
-        [src.paths[i] for i in pos],
-        [src.labels[i] for i in pos],
-        src.domains[pos],
-        src.indices[pos],
-        {d: tf for d in (QUERY, GALLERY)},
-        multi_label=src.multi_label,
-        num_classes=src.num_classes,
-    )
-
-
 def encode(
     ckpt: str | os.PathLike,
     out: str | os.PathLike,
@@ -127,7 +103,7 @@ def encode(
             f"the data under {dm.root} has {dm.num_classes} classes but checkpoint {ckpt} was "
             f"trained on {enc.num_classes}"
         )
-    ds = _split_dataset(dm, split)
+    ds = dm.eval_dataset(split)  # the eval transform: no augmentation, also for train
     loader = DataLoader(
         ds, batch_size=int(batch_size or dm.batch_size), shuffle=False, num_workers=int(dm.num_workers)
     )
