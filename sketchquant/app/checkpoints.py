@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
-from sketchquant.app.methods import Method, from_container, method_of, module_kwargs
+from sketchquant.app.methods import METHODS, from_container, method_of, module_kwargs
 from sketchquant.core.config import ConfigError
 
 __all__ = [
@@ -26,35 +26,37 @@ __all__ = [
 CONFIG_KEY = "sketchquant"  # where a checkpoint carries its resolved config
 
 
+def _open(path: Path, mmap: bool = False) -> tuple[dict | None, str | None]:
+    """``(checkpoint dict, None)`` or ``(None, why it cannot be read)``: missing, truncated or foreign."""
+    if not path.is_file():
+        return None, "not found"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+    except Exception as err:  # noqa: BLE001 - any failure to read is a broken file
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return None, f"truncated or not a checkpoint ({first})"
+    if not isinstance(ckpt, dict):
+        return None, f"not a Lightning checkpoint (holds a {type(ckpt).__name__})"
+    return ckpt, None
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """The checkpoint dict at ``path``; a missing, truncated or foreign file is a :class:`ConfigError`
     naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {path} not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"cannot read checkpoint {path} (truncated or not a checkpoint): {first}") from err
-    if not isinstance(ckpt, dict):
-        raise ConfigError(f"checkpoint {path} is not a Lightning checkpoint (got {type(ckpt).__name__})")
+    ckpt, problem = _open(Path(path))
+    if problem is not None:
+        raise ConfigError(
+            f"checkpoint {path} {'cannot be read: ' if problem != 'not found' else ''}{problem}"
+        )
     return ckpt
 
 
 def checkpoint_problem(path: str | os.PathLike) -> str | None:
     """Why ``path`` cannot be resumed from (missing, truncated, not a Lightning training checkpoint), or
     ``None``. Tensors are memory-mapped, not read: cheap also for large checkpoints."""
-    path = Path(path)
-    if not path.is_file():
-        return "not found"
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as err:  # noqa: BLE001 - any failure to read is a broken file
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        return f"truncated or not a checkpoint ({first})"
-    if not isinstance(ckpt, dict):
-        return f"not a Lightning checkpoint (holds a {type(ckpt).__name__})"
+    ckpt, problem = _open(Path(path), mmap=True)
+    if problem is not None:
+        return problem
     missing = [k for k in ("state_dict", "loops", "optimizer_states") if k not in ckpt]
     if missing:
         return f"not a training checkpoint (no {', '.join(missing)})"
@@ -77,18 +79,12 @@ def load_checkpoint_config(
     cfg = from_container(saved, overrides)
     method = method_of(cfg)
     if need and not getattr(method, need):
-        able = " or ".join(repr(m) for m, rec in _methods().items() if getattr(rec, need))
+        able = " or ".join(repr(m) for m, rec in METHODS.items() if getattr(rec, need))
         raise ConfigError(
             f"checkpoint {path} is a '{method.name}' model, but this command needs a {able} model "
             f"(one with {need})"
         )
     return cfg, ckpt
-
-
-def _methods() -> dict[str, Method]:
-    from sketchquant.app.methods import METHODS
-
-    return METHODS
 
 
 def load_trained_module(
