@@ -89,6 +89,7 @@ class RetrievalEvaluator(pl.Callback):
         self.run_dir = run_dir
         self._metrics: dict[str, RetrievalMetric] = {}
         self.last_metrics: dict[str, float] = {}
+        self._told_no_val_gallery = False  # said once: validation without queries or gallery
         self.last_data: dict[str, torch.Tensor] = {}
 
     # ---------------------------------------------------------------------------------------------
@@ -163,7 +164,7 @@ class RetrievalEvaluator(pl.Callback):
         domain = data[DOMAIN]
         qmask, gmask = domain == SKETCH, domain == PHOTO
         if stage == "val" and (int(qmask.sum()) == 0 or int(gmask.sum()) == 0):
-            if not getattr(self, "_told_no_val_gallery", False):
+            if not self._told_no_val_gallery:
                 log.info("validation has no sketch queries or no photo gallery: no val retrieval metrics")
                 self._told_no_val_gallery = True
             return {}

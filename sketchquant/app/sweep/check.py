@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from sketchquant.app.build import build_callbacks, build_datamodule, datamodule_kwargs
+from sketchquant.app.build import build_callbacks, build_datamodule
 from sketchquant.app.methods import compose, method_of, module_kwargs
 from sketchquant.app.sweep.spec import SweepPlan, _import_sweeps, flatten_run_config, plan_grid, trial_args
 from sketchquant.core.config import ConfigError
@@ -36,10 +36,9 @@ def trial_draws(plan: SweepPlan, sample: int = SAMPLE) -> list[dict[str, Any]]:
     return [flatten_run_config(r.config) for r in runs if r is not None]
 
 
-def _data_facts(cfg) -> SimpleNamespace:
+def _data_facts(image_size: int) -> SimpleNamespace:
     """Stand-in for a set-up DataModule: the facts a module is built from, with small class counts."""
-    size = datamodule_kwargs(cfg)["image_size"]
-    return SimpleNamespace(num_classes=3, num_seen_classes=3, multi_label=True, image_size=size)
+    return SimpleNamespace(num_classes=3, num_seen_classes=3, multi_label=True, image_size=image_size)
 
 
 def check_trials(plan: SweepPlan, sample: int = SAMPLE) -> int:
@@ -52,12 +51,12 @@ def check_trials(plan: SweepPlan, sample: int = SAMPLE) -> int:
             values = " ".join(trial_args(params))
             try:
                 cfg = compose(plan.experiment, [*plan.overrides, *trial_args(params)])
-                build_datamodule(cfg)  # constructing one reads nothing from disk
+                size = build_datamodule(cfg).image_size  # constructing one reads nothing from disk
                 build_callbacks(cfg, Path(tmp), progress_bar=False)
-                key = OmegaConf.to_yaml(cfg.model) + str(datamodule_kwargs(cfg)["image_size"])
+                key = OmegaConf.to_yaml(cfg.model) + str(size)
                 if key not in modules_built:  # trials that differ only outside the model share a build
                     cfg.model.weights = "none"  # the architecture is what can fail, not the weights file
-                    kwargs = module_kwargs(cfg, _data_facts(cfg))
+                    kwargs = module_kwargs(cfg, _data_facts(size))
                     with warnings.catch_warnings():  # e.g. "a teacher without ImageNet weights"
                         warnings.simplefilter("ignore")
                         method_of(cfg).module(**kwargs)
