@@ -30,6 +30,16 @@ __all__ = [
 ]
 
 
+def _default_mode() -> int:
+    """What ``open()`` would create: 0o666 less the process umask (read once, at import)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_MODE = _default_mode()
+
+
 class DiskFullError(OSError):
     """Writing ``path`` failed because the disk (or quota) is full; the previous file is intact."""
 
@@ -59,6 +69,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(name)
+    # mkstemp creates 0600: give the file the mode a plain write would (or the one it replaces)
+    os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else _MODE)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
