@@ -9,8 +9,8 @@ P@200 (VOC AP); hashing metrics (same features and labels): mAP@1000, mAP@all, P
 Per scale, each in its own child process (so peak memory is that scale's):
 
 - ``bare_seconds``: a plain float32 ``torch.mm`` of the same Q·Gᵀ in 4,096-row chunks — the work no
-  exact evaluation can skip — timed around each metric call in the same process (``bare`` before and
-  after, averaged); ``sbir_ratio`` / ``hashing_ratio`` = metric seconds ÷ that. Ratios are what compare
+  exact evaluation can skip — timed around each metric call in the same process (each the median of 3
+  runs after a warm-up; ``bare`` before and after, averaged); ``sbir_ratio`` / ``hashing_ratio`` = metric seconds ÷ that. Ratios are what compare
   across machines and loads; seconds only at similar load (``load_avg_1min_before_after``).
 - ``peak_rss_mb``: ``ru_maxrss`` of that child (its feature arrays included), ``data_mb`` the arrays.
 - ``ddp``: the SBIR metrics in 2 gloo processes (``query_shard`` + all-reduce, 1 thread each), wall time
@@ -67,16 +67,23 @@ def reference(q, ql, g, gl):
     return {k: v for k, v in res.items() if k.startswith(("map_", "p_")) and not k.endswith("_micro")}
 
 
-def bare_matmul(q, g, device="cpu") -> float:
+def bare_matmul(q, g, device="cpu", repeats: int = 3) -> float:
+    """Seconds of the bare chunked product: the median of ``repeats`` runs after one warm-up run (the
+    first product of a process pays for page faults and the BLAS thread pool's start)."""
     import torch
 
     qt, gt = torch.as_tensor(q, device=device), torch.as_tensor(g, device=device)
-    t0 = time.perf_counter()
-    for i in range(0, qt.shape[0], BARE_ROWS):
-        torch.mm(qt[i : i + BARE_ROWS], gt.T)
-    if qt.is_cuda:
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        for i in range(0, qt.shape[0], BARE_ROWS):
+            torch.mm(qt[i : i + BARE_ROWS], gt.T)
+        if qt.is_cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    once()
+    return float(np.median([once() for _ in range(repeats)]))
 
 
 def timed(fn, *args, **kwargs):

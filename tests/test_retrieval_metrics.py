@@ -478,3 +478,57 @@ def test_query_shards_sum_to_the_whole(world):
     assert hgot == hashing_metrics(q, ql, g, gl, map_at=(30,))
     with pytest.raises(ValueError, match="0 <= rank < world"):
         sbir_metrics(q, ql, g, gl, query_shard=(2, 2))
+
+
+# ----------------------------------------------------------------------------------------------------
+# the compiled ranking kernel (native.py, _ranks.c)
+# ----------------------------------------------------------------------------------------------------
+def _native_or_skip():
+    import os
+
+    from sketchquant.core.retrieval import native
+
+    if not native.available():
+        assert os.environ.get("CI") != "true", "CI has a C compiler: the ranking kernel must build"
+        pytest.skip("no C compiler: the compiled ranking kernel is not available")
+    return native
+
+
+def test_native_ranks_equal_torch_ranks_with_ties_and_extremes():
+    from sketchquant.core.retrieval.engine import relevant_ranks
+
+    native = _native_or_skip()
+    rng = np.random.default_rng(21)
+    values = np.array([-1.5, -0.0, 0.0, 0.25, 0.5, 0.5000001, 2.0, 3e-39, -3e38, 3e38], dtype=np.float32)
+    for trial in range(120):
+        m, n = int(rng.integers(1, 7)), int(rng.integers(1, 300))
+        keys = rng.choice(values, (m, n)).astype(np.float32)
+        if trial % 3 == 0:
+            keys = rng.normal(size=(m, n)).astype(np.float32)
+        if trial % 11 == 0:
+            keys[:] = 0.5  # one value everywhere: the order is the column order
+        L = int(rng.integers(0, n + 1))
+        cols = np.stack([rng.permutation(n)[:L] for _ in range(m)]).astype(np.int64).reshape(m, L)
+        n_rel = rng.integers(0, L + 1, m)
+        args = torch.from_numpy(keys), torch.from_numpy(cols), torch.from_numpy(n_rel)
+        want = relevant_ranks(*args)
+        got = native.relevant_ranks(*args)
+        assert got.dtype == torch.int64 and got.shape == (m, L)
+        assert torch.equal(got, want), trial
+    with pytest.raises(ValueError, match="relevant columns must lie in 0..9"):
+        native.relevant_ranks(torch.zeros(1, 10), torch.tensor([[10]]), torch.tensor([1]))
+
+
+def test_metrics_equal_with_and_without_the_kernel(monkeypatch):
+    from sketchquant.core.retrieval import native
+
+    _native_or_skip()
+    rng = np.random.default_rng(22)
+    q, ql, g, gl = _tie_data(rng, 60, 300, 5)
+    kw = dict(map_at=("all", 40), p_at=(10, 100), chunk_size=17)
+    with_kernel = sbir_metrics(q, ql, g, gl, **kw)
+    hashing = hashing_metrics(np.sign(q), ql, np.sign(g), gl, map_at=(50, "all"))
+    monkeypatch.setattr(native, "_load", lambda: None)
+    assert sbir_metrics(q, ql, g, gl, **kw) == with_kernel
+    assert hashing_metrics(np.sign(q), ql, np.sign(g), gl, map_at=(50, "all")) == hashing
+    _assert_match(with_kernel, ref_sbir(sq_l2(q, g), ql, gl, ["all", 40], [10, 100]))

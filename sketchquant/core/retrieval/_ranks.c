@@ -1,0 +1,173 @@
+/* Exact ranks of each row's relevant gallery items in one pass over the row (sketchquant, SPEC §C).
+ *
+ * The order is (key ascending, column ascending). For a row with R relevant items sorted in that order
+ * (r_0 … r_{R-1}), every item i gets p(i) = the number of relevant items strictly before it; then
+ * rank(r_j) = #{i : p(i) <= j} (1-based): the relevant item itself and everything before it.
+ * p(i) comes from 32·R buckets over [r_0, r_{R-1}] (a monotone map key -> bucket, the same arithmetic
+ * for every key): an item in a bucket without relevant items is only counted there (p = the relevant
+ * items of the lower buckets, from one prefix sum); an item sharing a bucket with relevant items is
+ * compared with them exactly under (key, column). About 3.5 ns per item on one core: a radix sort of the
+ * relevant keys, one vectorised bucket pass and one counting pass per row.
+ * Plain C, no Python API: loaded with ctypes, the GIL released while it runs (sketchquant/core/retrieval/
+ * native.py compiles it on first use).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef SQ_BUCKETS_PER_RELEVANT
+#define SQ_BUCKETS_PER_RELEVANT 32
+#endif
+
+/* float -> uint32 with the same order (-0.0 and +0.0 equal: the caller adds +0.0f first) */
+static inline uint32_t mono_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+/* LSD radix sort of n uint64 (8 bits a pass; passes whose byte is the same everywhere are skipped);
+ * tmp holds n more. The sorted values end in a. */
+static void radix_sort_u64(uint64_t *a, uint64_t *tmp, int64_t n) {
+    uint64_t *src = a, *dst = tmp;
+    for (int shift = 0; shift < 64; shift += 8) {
+        int64_t count[257] = {0};
+        for (int64_t i = 0; i < n; i++) count[((src[i] >> shift) & 0xFF) + 1]++;
+        if (count[((src[0] >> shift) & 0xFF) + 1] == n) continue;
+        for (int d = 0; d < 256; d++) count[d + 1] += count[d];
+        for (int64_t i = 0; i < n; i++) dst[count[(src[i] >> shift) & 0xFF]++] = src[i];
+        uint64_t *t = src;
+        src = dst;
+        dst = t;
+    }
+    if (src != a) memcpy(a, src, sizeof(uint64_t) * (size_t)n);
+}
+
+/* keys: m rows of n float32 (row stride ld); cols: m rows of L int64 (the first n_rel[row] used, each in
+ * 0 .. n - 1, n < 2^32); ranks: m rows of L int64, ascending, padded with n + 1.
+ * Returns 0, or -1 when out of memory. */
+int sq_relevant_ranks(const float *keys, int64_t m, int64_t n, int64_t ld, const int64_t *cols,
+                      const int64_t *n_rel, int64_t L, int64_t *ranks) {
+    const int64_t nb_cap = 4 * n + 8; /* more buckets than items buy nothing */
+    const int64_t nb_max = (SQ_BUCKETS_PER_RELEVANT * L < nb_cap ? SQ_BUCKETS_PER_RELEVANT * L : nb_cap) + 8;
+    uint64_t *packed = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)(2 * L + 2));
+    float *rkey = (float *)malloc(sizeof(float) * (size_t)(L + 1));
+    int64_t *rcol = (int64_t *)malloc(sizeof(int64_t) * (size_t)(L + 1));
+    int64_t *hist = (int64_t *)malloc(sizeof(int64_t) * (size_t)(L + 1));
+    int32_t *bucket = (int32_t *)malloc(sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
+    int32_t *hist_b = (int32_t *)malloc(sizeof(int32_t) * (size_t)(nb_max + 3));
+    int32_t *rbucket = (int32_t *)malloc(sizeof(int32_t) * (size_t)(L + 1));
+    int32_t *stop = (int32_t *)malloc(sizeof(int32_t) * (size_t)(nb_max + 3));
+    int ok = packed && rkey && rcol && hist && bucket && hist_b && rbucket && stop;
+    for (int64_t row = 0; ok && row < m; row++) {
+        const float *k = keys + row * ld;
+        const int64_t *c = cols + row * L;
+        int64_t *out = ranks + row * L;
+        int64_t R = n_rel[row];
+        if (R > L) R = L;
+        for (int64_t j = R; j < L; j++) out[j] = n + 1;
+        if (R <= 0) continue;
+        /* the relevant items in (key, column) order */
+        for (int64_t j = 0; j < R; j++)
+            packed[j] = ((uint64_t)mono_bits(k[c[j]] + 0.0f) << 32) | (uint64_t)(uint32_t)c[j];
+        radix_sort_u64(packed, packed + L + 1, R);
+        for (int64_t j = 0; j < R; j++) {
+            rcol[j] = (int64_t)(packed[j] & 0xFFFFFFFFu);
+            rkey[j] = k[rcol[j]] + 0.0f;
+        }
+        rkey[R] = 0.0f;
+        rcol[R] = 0;
+        /* a monotone map key -> bucket 0 .. nb + 1: below the relevant range, nb buckets over it, above.
+         * Every step (subtract, multiply, add, clamp, truncate) is monotone, so a lower bucket never
+         * holds a farther item, whatever the rounding. float when the scale fits, double otherwise
+         * (a relevant range too narrow or too wide for float). */
+        const float lo = rkey[0], hi = rkey[R - 1];
+        const int64_t nb = SQ_BUCKETS_PER_RELEVANT * R < nb_cap ? SQ_BUCKETS_PER_RELEVANT * R : nb_cap;
+        const double dscale = hi > lo ? (double)(nb - 1) / ((double)hi - (double)lo) : 1.0;
+        const int use_float = dscale < 1.0e30 && dscale > 1.0e-30;
+        if (use_float) {
+            const float fs = (float)dscale, ftop = (float)(nb + 1);
+            for (int64_t i = 0; i < n; i++) { /* vectorised */
+                float t = (k[i] - lo) * fs + 1.0f;
+                t = t < 0.0f ? 0.0f : t;
+                t = t > ftop ? ftop : t;
+                bucket[i] = (int32_t)t;
+            }
+            for (int64_t j = 0; j < R; j++) {
+                float t = (rkey[j] - lo) * fs + 1.0f;
+                t = t < 0.0f ? 0.0f : t;
+                t = t > ftop ? ftop : t;
+                rbucket[j] = (int32_t)t;
+            }
+        } else {
+            const double dlo = (double)lo, dtop = (double)(nb + 1);
+            for (int64_t i = 0; i < n; i++) {
+                double t = ((double)k[i] - dlo) * dscale + 1.0;
+                t = t < 0.0 ? 0.0 : t;
+                t = t > dtop ? dtop : t;
+                bucket[i] = (int32_t)t;
+            }
+            for (int64_t j = 0; j < R; j++) {
+                double t = ((double)rkey[j] - dlo) * dscale + 1.0;
+                t = t < 0.0 ? 0.0 : t;
+                t = t > dtop ? dtop : t;
+                rbucket[j] = (int32_t)t;
+            }
+        }
+        /* per bucket, one int32: the count of its items, or -1 - (index of its first relevant item) for a
+         * bucket that holds relevant items (their range ends at stop[b]) */
+        memset(hist_b, 0, sizeof(int32_t) * (size_t)(nb + 2));
+        for (int64_t j = R - 1; j >= 0; j--) {
+            const int32_t rb = rbucket[j];
+            if (hist_b[rb] == 0) stop[rb] = (int32_t)(j + 1);
+            hist_b[rb] = (int32_t)(-1 - j);
+        }
+        /* p(i) = #relevant items strictly before item i; rank of the q-th relevant = #{i : p(i) <= q}.
+         * An item in a bucket without relevant items has p = #relevant items in lower buckets: it is
+         * only counted per bucket. Items sharing a bucket with relevant items are compared exactly under
+         * (key, column). */
+        memset(hist, 0, sizeof(int64_t) * (size_t)(R + 1));
+        for (int64_t i = 0; i < n; i++) {
+            const int32_t b = bucket[i];
+            const int32_t v = hist_b[b];
+            if (v >= 0) {
+                hist_b[b] = v + 1;
+            } else {
+                const float x = k[i] + 0.0f;
+                int32_t p = -1 - v;
+                const int32_t end = stop[b];
+                while (p < end && (rkey[p] < x || (rkey[p] == x && rcol[p] < i))) p++;
+                hist[p]++;
+            }
+        }
+        for (int64_t j = 0; j < R; j++) hist_b[rbucket[j]] = 0; /* flagged buckets count nothing here */
+        { /* prefix counts C(b) in place; the items with p = j sit in buckets rbucket[j-1] < b <= rbucket[j] */
+            int64_t acc = 0;
+            for (int64_t q = 0; q < nb + 2; q++) {
+                acc += hist_b[q];
+                hist_b[q] = (int32_t)acc;
+            }
+            int64_t prev = 0;
+            for (int64_t j = 0; j < R; j++) {
+                const int64_t cur = hist_b[rbucket[j]];
+                hist[j] += cur - prev;
+                prev = cur;
+            }
+            hist[R] += acc - prev;
+        }
+        int64_t cum = 0;
+        for (int64_t q = 0; q < R; q++) {
+            cum += hist[q];
+            out[q] = cum;
+        }
+    }
+    free(packed);
+    free(rkey);
+    free(rcol);
+    free(hist);
+    free(stop);
+    free(bucket);
+    free(hist_b);
+    free(rbucket);
+    return ok ? 0 : -1;
+}
