@@ -2,13 +2,15 @@
 recall@10 of the approximate index types against exact ``flat``.
 
     python benchmarks/search_speed.py [--sizes 1000,100000,1000000] [--types flat,ivfpq,hnsw]
-                                      [--build-images 512] [--batch-size 64] [--workers 2] [--tiny]
+                                      [--build-images 2048] [--batch-size 64] [--workers 2] [--tiny]
+                                      [--hnsw-max-size 200000]
                                       [--out benchmarks/results/search_speed.json]
 
 - **build**: ``Gallery.build`` over ``--build-images`` generated JPEG photos (224 px unless ``--tiny``)
   with the default method-B network (random weights: speed only), images/s of the whole build (decode,
-  ``Trainer.predict``, PQ fit, indexes, atomic writes) against a bare ``forward`` of the same network on
-  ready tensors at the same batch size (``ratio``; goal ≥ 0.9).
+  resize, ``Trainer.predict``, PQ fit, indexes, atomic writes) against a bare ``forward`` of the same
+  network on ready tensors of its input size (the config's ``data.image_size``) at the same batch size
+  (``ratio``; goal ≥ 0.9).
 - **query**: one sketch PNG from disk → decode + transform + forward + search, p50 / p99 over
   ``--queries`` runs, on galleries of synthetic class-clustered L2-normalised features of each size (``raw`` features,
   flat index); ``search_ms`` the FAISS search alone for each index type (goal: p50 ≤ 50 ms at 100k flat;
@@ -99,7 +101,10 @@ def bench_build(tmp: Path, args) -> dict:
     )
     build_s = time.perf_counter() - t0
     g = Gallery.open(tmp / "gallery")
-    x = torch.randn(args.batch_size, 3, size, size)
+    from sketchquant.app.gallery.store import _transform
+
+    _, hw = _transform(g.cfg)  # the network's input: the photos are resized to the config's image size
+    x = torch.randn(args.batch_size, 3, *hw)
     batches = max(1, args.build_images // args.batch_size)
     with torch.inference_mode():
         g.module(x)  # warm-up
@@ -111,7 +116,8 @@ def bench_build(tmp: Path, args) -> dict:
     fwd_ips = batches * args.batch_size / fwd_s
     return {
         "images": rep.images,
-        "image_size": size,
+        "photo_size": size,
+        "input_size": list(hw),
         "batch_size": args.batch_size,
         "workers": args.workers,
         "build_seconds": build_s,
@@ -147,6 +153,11 @@ def bench_query(g, n: int, types: list[str], sketch: Path, args) -> list[dict]:
     truth = None
     queries = _synthetic(g, args.queries, seed=1)
     for kind in types:
+        if kind == "hnsw" and n > args.hnsw_max_size:
+            rows.append(
+                {"size": n, "type": kind, "error": f"skipped: above --hnsw-max-size {args.hnsw_max_size}"}
+            )
+            continue
         t0 = time.perf_counter()
         try:
             index = make_index(kind, x)
@@ -204,10 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000,100000,1000000")
     ap.add_argument("--types", default="flat,ivfpq,hnsw")
-    ap.add_argument("--build-images", type=int, default=512)
+    ap.add_argument("--build-images", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument(
+        "--hnsw-max-size", type=int, default=200_000, help="skip hnsw above this size (its build takes long)"
+    )
     ap.add_argument("--tiny", action="store_true", help="timm's test network at 32 px (smoke runs)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/search_speed.json"))
     args = ap.parse_args(argv)

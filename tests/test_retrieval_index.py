@@ -53,6 +53,33 @@ def test_search_ties_lowest_index_first():
     assert i[0].tolist() == [0, 2, 4, 1, 3]
 
 
+def test_few_queries_on_a_large_flat_index_rank_as_faiss(monkeypatch):
+    """The multithreaded torch scan (few queries, large flat L2 index) returns faiss's own answer: the
+    same items in the same order, ties lowest index first, distances equal to rounding; a grown index
+    gets its norms recomputed."""
+    rng = np.random.default_rng(5)
+    g = rng.normal(size=(3000, 24)).astype(np.float32)
+    g[1000:1010] = g[5]  # ten exact duplicates of item 5: ties decided by the lower index
+    q = np.concatenate([g[5:6] + 1e-3, rng.normal(size=(7, 24)).astype(np.float32)])
+    idx = build_float_index(g)
+    slow_d, slow_i = search_index(idx, q, 15)  # faiss' own scan
+    monkeypatch.setattr(index_mod, "FAST_FLAT_MIN_ITEMS", 0)
+    calls = []
+    real = index_mod._search_flat_few
+    monkeypatch.setattr(index_mod, "_search_flat_few", lambda *a: calls.append(1) or real(*a))
+    fast_d, fast_i = search_index(idx, q, 15)
+    assert calls == [1]
+    np.testing.assert_array_equal(fast_i, slow_i)
+    assert fast_i[0, :11].tolist() == [5, *range(1000, 1010)]
+    np.testing.assert_allclose(fast_d, slow_d, rtol=1e-5, atol=1e-5)
+    assert fast_d.dtype == np.float32 and fast_i.dtype == np.int64
+    extra = rng.normal(size=(5, 24)).astype(np.float32)
+    idx.add(extra)  # the cached norms must follow the index
+    d, i = search_index(idx, extra[2:3], 1)
+    assert i[0, 0] == 3002 and d[0, 0] == pytest.approx(0.0, abs=1e-4)
+    assert search_index(idx, q, 5000)[1].shape == (8, 3005)  # k beyond the index: all of it
+
+
 def test_round_trip_with_metadata(tmp_path):
     g = np.random.default_rng(2).normal(size=(6, 4)).astype(np.float32)
     path = tmp_path / "sub" / "gallery.faiss"

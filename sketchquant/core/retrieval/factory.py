@@ -8,7 +8,8 @@
   ``m`` sub-quantisers of 8 bits (at least 4 dims each, at most 64), and an exact re-ranking of the
   ``k_factor · k`` PQ candidates over the stored float vectors (recall@10 close to 1 at a fraction of
   flat's search time; the memory is flat's plus the PQ codes). ``nprobe`` (max(16, nlist/32)) and ``k_factor``
-  (4) are stored in the index file. ``IVF<nlist>,PQ<m>`` without ``RFlat`` is the compact variant (a factory string).
+  (16: at 4, recall@10 was 0.92 on 100k class-clustered features, at 16 it is 1.0) are stored in the
+  index file. k-means samples 64 points per list / PQ centroid (faiss's default is 256). ``IVF<nlist>,PQ<m>`` without ``RFlat`` is the compact variant (a factory string).
 - ``hnsw``: ``HNSW32`` (flat storage), ``efSearch`` stored in the index file.
 - anything else is handed to ``faiss.index_factory`` (e.g. ``"IVF256,PQ32,RFlat"``, ``"HNSW16"``).
 
@@ -28,7 +29,10 @@ __all__ = ["INDEX_TYPES", "make_index", "index_factory_string", "index_bytes", "
 INDEX_TYPES = ("flat", "ivfpq", "hnsw")
 DEFAULT_NPROBE = 16
 DEFAULT_EF_SEARCH = 64
-DEFAULT_K_FACTOR = 4
+DEFAULT_K_FACTOR = 16
+#: k-means sample per IVF list and per PQ centroid (faiss: 256; it warns below 39): the build of a
+#: million-photo gallery is then minutes, and recall@10 after the exact re-ranking is unchanged
+TRAIN_POINTS_PER_CENTROID = 64
 
 
 def _pq_m(d: int) -> int:
@@ -79,6 +83,10 @@ def make_index(kind: str, data: Any, *, codes: bool = False, seed: int = 0) -> f
         ivf = _ivf(index)
         if ivf is not None:
             ivf.cp.seed = seed
+            ivf.cp.max_points_per_centroid = TRAIN_POINTS_PER_CENTROID
+            pq = getattr(faiss.downcast_index(ivf), "pq", None)
+            if pq is not None:
+                pq.cp.max_points_per_centroid = TRAIN_POINTS_PER_CENTROID
             if ivf.nlist > n:
                 raise ValueError(f"index {kind!r} has {ivf.nlist} lists but the gallery only {n} items")
         try:
