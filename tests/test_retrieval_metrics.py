@@ -532,3 +532,33 @@ def test_metrics_equal_with_and_without_the_kernel(monkeypatch):
     assert sbir_metrics(q, ql, g, gl, **kw) == with_kernel
     assert hashing_metrics(np.sign(q), ql, np.sign(g), gl, map_at=(50, "all")) == hashing
     _assert_match(with_kernel, ref_sbir(sq_l2(q, g), ql, gl, ["all", 40], [10, 100]))
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_shards_multiply_the_same_row_groups_as_one_process(monkeypatch, world):
+    # the kernel cuts chunks into cache-sized pieces; a query shard (whole chunks) must see the same
+    # pieces as one process, or the products round differently and near-ties can flip
+    from sketchquant.core.retrieval import engine
+
+    _native_or_skip()
+    rng = np.random.default_rng(23)
+    gl, ql = rng.integers(0, 4, 260), rng.integers(0, 4, 47)
+    g, q = _clustered(rng, 260, gl), _clustered(rng, 47, ql)
+    monkeypatch.setattr(engine, "NATIVE_CHUNK_CELLS", 8 * 260)  # pieces of 8, 8, 4 rows in chunks of 20
+    real = engine.run
+
+    def run_groups(**kw):
+        groups = []
+
+        def spy(fill, *a, **k):
+            return real(lambda idx, out: groups.append(tuple(idx.tolist())) or fill(idx, out), *a, **k)
+
+        monkeypatch.setattr(engine, "run", spy)
+        sbir_metrics(q, ql, g, gl, map_at=("all",), p_at=(10,), chunk_size=20, **kw)
+        monkeypatch.setattr(engine, "run", real)
+        return groups
+
+    one = run_groups()
+    assert sorted({len(x) for x in one}) == [4, 7, 8]  # 47 queries: 20 = 8 + 8 + 4, 20, 7
+    shards = [x for rank in range(world) for x in run_groups(query_shard=(rank, world), reduce_fn=lambda t: t)]
+    assert sorted(shards) == sorted(one)

@@ -242,20 +242,28 @@ def run(
         return {name: empty for name in names}, torch.empty(0, dtype=torch.int64, device=device)
     cpu = _host_path(device)
     use_native = cpu and dtype == torch.float32 and native.available(n_gallery)
-    if use_native:  # the kernel reads a chunk's keys right after the product wrote them: keep them in cache
-        chunk = min(chunk, max(8, NATIVE_CHUNK_CELLS // n_gallery))
-    chunk = max(1, min(chunk, n_query))
-    starts = list(range(0, n_query, chunk))
-    workers = max(1, min(torch.get_num_threads(), len(starts))) if cpu else 1
-    block = max(1, BLOCK_CELLS // n_gallery) if cpu else chunk
-    results: list[Any] = [None] * len(starts)
+    chunk = max(1, chunk)
+    # the kernel reads a piece's keys right after the product wrote them: pieces small enough for the
+    # cache, cut at the same offsets inside every chunk (a query shard is whole chunks, so each piece is
+    # the same matrix product, with the same rounding, in any number of processes)
+    piece = min(chunk, max(8, NATIVE_CHUNK_CELLS // n_gallery)) if use_native else chunk
+    spans = [
+        (s, min(s + piece, a + chunk, n_query))
+        for a in range(0, n_query, chunk)
+        for s in range(a, a + chunk, piece)
+    ]
+    spans = [(s, e) for s, e in spans if s < e]
+    piece = max(e - s for s, e in spans)
+    workers = max(1, min(torch.get_num_threads(), len(spans))) if cpu else 1
+    block = max(1, BLOCK_CELLS // n_gallery) if cpu else piece
+    results: list[Any] = [None] * len(spans)
 
     def work(w: int) -> None:
         if cpu:  # one thread per product: its rounding is then the same whatever the thread count
             torch.set_num_threads(1)
-        buf = torch.empty(chunk * n_gallery, device=device, dtype=dtype)
-        for ci in range(w, len(starts), workers):
-            idx = queries[starts[ci] : starts[ci] + chunk]
+        buf = torch.empty(piece * n_gallery, device=device, dtype=dtype)
+        for ci in range(w, len(spans), workers):
+            idx = queries[spans[ci][0] : spans[ci][1]]
             keys = buf[: idx.numel() * n_gallery].view(idx.numel(), n_gallery)
             fill(idx, keys)
             cols, n_rel = relevant(idx)
