@@ -135,7 +135,9 @@ def test_metric_becomes_the_monitor(tmp_path):
     assert not any(o.startswith("monitor") for o in plan.overrides)
 
 
-@pytest.mark.parametrize("name", ["zs_sbir_losses", "zs_sbir_prototypes", "quant_alpha", "quant_windows"])
+@pytest.mark.parametrize(
+    "name", ["zs_sbir_losses", "zs_sbir_prototypes", "zs_sbir_folder_lr", "quant_alpha", "quant_windows"]
+)
 def test_shipped_specs_are_valid(name):
     path = config_dir() / "sweeps" / f"{name}.yaml"
     plan = sw.validate_spec(path)
