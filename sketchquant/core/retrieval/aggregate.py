@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,12 @@ def full(
     return reduce_fn(full) if reduce_fn is not None else full
 
 
+def exact_mean(v: torch.Tensor) -> float:
+    """The mean from an exactly rounded sum (``math.fsum``): the same float whatever the thread count
+    (torch's reduction splits large tensors by thread, and its rounding moved with it)."""
+    return math.fsum(v.double().cpu().tolist()) / v.numel()
+
+
 def sbir_aggregate(per: dict[str, torch.Tensor], tot: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     keep = tot.cpu() > 0
     out: dict[str, float] = {}
@@ -42,9 +49,9 @@ def sbir_aggregate(per: dict[str, torch.Tensor], tot: torch.Tensor, labels: torc
             out[name] = float("nan")
             out[name + "_micro"] = float("nan")
             continue
-        class_means = torch.stack([v[lab == c].mean() for c in classes])
-        out[name] = float(class_means.mean())
-        out[name + "_micro"] = float(v.mean())
+        class_means = [exact_mean(v[lab == c]) for c in classes]
+        out[name] = math.fsum(class_means) / len(class_means)
+        out[name + "_micro"] = exact_mean(v)
     out["num_queries"] = int(labels.numel())
     out["num_queries_no_relevant"] = int((~keep).sum())
     return out

@@ -244,7 +244,7 @@ def hashing_metrics(
         fill, queries, g.shape[0], relevant, dtype, map_ks, p_ks, "standard", "hashing", chunk, dev
     )
     full = aggregate.full({**per, "n_rel": tot}, queries, q.shape[0], reduce_fn)
-    out: dict[str, float] = {name: float(v.mean()) for name, v in zip(per, full)}
+    out: dict[str, float] = {name: aggregate.exact_mean(v) for name, v in zip(per, full)}
     out["num_queries"] = int(q.shape[0])
     out["num_queries_no_relevant"] = int((full[-1] == 0).sum())
     return out
