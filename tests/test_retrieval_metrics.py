@@ -560,7 +560,9 @@ def test_shards_multiply_the_same_row_groups_as_one_process(monkeypatch, world):
 
     one = run_groups()
     assert sorted({len(x) for x in one}) == [4, 7, 8]  # 47 queries: 20 = 8 + 8 + 4, 20, 7
-    shards = [x for rank in range(world) for x in run_groups(query_shard=(rank, world), reduce_fn=lambda t: t)]
+    shards = [
+        x for rank in range(world) for x in run_groups(query_shard=(rank, world), reduce_fn=lambda t: t)
+    ]
     assert sorted(shards) == sorted(one)
 
 
