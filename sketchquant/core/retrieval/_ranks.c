@@ -26,6 +26,21 @@ static inline uint32_t mono_bits(float f) {
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
+/* the monotone key -> bucket map, in float and in double: items and relevant keys go through the same one */
+static inline int32_t bucket_f(float x, float lo, float scale, float top) {
+    float t = (x - lo) * scale + 1.0f;
+    t = t < 0.0f ? 0.0f : t;
+    t = t > top ? top : t;
+    return (int32_t)t;
+}
+
+static inline int32_t bucket_d(float x, double lo, double scale, double top) {
+    double t = ((double)x - lo) * scale + 1.0;
+    t = t < 0.0 ? 0.0 : t;
+    t = t > top ? top : t;
+    return (int32_t)t;
+}
+
 /* LSD radix sort of n uint64 (8 bits a pass; passes whose byte is the same everywhere are skipped);
  * tmp holds n more. The sorted values end in a. */
 static void radix_sort_u64(uint64_t *a, uint64_t *tmp, int64_t n) {
@@ -51,8 +66,8 @@ int sq_relevant_ranks(const float *keys, int64_t m, int64_t n, int64_t ld, const
     const int64_t nb_cap = 4 * n + 8; /* more buckets than items buy nothing */
     const int64_t nb_max = (SQ_BUCKETS_PER_RELEVANT * L < nb_cap ? SQ_BUCKETS_PER_RELEVANT * L : nb_cap) + 8;
     uint64_t *packed = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)(2 * L + 2));
-    float *rkey = (float *)malloc(sizeof(float) * (size_t)(L + 1));
-    int64_t *rcol = (int64_t *)malloc(sizeof(int64_t) * (size_t)(L + 1));
+    float *rkey = (float *)malloc(sizeof(float) * (size_t)(L > 0 ? L : 1));
+    int64_t *rcol = (int64_t *)malloc(sizeof(int64_t) * (size_t)(L > 0 ? L : 1));
     int64_t *hist = (int64_t *)malloc(sizeof(int64_t) * (size_t)(L + 1));
     int32_t *bucket = (int32_t *)malloc(sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
     int32_t *hist_b = (int32_t *)malloc(sizeof(int32_t) * (size_t)(nb_max + 3));
@@ -75,8 +90,6 @@ int sq_relevant_ranks(const float *keys, int64_t m, int64_t n, int64_t ld, const
             rcol[j] = (int64_t)(packed[j] & 0xFFFFFFFFu);
             rkey[j] = k[rcol[j]] + 0.0f;
         }
-        rkey[R] = 0.0f;
-        rcol[R] = 0;
         /* a monotone map key -> bucket 0 .. nb + 1: below the relevant range, nb buckets over it, above.
          * Every step (subtract, multiply, add, clamp, truncate) is monotone, so a lower bucket never
          * holds a farther item, whatever the rounding. float when the scale fits, double otherwise
@@ -87,32 +100,12 @@ int sq_relevant_ranks(const float *keys, int64_t m, int64_t n, int64_t ld, const
         const int use_float = dscale < 1.0e30 && dscale > 1.0e-30;
         if (use_float) {
             const float fs = (float)dscale, ftop = (float)(nb + 1);
-            for (int64_t i = 0; i < n; i++) { /* vectorised */
-                float t = (k[i] - lo) * fs + 1.0f;
-                t = t < 0.0f ? 0.0f : t;
-                t = t > ftop ? ftop : t;
-                bucket[i] = (int32_t)t;
-            }
-            for (int64_t j = 0; j < R; j++) {
-                float t = (rkey[j] - lo) * fs + 1.0f;
-                t = t < 0.0f ? 0.0f : t;
-                t = t > ftop ? ftop : t;
-                rbucket[j] = (int32_t)t;
-            }
+            for (int64_t i = 0; i < n; i++) bucket[i] = bucket_f(k[i], lo, fs, ftop); /* vectorised */
+            for (int64_t j = 0; j < R; j++) rbucket[j] = bucket_f(rkey[j], lo, fs, ftop);
         } else {
             const double dlo = (double)lo, dtop = (double)(nb + 1);
-            for (int64_t i = 0; i < n; i++) {
-                double t = ((double)k[i] - dlo) * dscale + 1.0;
-                t = t < 0.0 ? 0.0 : t;
-                t = t > dtop ? dtop : t;
-                bucket[i] = (int32_t)t;
-            }
-            for (int64_t j = 0; j < R; j++) {
-                double t = ((double)rkey[j] - dlo) * dscale + 1.0;
-                t = t < 0.0 ? 0.0 : t;
-                t = t > dtop ? dtop : t;
-                rbucket[j] = (int32_t)t;
-            }
+            for (int64_t i = 0; i < n; i++) bucket[i] = bucket_d(k[i], dlo, dscale, dtop);
+            for (int64_t j = 0; j < R; j++) rbucket[j] = bucket_d(rkey[j], dlo, dscale, dtop);
         }
         /* per bucket, one int32: the count of its items, or -1 - (index of its first relevant item) for a
          * bucket that holds relevant items (their range ends at stop[b]) */
