@@ -509,28 +509,32 @@ def test_sigkilled_build_leaves_the_old_gallery(zs, tmp_path):
     before = (out / "manifest.json").read_text()
     old_dir = json.loads(before)["data_dir"]
     hits = [h.relpath for h in Gallery.open(out).search(zs["queries"][0], k=5)[0].hits]
-    cmd = [
-        sys.executable,
-        "-m",
-        "sketchquant.app.cli",
-        "index",
-        "--ckpt",
-        zs["ckpt"],
-        "--images",
-        str(photos),
-    ]
+    # The child pauses at the most dangerous moment (the new features and indexes written, the manifest
+    # not yet switched), says so with a marker file, and is killed right there: no timing race.
+    marker = tmp_path / "paused"
+    child = (
+        "import sys, time\n"
+        "import sketchquant.app.gallery.build as b\n"
+        "from sketchquant.app.cli import main\n"
+        "def paused(path, obj):\n"
+        f"    open({str(marker)!r}, 'w').close()\n"
+        "    time.sleep(600)\n"
+        "b.atomic_write_json = paused\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    cmd = [sys.executable, "-c", child, "index", "--ckpt", zs["ckpt"], "--images", str(photos)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     env.pop("SKETCHQUANT_GALLERY_BUILD", None)
     proc = subprocess.Popen(
-        [*cmd, "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [*cmd, "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     try:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            if [p for p in out.glob("data-*") if p.name != old_dir]:  # the new build has started writing
-                break
+        while time.monotonic() < deadline and proc.poll() is None and not marker.exists():
             time.sleep(0.05)
-        assert proc.poll() is None, "the build finished before it could be killed"
+        assert marker.exists(), f"the build never reached the manifest switch: {proc.stderr.read()[-2000:]!r}"
+        new = [p for p in out.glob("data-*") if p.name != old_dir]
+        assert new and (new[0] / "features.npz").exists()  # the new build's data is written
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
     finally:

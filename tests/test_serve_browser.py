@@ -156,14 +156,18 @@ def test_page_in_a_real_browser(gallery):
         for path in (gallery["path"] / "manifest.json", Path.cwd() / "pyproject.toml", Path("/etc/passwd")):
             assert _status(f"{url}gradio_api/file={path}") in (403, 404), path
         driver.get(url)
-        info = _wait(lambda: driver.find_elements(By.CSS_SELECTOR, "#sq-info"), what="the page")
-        assert "photos · method zs_sbir · checkpoint last.ckpt" in info[0].text
-        search = driver.find_element(By.CSS_SELECTOR, "#sq-search")
+        # Gradio renders its components one after another: wait for each one the test touches
+        info, search, brush = (
+            _wait(lambda css=css: driver.find_elements(By.CSS_SELECTOR, css), what=css)[0]
+            for css in ("#sq-info", "#sq-search", '#sq-sketch button[aria-label="Brush"]')
+        )
+        assert "photos · method zs_sbir · checkpoint last.ckpt" in info.text
         search.click()  # a blank canvas: a message, no results
         _wait(
-            lambda: BLANK_MESSAGE in driver.find_element(By.CSS_SELECTOR, "#sq-status").text, what="blank msg"
+            lambda: any(BLANK_MESSAGE in e.text for e in driver.find_elements(By.CSS_SELECTOR, "#sq-status")),
+            what="blank msg",
         )
-        driver.find_element(By.CSS_SELECTOR, '#sq-sketch button[aria-label="Brush"]').click()
+        brush.click()
         canvas = _wait(lambda: driver.find_elements(By.CSS_SELECTOR, "#sq-sketch canvas"), what="canvas")[-1]
         for (x0, y0), (dx, dy), steps in (
             ((-70, -60), (11, 9), 12),
