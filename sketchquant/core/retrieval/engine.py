@@ -19,6 +19,7 @@ exact for any float or integer-valued keys. On the CPU, float32 keys go to the c
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -29,10 +30,13 @@ import torch
 from . import native
 from .checks import metric_name
 
-#: cells ranked at once on the CPU (a block's temporaries stay in the cache)
+#: cells ranked at once by the torch ranking on the CPU (a block's temporaries stay in the cache)
 BLOCK_CELLS = 2**20
-#: cells of a chunk ranked by the compiled kernel (16 MB of keys: 150 queries at 28k gallery items)
-NATIVE_CHUNK_CELLS = 2**22
+#: cells of a piece, the unit of work on the CPU: one single-threaded matrix product and its ranking.
+#: Each product reads the whole gallery, so a piece needs many query rows (a few hundred: 2^24 cells is
+#: 310 rows at 54k gallery items) for the product to run at the speed of one big product; far more rows
+#: would push its keys out of the cache before the ranking reads them (benchmarks/eval_speed.py).
+PIECE_CELLS = 2**24
 #: buckets per gallery item: more means fewer items to compare exactly, a larger histogram
 BUCKETS_PER_ITEM = 1.0
 
@@ -187,18 +191,22 @@ def per_query_metrics(
     ap: str,
     protocol: str,
 ) -> dict[str, torch.Tensor]:
-    """Per-query AP@k / P@k (float64) from padded ascending ranks (SPEC §C formulas)."""
+    """Per-query AP@k / P@k (float64) from padded ascending ranks (SPEC §C formulas).
+
+    The ranks ascend along a row, so at most ``k`` of them are ≤ k: a finite cut-off reads only the
+    first ``k`` columns."""
     ranks = ranks.to(torch.float64)
     tot = n_rel.to(device=ranks.device, dtype=torch.float64)
     j = torch.arange(1, ranks.shape[1] + 1, dtype=torch.float64, device=ranks.device)
     out: dict[str, torch.Tensor] = {}
     for k in map_at:
         kk = n_gallery if k == "all" else min(int(k), n_gallery)
-        in_top = ranks <= kk
-        prec = torch.where(in_top, j / ranks, torch.zeros_like(ranks))
+        r = ranks[:, :kk]
+        in_top = r <= kk
+        prec = torch.where(in_top, j[: r.shape[1]] / r, 0.0)
         if protocol == "sbir":
-            if ap == "voc":
-                prec = torch.flip(torch.cummax(torch.flip(prec, [1]), dim=1).values, [1]) * in_top
+            if ap == "voc":  # interpolated: the best precision at this rank or deeper
+                prec = torch.flip(torch.cummax(torch.flip(prec, [1]), dim=1).values, [1]).mul_(in_top)
             denom = torch.clamp(torch.minimum(tot, torch.full_like(tot, kk)), min=1.0)
             out[metric_name("map", k)] = prec.sum(1) / denom
         else:
@@ -208,13 +216,29 @@ def per_query_metrics(
             )
     for k in p_at:
         kk = n_gallery if k == "all" else min(int(k), n_gallery)
-        out[metric_name("p", k)] = (ranks <= kk).sum(1).to(torch.float64) / kk
+        out[metric_name("p", k)] = (ranks[:, :kk] <= kk).sum(1).to(torch.float64) / kk
     return out
 
 
 # ----------------------------------------------------------------------------------------------------
 # the chunk loop
 # ----------------------------------------------------------------------------------------------------
+def pieces(n_query: int, chunk: int, n_gallery: int | None) -> list[tuple[int, int]]:
+    """``(start, end)`` query spans, the units of work: every chunk of ``chunk`` rows cut into the fewest
+    equal pieces (sizes differing by at most one) of at most :data:`PIECE_CELLS` cells each
+    (``n_gallery`` given, the CPU) or whole (``None``). The cuts depend only on the chunk's length, and a
+    query shard is whole chunks: each piece is the same matrix product, rounded the same, in any number
+    of processes."""
+    rows = chunk if n_gallery is None else min(chunk, max(8, PIECE_CELLS // max(1, n_gallery)))
+    out = []
+    for a in range(0, n_query, chunk):
+        c = min(chunk, n_query - a)
+        k = -(-c // rows)
+        bounds = [a + c * i // k for i in range(k + 1)]
+        out += list(zip(bounds[:-1], bounds[1:]))
+    return out
+
+
 def run(
     fill: Callable[[torch.Tensor, torch.Tensor], None],
     queries: torch.Tensor,
@@ -231,10 +255,11 @@ def run(
     """Per-query metric values (float64, on ``device``) of the query indices ``queries``, in that order,
     and each one's number of relevant gallery items.
 
-    ``fill(indices, out)`` writes a chunk's keys; ``relevant(indices) -> (cols m × L, n_rel m)``. On the
-    CPU, ``torch.get_num_threads()`` workers take alternate chunks, each single-threaded from its matrix
-    product to its metrics (no idle core while one-threaded steps run), and rank a chunk in blocks of
-    about :data:`BLOCK_CELLS` cells so that the temporaries stay in the cache."""
+    ``fill(indices, out)`` writes a piece's keys; ``relevant(indices) -> (cols m × L, n_rel m)``. On the
+    CPU, ``torch.get_num_threads()`` workers take the next piece (:func:`pieces`) as they finish one,
+    each single-threaded from its matrix product to its metrics (no idle core while one-threaded steps
+    run); the torch ranking goes in blocks of about :data:`BLOCK_CELLS` cells so that its temporaries
+    stay in the cache."""
     n_query = queries.numel()
     if n_query == 0:
         names = [metric_name("map", k) for k in map_at] + [metric_name("p", k) for k in p_at]
@@ -242,27 +267,22 @@ def run(
         return {name: empty for name in names}, torch.empty(0, dtype=torch.int64, device=device)
     cpu = _host_path(device)
     use_native = cpu and dtype == torch.float32 and native.available(n_gallery)
-    chunk = max(1, chunk)
-    # the kernel reads a piece's keys right after the product wrote them: pieces small enough for the
-    # cache, cut at the same offsets inside every chunk (a query shard is whole chunks, so each piece is
-    # the same matrix product, with the same rounding, in any number of processes)
-    piece = min(chunk, max(8, NATIVE_CHUNK_CELLS // n_gallery)) if use_native else chunk
-    spans = [
-        (s, min(s + piece, a + chunk, n_query))
-        for a in range(0, n_query, chunk)
-        for s in range(a, a + chunk, piece)
-    ]
-    spans = [(s, e) for s, e in spans if s < e]
+    spans = pieces(n_query, max(1, chunk), n_gallery if cpu else None)
     piece = max(e - s for s, e in spans)
     workers = max(1, min(torch.get_num_threads(), len(spans))) if cpu else 1
     block = max(1, BLOCK_CELLS // n_gallery) if cpu else piece
     results: list[Any] = [None] * len(spans)
+    todo, lock = iter(range(len(spans))), threading.Lock()
 
-    def work(w: int) -> None:
+    def work(_: int) -> None:
         if cpu:  # one thread per product: its rounding is then the same whatever the thread count
             torch.set_num_threads(1)
         buf = torch.empty(piece * n_gallery, device=device, dtype=dtype)
-        for ci in range(w, len(spans), workers):
+        while True:
+            with lock:
+                ci = next(todo, None)
+            if ci is None:
+                return
             idx = queries[spans[ci][0] : spans[ci][1]]
             keys = buf[: idx.numel() * n_gallery].view(idx.numel(), n_gallery)
             fill(idx, keys)

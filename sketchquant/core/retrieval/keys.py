@@ -15,8 +15,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-#: bytes of working memory per query × gallery cell of a chunk (keys, buckets, counts, temporaries)
+#: bytes of working memory per query × gallery cell of a chunk ranked whole (on a GPU: keys, buckets,
+#: counts, temporaries)
 BYTES_PER_CELL = 40
+#: the same on the CPU, where a chunk is ranked piece by piece (engine.pieces) by one worker per core:
+#: the pieces' keys are the memory that grows with the chunk
+HOST_BYTES_PER_CELL = 8
 
 
 def prepare(q: torch.Tensor, g: torch.Tensor, normalize: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -88,11 +92,16 @@ def user_fill(distance_fn: Callable[[torch.Tensor], Any], n_gallery: int) -> Cal
     return fill
 
 
-def chunk_rows(n_gallery: int, chunk_size: int | None, memory_budget_mb: float) -> int:
+def chunk_rows(
+    n_gallery: int, chunk_size: int | None, memory_budget_mb: float, device: torch.device | None = None
+) -> int:
+    """Query rows per chunk: ``chunk_size``, or as many as ``memory_budget_mb`` holds (ranking on
+    ``device``; ``None``: a chunk ranked whole, as on a GPU)."""
     if chunk_size is not None:
         if int(chunk_size) <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         return int(chunk_size)
     if memory_budget_mb <= 0:
         raise ValueError(f"memory_budget_mb must be positive, got {memory_budget_mb}")
-    return max(1, int(memory_budget_mb * 2**20 // (BYTES_PER_CELL * n_gallery)))
+    per_cell = HOST_BYTES_PER_CELL if device is not None and device.type == "cpu" else BYTES_PER_CELL
+    return max(1, int(memory_budget_mb * 2**20 // (per_cell * n_gallery)))

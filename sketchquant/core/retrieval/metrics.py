@@ -158,7 +158,7 @@ def sbir_metrics(
     ql = check_single_labels(query_labels, q.shape[0], "query_labels", "query_feats", sq)
     gl = check_single_labels(gallery_labels, g.shape[0], "gallery_labels", "gallery_feats", sg)
     dev, dtype, fill = _setup(q, g, metric, normalize, distance_fn, device)
-    chunk = keys.chunk_rows(g.shape[0], chunk_size, memory_budget_mb)
+    chunk = keys.chunk_rows(g.shape[0], chunk_size, memory_budget_mb, dev)
     return _sbir_run(fill, ql, gl, dtype, dev, map_ks, p_ks, ap, chunk, query_shard, reduce_fn)
 
 
@@ -184,7 +184,7 @@ def sbir_metrics_from_distances(
     gl = check_single_labels(gallery_labels, d.shape[1], "gallery_labels", "dist (columns)", sg)
     dtype = torch.float32 if d.is_floating_point() else torch.float64
     fill = keys.user_fill(lambda idx: d[idx], d.shape[1])
-    chunk = keys.chunk_rows(d.shape[1], chunk_size, memory_budget_mb)
+    chunk = keys.chunk_rows(d.shape[1], chunk_size, memory_budget_mb, torch.device("cpu"))
     return _sbir_run(fill, ql, gl, dtype, torch.device("cpu"), map_ks, p_ks, ap, chunk)
 
 
@@ -238,7 +238,7 @@ def hashing_metrics(
     else:
         gl_t = gl_d.T.contiguous()
         relevant = relevance.mask_relevance(lambda idx: (ql_d.index_select(0, idx) @ gl_t) > 0)
-    chunk = keys.chunk_rows(g.shape[0], chunk_size, memory_budget_mb)
+    chunk = keys.chunk_rows(g.shape[0], chunk_size, memory_budget_mb, dev)
     queries = aggregate.shard(torch.arange(q.shape[0], device=dev), query_shard, chunk)
     per, tot = engine.run(
         fill, queries, g.shape[0], relevant, dtype, map_ks, p_ks, "standard", "hashing", chunk, dev
