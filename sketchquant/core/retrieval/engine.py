@@ -202,11 +202,11 @@ def per_query_metrics(
     for k in map_at:
         kk = n_gallery if k == "all" else min(int(k), n_gallery)
         r = ranks[:, :kk]
-        in_top = r <= kk
-        prec = torch.where(in_top, j[: r.shape[1]] / r, 0.0)
+        in_top = r <= kk  # a prefix of each row: the ranks ascend
+        prec = (j[: r.shape[1]] / r).masked_fill_(~in_top, 0.0)
         if protocol == "sbir":
-            if ap == "voc":  # interpolated: the best precision at this rank or deeper
-                prec = torch.flip(torch.cummax(torch.flip(prec, [1]), dim=1).values, [1]).mul_(in_top)
+            if ap == "voc":  # interpolated: the best precision at this rank or deeper (0 past the top k)
+                prec = _reverse_cummax(prec)
             denom = torch.clamp(torch.minimum(tot, torch.full_like(tot, kk)), min=1.0)
             out[metric_name("map", k)] = prec.sum(1) / denom
         else:
@@ -220,20 +220,32 @@ def per_query_metrics(
     return out
 
 
+def _reverse_cummax(x: torch.Tensor) -> torch.Tensor:
+    """``out[:, j] = max(x[:, j:])`` (numpy's accumulate on the CPU: no index output, no copies)."""
+    if _host_path(x.device):
+        out = np.empty(tuple(x.shape), dtype=x.numpy().dtype)
+        np.maximum.accumulate(x.numpy()[:, ::-1], axis=1, out=out[:, ::-1])
+        return torch.from_numpy(out)
+    return torch.flip(torch.cummax(torch.flip(x, [1]), dim=1).values, [1])
+
+
 # ----------------------------------------------------------------------------------------------------
 # the chunk loop
 # ----------------------------------------------------------------------------------------------------
 def pieces(n_query: int, chunk: int, n_gallery: int | None) -> list[tuple[int, int]]:
     """``(start, end)`` query spans, the units of work: every chunk of ``chunk`` rows cut into the fewest
-    equal pieces (sizes differing by at most one) of at most :data:`PIECE_CELLS` cells each
-    (``n_gallery`` given, the CPU) or whole (``None``). The cuts depend only on the chunk's length, and a
-    query shard is whole chunks: each piece is the same matrix product, rounded the same, in any number
-    of processes."""
+    equal pieces (sizes differing by at most one) of at most :data:`PIECE_CELLS` cells each, an even
+    number of them when the chunk has 16 rows or more (two workers then end together: TU-Berlin is
+    one chunk) — on the CPU, ``n_gallery`` given; whole chunks otherwise (``None``). The cuts depend
+    only on the chunk's length, and a query shard is whole chunks: each piece is the same matrix
+    product, rounded the same, in any number of processes."""
     rows = chunk if n_gallery is None else min(chunk, max(8, PIECE_CELLS // max(1, n_gallery)))
     out = []
     for a in range(0, n_query, chunk):
         c = min(chunk, n_query - a)
         k = -(-c // rows)
+        if n_gallery is not None and c >= 16:
+            k += k % 2
         bounds = [a + c * i // k for i in range(k + 1)]
         out += list(zip(bounds[:-1], bounds[1:]))
     return out
