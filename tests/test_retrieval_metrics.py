@@ -536,6 +536,26 @@ def test_metrics_equal_with_and_without_the_kernel(monkeypatch):
     _assert_match(with_kernel, ref_sbir(sq_l2(q, g), ql, gl, ["all", 40], [10, 100]))
 
 
+def test_pieces_cut_each_chunk_equally_into_an_even_number():
+    from sketchquant.core.retrieval.engine import PIECE_CELLS, pieces
+
+    # TU-Berlin scale: 2,400 queries in chunks of 2,397 rows, at most 2^24 // 27,989 = 599 rows a piece:
+    # 5 pieces would do, 6 (even) are cut; the 3-row chunk left over stays whole
+    assert PIECE_CELLS // 27989 == 599
+    assert pieces(2400, 2397, 27989) == [
+        (0, 399),
+        (399, 799),
+        (799, 1198),
+        (1198, 1598),
+        (1598, 1997),
+        (1997, 2397),
+        (2397, 2400),
+    ]
+    assert pieces(10, 4, None) == [(0, 4), (4, 8), (8, 10)]  # off the CPU: whole chunks
+    huge = pieces(100, 100, PIECE_CELLS)  # a gallery of 2^24 items: 8-row pieces (13), then 14 of them
+    assert len(huge) == 14 and {e - s for s, e in huge} == {7, 8} and huge[-1][1] == 100
+
+
 @pytest.mark.parametrize("world", [2, 3])
 def test_shards_multiply_the_same_row_groups_as_one_process(monkeypatch, world):
     # the CPU cuts chunks into pieces; a query shard (whole chunks) must see the same pieces as one

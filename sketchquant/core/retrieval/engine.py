@@ -235,8 +235,9 @@ def _reverse_cummax(x: torch.Tensor) -> torch.Tensor:
 def pieces(n_query: int, chunk: int, n_gallery: int | None) -> list[tuple[int, int]]:
     """``(start, end)`` query spans, the units of work: every chunk of ``chunk`` rows cut into the fewest
     equal pieces (sizes differing by at most one) of at most :data:`PIECE_CELLS` cells each, an even
-    number of them when the chunk has 16 rows or more (two workers then end together: TU-Berlin is
-    one chunk) — on the CPU, ``n_gallery`` given; whole chunks otherwise (``None``). The cuts depend
+    number of them when the chunk has 16 rows or more (two workers then end together even when the
+    queries fill one chunk, as at TU-Berlin scale) — on the CPU, ``n_gallery`` given; whole chunks
+    otherwise (``None``). The cuts depend
     only on the chunk's length, and a query shard is whole chunks: each piece is the same matrix
     product, rounded the same, in any number of processes."""
     rows = chunk if n_gallery is None else min(chunk, max(8, PIECE_CELLS // max(1, n_gallery)))
