@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install train demo test test-fast lint format clean
+.PHONY: help install train demo screenshot test test-fast lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ demo: install ## index the embedded benchmark's unseen-class photos with the new
 	done > $(DEMO_DIR)/unseen_photos.csv; \
 	$(BIN)/sketchquant index --ckpt "$$ckpt" --images $(DEMO_DIR)/unseen_photos.csv --out $(DEMO_DIR)/gallery && \
 	$(BIN)/sketchquant serve --gallery $(DEMO_DIR)/gallery --port $(DEMO_PORT)
+
+screenshot: install ## refresh docs/search_page.png (the README's picture) with the drawing page's browser test
+	SKETCHQUANT_SCREENSHOT=$(CURDIR)/docs/search_page.png $(BIN)/pytest -q tests/test_serve_browser.py
 
 test: install ## run the whole test suite (slow-marked DDP/resume/sweep tests included)
 	$(BIN)/pytest -q

@@ -1,6 +1,8 @@
 """The drawing page (sketchquant.app.serve): messages without a browser, then the page in headless
 Chromium (Debian's ``chromium`` + ``chromium-driver``, driven by selenium): draw strokes on the canvas,
-press Search, see k gallery images; the screenshot goes to docs/search_page.png (the README shows it).
+press Search, see k gallery images; the screenshot goes to ``$SKETCHQUANT_SCREENSHOT`` (``make screenshot``
+sets it to docs/search_page.png, the README's picture) or to the test's temporary folder: a test run
+leaves the working tree as it was.
 
 Without Chromium the browser test skips with the reason — except under ``CI=true``, where it must run
 (``.ci/run`` installs the packages)."""
@@ -25,9 +27,6 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-SCREENSHOT = Path(
-    os.environ.get("SKETCHQUANT_SCREENSHOT", Path(__file__).resolve().parent.parent / "docs/search_page.png")
-)
 K = 8
 
 
@@ -140,7 +139,7 @@ def _status(http_url: str) -> int:
         return err.code
 
 
-def test_page_in_a_real_browser(gallery):
+def test_page_in_a_real_browser(gallery, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
@@ -195,7 +194,9 @@ def test_page_in_a_real_browser(gallery):
         driver.execute_script("window.scrollTo(0, 0)")
         time.sleep(1.0)  # let the thumbnails paint
         png = driver.get_screenshot_as_png()
-        atomic_write(SCREENSHOT, lambda tmp: tmp.write_bytes(png), suffix=".png")
+        shot = Path(os.environ.get("SKETCHQUANT_SCREENSHOT") or tmp_path / "search_page.png")
+        atomic_write(shot, lambda tmp: tmp.write_bytes(png), suffix=".png")
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         # the page fetched nothing from outside this machine (offline: no fonts, analytics or CDNs)
         hosts = set()
         for entry in driver.get_log("performance"):
