@@ -11,7 +11,7 @@
   are stored in the index file. ``k_factor`` is 64: on 1M class-clustered 512-d features recall@10 was
   0.91 at 16, 0.98 at 32 and 0.999 at 64, for 2.3 → 2.9 ms a query (at 100k, 16 already gave 1.0). k-means samples 64 points per list / PQ centroid (faiss's default is 256). ``IVF<nlist>,PQ<m>`` without ``RFlat`` is the compact variant (a factory string).
 - ``hnsw``: ``HNSW32`` (flat storage), ``efSearch`` stored in the index file.
-- anything else is handed to ``faiss.index_factory`` (e.g. ``"IVF256,PQ32,RFlat"``, ``"HNSW16"``).
+- anything else is handed to ``faiss.index_factory`` (e.g. ``"IVF256,PQ32np,RFlat"``, ``"HNSW16"``).
 
 All use squared L2, so scores compare with the exact index's. Plain faiss / numpy: no Lightning here.
 """
