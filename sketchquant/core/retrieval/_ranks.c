@@ -43,6 +43,12 @@ static inline int32_t bucket_d(float x, double lo, double scale, double top) {
     return (int32_t)t;
 }
 
+/* whether relevant item p (key rkey[p], column rcol[p]) comes before item i of key x: the order
+ * (key, column), branch-free */
+static inline int before(const float *rkey, const int64_t *rcol, int32_t p, float x, int64_t i) {
+    return (rkey[p] < x) | ((rkey[p] == x) & (rcol[p] < i));
+}
+
 /* Stable LSD radix sort of n uint64 by their bits from `from` up (11 bits a pass; passes whose digit is
  * the same everywhere are skipped); tmp holds n more. The sorted values end in a. */
 static void radix_sort_u64(uint64_t *a, uint64_t *tmp, int64_t n, int from) {
@@ -144,9 +150,9 @@ int sq_relevant_ranks(const float *keys, int64_t m, int64_t n, int64_t ld, const
             int32_t p = -1 - hist_b[b];
             const int32_t end = stop[b];
             if (end - p == 1) { /* one relevant item in the bucket (the usual case): no branch */
-                p += (rkey[p] < x) | ((rkey[p] == x) & (rcol[p] < i));
+                p += before(rkey, rcol, p, x, i);
             } else {
-                while (p < end && (rkey[p] < x || (rkey[p] == x && rcol[p] < i))) p++;
+                while (p < end && before(rkey, rcol, p, x, i)) p++;
             }
             hist[p]++;
         }

@@ -223,8 +223,9 @@ def per_query_metrics(
 def _reverse_cummax(x: torch.Tensor) -> torch.Tensor:
     """``out[:, j] = max(x[:, j:])`` (numpy's accumulate on the CPU: no index output, no copies)."""
     if _host_path(x.device):
-        out = np.empty(tuple(x.shape), dtype=x.numpy().dtype)
-        np.maximum.accumulate(x.numpy()[:, ::-1], axis=1, out=out[:, ::-1])
+        xn = x.numpy()
+        out = np.empty_like(xn)
+        np.maximum.accumulate(xn[:, ::-1], axis=1, out=out[:, ::-1])
         return torch.from_numpy(out)
     return torch.flip(torch.cummax(torch.flip(x, [1]), dim=1).values, [1])
 
@@ -237,9 +238,8 @@ def pieces(n_query: int, chunk: int, n_gallery: int | None) -> list[tuple[int, i
     equal pieces (sizes differing by at most one) of at most :data:`PIECE_CELLS` cells each, an even
     number of them when the chunk has 16 rows or more (two workers then end together even when the
     queries fill one chunk, as at TU-Berlin scale) — on the CPU, ``n_gallery`` given; whole chunks
-    otherwise (``None``). The cuts depend
-    only on the chunk's length, and a query shard is whole chunks: each piece is the same matrix
-    product, rounded the same, in any number of processes."""
+    otherwise (``None``). The cuts depend only on the chunk's length, and a query shard is whole
+    chunks: each piece is the same matrix product, rounded the same, in any number of processes."""
     rows = chunk if n_gallery is None else min(chunk, max(8, PIECE_CELLS // max(1, n_gallery)))
     out = []
     for a in range(0, n_query, chunk):

@@ -7,9 +7,13 @@
 - ``ivfpq``: ``IVF<nlist>,PQ<m>np,RFlat`` with ``nlist ≈ 4·√N`` (at least 39 training points per list),
   ``m`` sub-quantisers of 8 bits (at least 4 dims each, at most 64), and an exact re-ranking of the
   ``k_factor · k`` PQ candidates over the stored float vectors (recall@10 close to 1 at a fraction of
-  flat's search time; the memory is flat's plus the PQ codes). ``nprobe`` (max(16, nlist/32)) and ``k_factor``
-  are stored in the index file. ``k_factor`` is 64: on 1M class-clustered 512-d features recall@10 was
-  0.91 at 16, 0.98 at 32 and 0.999 at 64, for 2.3 → 2.9 ms a query (at 100k, 16 already gave 1.0). k-means samples 64 points per list / PQ centroid (faiss's default is 256). ``IVF<nlist>,PQ<m>`` without ``RFlat`` is the compact variant (a factory string).
+  flat's search time; the memory is flat's plus the PQ codes). ``nprobe`` (max(16, nlist/32)) and
+  ``k_factor`` are stored in the index file. ``k_factor`` is 64: on 1M class-clustered 512-d features
+  recall@10 was 0.91 at 16, 0.98 at 32 and 0.999 at 64, for 2.3 → 2.9 ms a query (at 100k, 16 already
+  gave 1.0). k-means samples 64 points per list / PQ centroid (faiss's default is 256). ``np``: faiss's
+  polysemous training (a code reordering for Hamming-distance search, which galleries never use) is off;
+  it took 48 s of a 1,000-photo build. ``IVF<nlist>,PQ<m>np`` without ``RFlat`` is the compact variant
+  (a factory string).
 - ``hnsw``: ``HNSW32`` (flat storage), ``efSearch`` stored in the index file.
 - anything else is handed to ``faiss.index_factory`` (e.g. ``"IVF256,PQ32np,RFlat"``, ``"HNSW16"``).
 
