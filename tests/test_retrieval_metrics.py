@@ -521,6 +521,39 @@ def test_native_ranks_equal_torch_ranks_with_ties_and_extremes():
         native.relevant_ranks(torch.zeros(1, 10), torch.tensor([[10]]), torch.tensor([1]))
 
 
+def test_native_metrics_equal_torch_metrics_bit_for_bit():
+    # the kernel's per-query values must be the torch path's bits (sums in rank order on both sides):
+    # every kind, cut-offs below / at / past the row width and the gallery, rows with no hit, pads
+    from sketchquant.core.retrieval.engine import metric_specs, per_query_metrics
+
+    native = _native_or_skip()
+    rng = np.random.default_rng(25)
+    for trial in range(60):
+        n = int(rng.integers(1, 400))
+        m, L = int(rng.integers(1, 9)), int(rng.integers(1, min(n, 50) + 1))
+        n_rel = torch.from_numpy(rng.integers(0, L + 1, m))
+        ranks = torch.full((m, L), n + 1, dtype=torch.int64)
+        for i in range(m):
+            ranks[i, : n_rel[i]] = torch.from_numpy(np.sort(rng.choice(n, int(n_rel[i]), replace=False) + 1))
+        map_at = list(dict.fromkeys(["all", int(rng.integers(1, n + 5)), 1]))  # distinct, as check_ks gives
+        p_at = [int(rng.integers(1, n + 5)), "all"]
+        for ap, protocol in (("voc", "sbir"), ("standard", "sbir"), ("standard", "hashing")):
+            want = per_query_metrics(ranks, n_rel, n, map_at, p_at, ap, protocol)
+            names, cutoffs, kinds = zip(*metric_specs(n, map_at, p_at, ap, protocol))
+            got = native.rank_metrics(ranks, n_rel, list(cutoffs), list(kinds))
+            assert got.dtype == torch.float64 and got.shape == (m, len(names))
+            assert list(want) == list(names)
+            for t, name in enumerate(names):
+                assert torch.equal(got[:, t], want[name]), (trial, ap, protocol, name)
+    # by hand: ranks 1, 3, 4 of 4 relevant items in a gallery of 10
+    one = native.rank_metrics(
+        torch.tensor([[1, 3, 4, 11]]), torch.tensor([4]), [10, 2, 3, 10, 4], [0, 1, 2, 3, 3]
+    )
+    assert one.tolist() == [[(1 + 3 / 4 + 3 / 4) / 4, 1 / 2, (1 + 2 / 3) / 2, 3 / 10, 3 / 4]]
+    with pytest.raises(ValueError, match="must pair up"):
+        native.rank_metrics(torch.ones(1, 1, dtype=torch.int64), torch.ones(1), [1], [4])
+
+
 def test_metrics_equal_with_and_without_the_kernel(monkeypatch):
     from sketchquant.core.retrieval import native
 
@@ -537,20 +570,20 @@ def test_metrics_equal_with_and_without_the_kernel(monkeypatch):
 
 
 def test_pieces_cut_each_chunk_equally_into_an_even_number():
-    from sketchquant.core.retrieval.engine import PIECE_CELLS, pieces
+    from sketchquant.core.retrieval.engine import PIECE_CELLS, PIECE_ROWS, pieces
+    from sketchquant.core.retrieval.keys import even_chunk
 
-    # TU-Berlin scale: 2,400 queries in chunks of 2,397 rows, at most 2^24 // 27,989 = 599 rows a piece:
-    # 5 pieces would do, 6 (even) are cut; the 3-row chunk left over stays whole
-    assert PIECE_CELLS // 27989 == 599
-    assert pieces(2400, 2397, 27989) == [
-        (0, 399),
-        (399, 799),
-        (799, 1198),
-        (1198, 1598),
-        (1598, 1997),
-        (1997, 2397),
-        (2397, 2400),
-    ]
+    # TU-Berlin scale: 2,400 queries, a budget of 2,397 rows: two chunks of 1,200 (not 2,397 + 3), each
+    # cut into pieces of at most 320 rows (2^24 // 27,989 = 599 would be allowed): 4 would do, 4 (even)
+    assert (even_chunk(2400, 2397), even_chunk(47, 20), even_chunk(5, 10), even_chunk(0, 7)) == (
+        1200,
+        16,
+        5,
+        1,
+    )
+    assert PIECE_ROWS == 320 and PIECE_CELLS // 27989 == 599
+    assert pieces(2400, 1200, 27989) == [(i, i + 300) for i in range(0, 2400, 300)]
+    assert pieces(2400, 2397, 27989)[-2:] == [(2097, 2397), (2397, 2400)]  # 8 of ~300, then the 3 left
     assert pieces(10, 4, None) == [(0, 4), (4, 8), (8, 10)]  # off the CPU: whole chunks
     huge = pieces(100, 100, PIECE_CELLS)  # a gallery of 2^24 items: 8-row pieces (13), then 14 of them
     assert len(huge) == 14 and {e - s for s, e in huge} == {7, 8} and huge[-1][1] == 100
@@ -561,18 +594,23 @@ def test_shards_multiply_the_same_row_groups_as_one_process(monkeypatch, world):
     # the CPU cuts chunks into pieces; a query shard (whole chunks) must see the same pieces as one
     # process, or the products round differently and near-ties can flip
     from sketchquant.core.retrieval import engine
+    from sketchquant.core.retrieval.keys import KeyFill
 
     rng = np.random.default_rng(23)
     gl, ql = rng.integers(0, 4, 260), rng.integers(0, 4, 47)
     g, q = _clustered(rng, 260, gl), _clustered(rng, 47, ql)
-    monkeypatch.setattr(engine, "PIECE_CELLS", 8 * 260)  # ≤ 8 rows a piece, an even number: 20 = 4 × 5
+    monkeypatch.setattr(engine, "PIECE_CELLS", 8 * 260)  # ≤ 8 rows a piece, an even number of them
     real = engine.run
 
     def run_groups(**kw):
         groups = []
 
         def spy(fill, *a, **k):
-            return real(lambda idx, out: groups.append(tuple(idx.tolist())) or fill(idx, out), *a, **k)
+            def raw(idx, out):
+                groups.append(tuple(idx.tolist()))
+                fill.raw(idx, out)
+
+            return real(KeyFill(raw, fill.offset), *a, **k)
 
         monkeypatch.setattr(engine, "run", spy)
         sbir_metrics(q, ql, g, gl, map_at=("all",), p_at=(10,), chunk_size=20, **kw)
@@ -580,7 +618,7 @@ def test_shards_multiply_the_same_row_groups_as_one_process(monkeypatch, world):
         return groups
 
     one = run_groups()
-    assert sorted(len(x) for x in one) == [5] * 8 + [7]  # 47 queries: chunks of 20, 20, 7
+    assert sorted(len(x) for x in one) == [7] + [8] * 5  # 47 queries, ≤ 20 a chunk: 16, 16, 15
     shards = [
         x for rank in range(world) for x in run_groups(query_shard=(rank, world), reduce_fn=lambda t: t)
     ]

@@ -43,6 +43,12 @@ static inline int32_t bucket_d(float x, double lo, double scale, double top) {
     return (int32_t)t;
 }
 
+/* the key of item i: offset[i] - raw[i] (the product the caller left unfinished: one pass over the
+ * keys fewer), or raw[i] itself without an offset */
+static inline float key_of(const float *raw, const float *offset, int64_t i) {
+    return offset ? offset[i] - raw[i] : raw[i];
+}
+
 /* whether relevant item p (key rkey[p], column rcol[p]) comes before item i of key x: the order
  * (key, column), branch-free */
 static inline int before(const float *rkey, const int64_t *rcol, int32_t p, float x, int64_t i) {
@@ -67,11 +73,12 @@ static void radix_sort_u64(uint64_t *a, uint64_t *tmp, int64_t n, int from) {
     if (src != a) memcpy(a, src, sizeof(uint64_t) * (size_t)n);
 }
 
-/* keys: m rows of n float32 (row stride ld); cols: m rows of L int64 (the first n_rel[row] used, each in
+/* keys: m rows of n float32 (row stride ld), or, with an offset (n float32, else NULL), the key of item
+ * i of a row is offset[i] - keys[row * ld + i], the same float as torch.sub gives; cols: m rows of L int64 (the first n_rel[row] used, each in
  * 0 .. n - 1, n < 2^32); ranks: m rows of L int64, ascending, padded with n + 1.
  * Returns 0, or -1 when out of memory. */
-int sq_relevant_ranks(const float *keys, int64_t m, int64_t n, int64_t ld, const int64_t *cols,
-                      const int64_t *n_rel, int64_t L, int64_t *ranks) {
+int sq_relevant_ranks(const float *keys, const float *offset, int64_t m, int64_t n, int64_t ld,
+                      const int64_t *cols, const int64_t *n_rel, int64_t L, int64_t *ranks) {
     const int64_t nb_cap = 4 * n + 8; /* more buckets than items buy nothing */
     const int64_t nb_max = (SQ_BUCKETS_PER_RELEVANT * L < nb_cap ? SQ_BUCKETS_PER_RELEVANT * L : nb_cap) + 8;
     uint64_t *packed = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)(2 * L + 2));
@@ -96,14 +103,14 @@ int sq_relevant_ranks(const float *keys, int64_t m, int64_t n, int64_t ld, const
         for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(k + i);
         int ascending = 1;
         for (int64_t j = 0; j < R; j++) {
-            packed[j] = ((uint64_t)mono_bits(k[c[j]] + 0.0f) << 32) | (uint64_t)(uint32_t)c[j];
+            packed[j] = ((uint64_t)mono_bits(key_of(k, offset, c[j]) + 0.0f) << 32) | (uint64_t)(uint32_t)c[j];
             ascending &= j == 0 || c[j] > c[j - 1];
         }
         /* stable: columns already ascending need only the key's 32 bits sorted */
         radix_sort_u64(packed, packed + L + 1, R, ascending ? 32 : 0);
         for (int64_t j = 0; j < R; j++) {
             rcol[j] = (int64_t)(packed[j] & 0xFFFFFFFFu);
-            rkey[j] = k[rcol[j]] + 0.0f;
+            rkey[j] = key_of(k, offset, rcol[j]) + 0.0f;
         }
         /* a monotone map key -> bucket 0 .. nb + 1: below the relevant range, nb buckets over it, above.
          * Every step (subtract, multiply, add, clamp, truncate) is monotone, so a lower bucket never
@@ -115,11 +122,15 @@ int sq_relevant_ranks(const float *keys, int64_t m, int64_t n, int64_t ld, const
         const int use_float = dscale < 1.0e30 && dscale > 1.0e-30;
         if (use_float) {
             const float fs = (float)dscale, ftop = (float)(nb + 1);
-            for (int64_t i = 0; i < n; i++) bucket[i] = bucket_f(k[i], lo, fs, ftop); /* vectorised */
+            if (offset) { /* vectorised */
+                for (int64_t i = 0; i < n; i++) bucket[i] = bucket_f(offset[i] - k[i], lo, fs, ftop);
+            } else {
+                for (int64_t i = 0; i < n; i++) bucket[i] = bucket_f(k[i], lo, fs, ftop);
+            }
             for (int64_t j = 0; j < R; j++) rbucket[j] = bucket_f(rkey[j], lo, fs, ftop);
         } else {
             const double dlo = (double)lo, dtop = (double)(nb + 1);
-            for (int64_t i = 0; i < n; i++) bucket[i] = bucket_d(k[i], dlo, dscale, dtop);
+            for (int64_t i = 0; i < n; i++) bucket[i] = bucket_d(key_of(k, offset, i), dlo, dscale, dtop);
             for (int64_t j = 0; j < R; j++) rbucket[j] = bucket_d(rkey[j], dlo, dscale, dtop);
         }
         /* per bucket, one int32: the count of its items, or -1 - (index of its first relevant item) for a
@@ -146,7 +157,7 @@ int sq_relevant_ranks(const float *keys, int64_t m, int64_t n, int64_t ld, const
         for (int64_t t = 0; t < nc; t++) {
             const int64_t i = cand[t];
             const int32_t b = bucket[i];
-            const float x = k[i] + 0.0f;
+            const float x = key_of(k, offset, i) + 0.0f;
             int32_t p = -1 - hist_b[b];
             const int32_t end = stop[b];
             if (end - p == 1) { /* one relevant item in the bucket (the usual case): no branch */
@@ -187,4 +198,49 @@ int sq_relevant_ranks(const float *keys, int64_t m, int64_t n, int64_t ld, const
     free(hist_b);
     free(rbucket);
     return ok ? 0 : -1;
+}
+
+/* Per-query metric values from the ranks above (m rows of L, ascending, padded beyond n_rel[row] with
+ * a rank past every cut-off). For each of the nk cut-offs kk[t] (1 .. N) the value of kind[t]:
+ *   0  SAKE's VOC AP: precision j / r_j made monotone from the end, summed, / max(1, min(#relevant, kk))
+ *   1  the standard AP: j / r_j summed, the same denominator
+ *   2  DeepHash's AP: j / r_j summed over the h relevant items in the top kk, / h (0 when h = 0)
+ *   3  P@kk: h / kk
+ * The sums run in rank order, each term rounded alone, as torch.cumsum does on the CPU: the torch path
+ * (engine.per_query_metrics) gives the same bits. out: m rows of nk. Returns 0, or -1 when out of memory. */
+int sq_rank_metrics(const int64_t *ranks, int64_t m, int64_t L, const int64_t *n_rel, int64_t nk,
+                    const int64_t *kk, const int32_t *kind, double *out) {
+    double *interp = (double *)malloc(sizeof(double) * (size_t)(L > 0 ? L : 1));
+    if (!interp) return -1;
+    for (int64_t row = 0; row < m; row++) {
+        const int64_t *r = ranks + row * L;
+        double *o = out + row * nk;
+        for (int64_t t = 0; t < nk; t++) {
+            const int64_t k = kk[t], cols = k < L ? k : L;
+            int64_t h = 0;
+            while (h < cols && r[h] <= k) h++; /* the ranks ascend: those in the top k are a prefix */
+            double acc = 0.0;
+            if (kind[t] == 0) {
+                double run = 0.0;
+                for (int64_t j = h - 1; j >= 0; j--) {
+                    const double v = (double)(j + 1) / (double)r[j];
+                    run = v > run ? v : run;
+                    interp[j] = run;
+                }
+                for (int64_t j = 0; j < h; j++) acc += interp[j];
+            } else if (kind[t] != 3) {
+                for (int64_t j = 0; j < h; j++) acc += (double)(j + 1) / (double)r[j];
+            }
+            if (kind[t] == 3) {
+                o[t] = (double)h / (double)k;
+            } else if (kind[t] == 2) {
+                o[t] = h > 0 ? acc / (double)h : 0.0;
+            } else {
+                double d = (double)n_rel[row] < (double)k ? (double)n_rel[row] : (double)k;
+                o[t] = acc / (d < 1.0 ? 1.0 : d);
+            }
+        }
+    }
+    free(interp);
+    return 0;
 }

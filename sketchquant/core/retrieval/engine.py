@@ -29,6 +29,7 @@ import torch
 
 from . import native
 from .checks import metric_name
+from .keys import KeyFill
 
 #: cells ranked at once by the torch ranking on the CPU (a block's temporaries stay in the cache)
 BLOCK_CELLS = 2**20
@@ -37,6 +38,9 @@ BLOCK_CELLS = 2**20
 #: 310 rows at 54k gallery items) for the product to run at the speed of one big product; far more rows
 #: would push its keys out of the cache before the ranking reads them (benchmarks/eval_speed.py).
 PIECE_CELLS = 2**24
+#: rows of a piece at most: past about 300 rows the product gains nothing, and the larger key buffer
+#: costs page faults on first touch (TU-Berlin scale: 2^24 cells would be 599 rows, and slower)
+PIECE_ROWS = 320
 #: buckets per gallery item: more means fewer items to compare exactly, a larger histogram
 BUCKETS_PER_ITEM = 1.0
 
@@ -182,6 +186,19 @@ def _within_bucket_sorted(
 # ----------------------------------------------------------------------------------------------------
 # metrics from ranks
 # ----------------------------------------------------------------------------------------------------
+def metric_specs(
+    n_gallery: int, map_at: list, p_at: list, ap: str, protocol: str
+) -> list[tuple[str, int, int]]:
+    """``(name, cut-off 1 … N, kind)`` of each metric, in the order of the returned dicts; kinds: 0 the
+    VOC AP and 1 the standard AP (SAKE, divided by min(#relevant, k)), 2 the hashing AP (divided by the
+    relevant items found), 3 P@k — the numbering of the compiled kernel's ``sq_rank_metrics``."""
+    ap_kind = (0 if ap == "voc" else 1) if protocol == "sbir" else 2
+    out = [
+        (metric_name("map", k), n_gallery if k == "all" else min(int(k), n_gallery), ap_kind) for k in map_at
+    ]
+    return out + [(metric_name("p", k), n_gallery if k == "all" else min(int(k), n_gallery), 3) for k in p_at]
+
+
 def per_query_metrics(
     ranks: torch.Tensor,
     n_rel: torch.Tensor,
@@ -194,29 +211,26 @@ def per_query_metrics(
     """Per-query AP@k / P@k (float64) from padded ascending ranks (SPEC §C formulas).
 
     The ranks ascend along a row, so at most ``k`` of them are ≤ k: a finite cut-off reads only the
-    first ``k`` columns."""
+    first ``k`` columns. The sums run in rank order (``cumsum``), as the compiled kernel's do."""
     ranks = ranks.to(torch.float64)
     tot = n_rel.to(device=ranks.device, dtype=torch.float64)
     j = torch.arange(1, ranks.shape[1] + 1, dtype=torch.float64, device=ranks.device)
     out: dict[str, torch.Tensor] = {}
-    for k in map_at:
-        kk = n_gallery if k == "all" else min(int(k), n_gallery)
+    for name, kk, kind in metric_specs(n_gallery, map_at, p_at, ap, protocol):
         r = ranks[:, :kk]
         in_top = r <= kk  # a prefix of each row: the ranks ascend
+        hits = in_top.sum(1).to(torch.float64)
+        if kind == 3:
+            out[name] = hits / kk
+            continue
         prec = (j[: r.shape[1]] / r).masked_fill_(~in_top, 0.0)
-        if protocol == "sbir":
-            if ap == "voc":  # interpolated: the best precision at this rank or deeper (0 past the top k)
-                prec = _reverse_cummax(prec)
-            denom = torch.clamp(torch.minimum(tot, torch.full_like(tot, kk)), min=1.0)
-            out[metric_name("map", k)] = prec.sum(1) / denom
+        if kind == 0:  # interpolated: the best precision at this rank or deeper (0 past the top k)
+            prec = _reverse_cummax(prec)
+        total = prec.cumsum(1)[:, -1] if prec.shape[1] else torch.zeros_like(tot)
+        if kind == 2:
+            out[name] = torch.where(hits > 0, total / hits.clamp(min=1.0), torch.zeros_like(hits))
         else:
-            hits = in_top.sum(1).to(torch.float64)
-            out[metric_name("map", k)] = torch.where(
-                hits > 0, prec.sum(1) / hits.clamp(min=1.0), torch.zeros_like(hits)
-            )
-    for k in p_at:
-        kk = n_gallery if k == "all" else min(int(k), n_gallery)
-        out[metric_name("p", k)] = (ranks[:, :kk] <= kk).sum(1).to(torch.float64) / kk
+            out[name] = total / torch.clamp(torch.minimum(tot, torch.full_like(tot, kk)), min=1.0)
     return out
 
 
@@ -240,7 +254,7 @@ def pieces(n_query: int, chunk: int, n_gallery: int | None) -> list[tuple[int, i
     queries fill one chunk, as at TU-Berlin scale) — on the CPU, ``n_gallery`` given; whole chunks
     otherwise (``None``). The cuts depend only on the chunk's length, and a query shard is whole
     chunks: each piece is the same matrix product, rounded the same, in any number of processes."""
-    rows = chunk if n_gallery is None else min(chunk, max(8, PIECE_CELLS // max(1, n_gallery)))
+    rows = chunk if n_gallery is None else min(chunk, PIECE_ROWS, max(8, PIECE_CELLS // max(1, n_gallery)))
     out = []
     for a in range(0, n_query, chunk):
         c = min(chunk, n_query - a)
@@ -253,7 +267,7 @@ def pieces(n_query: int, chunk: int, n_gallery: int | None) -> list[tuple[int, i
 
 
 def run(
-    fill: Callable[[torch.Tensor, torch.Tensor], None],
+    fill: KeyFill,
     queries: torch.Tensor,
     n_gallery: int,
     relevant: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
@@ -268,14 +282,15 @@ def run(
     """Per-query metric values (float64, on ``device``) of the query indices ``queries``, in that order,
     and each one's number of relevant gallery items.
 
-    ``fill(indices, out)`` writes a piece's keys; ``relevant(indices) -> (cols m × L, n_rel m)``. On the
+    ``fill(indices, out)`` writes a piece's keys (the compiled kernel takes ``fill.raw``'s output and
+    subtracts ``fill.offset`` itself); ``relevant(indices) -> (cols m × L, n_rel m)``. On the
     CPU, ``torch.get_num_threads()`` workers take the next piece (:func:`pieces`) as they finish one,
     each single-threaded from its matrix product to its metrics (no idle core while one-threaded steps
     run); the torch ranking goes in blocks of about :data:`BLOCK_CELLS` cells so that its temporaries
     stay in the cache."""
     n_query = queries.numel()
+    names, cutoffs, kinds = zip(*metric_specs(n_gallery, map_at, p_at, ap, protocol))
     if n_query == 0:
-        names = [metric_name("map", k) for k in map_at] + [metric_name("p", k) for k in p_at]
         empty = torch.empty(0, dtype=torch.float64, device=device)
         return {name: empty for name in names}, torch.empty(0, dtype=torch.int64, device=device)
     cpu = _host_path(device)
@@ -298,17 +313,19 @@ def run(
                 return
             idx = queries[spans[ci][0] : spans[ci][1]]
             keys = buf[: idx.numel() * n_gallery].view(idx.numel(), n_gallery)
-            fill(idx, keys)
             cols, n_rel = relevant(idx)
-            if use_native:  # one pass per row in C (same ranks)
-                ranks = native.relevant_ranks(keys, cols, n_rel)
-            else:
-                ranks = torch.cat(
-                    [
-                        relevant_ranks(keys[a : a + block], cols[a : a + block], n_rel[a : a + block])
-                        for a in range(0, idx.numel(), block)
-                    ]
-                )
+            if use_native:  # one pass per row in C, the keys' offset subtracted there (same ranks, values)
+                fill.raw(idx, keys)
+                ranks = native.relevant_ranks(keys, cols, n_rel, fill.offset)
+                results[ci] = (dict(zip(names, native.rank_metrics(ranks, n_rel, cutoffs, kinds).T)), n_rel)
+                continue
+            fill(idx, keys)
+            ranks = torch.cat(
+                [
+                    relevant_ranks(keys[a : a + block], cols[a : a + block], n_rel[a : a + block])
+                    for a in range(0, idx.numel(), block)
+                ]
+            )
             results[ci] = (per_query_metrics(ranks, n_rel, n_gallery, map_at, p_at, ap, protocol), n_rel)
 
     if not cpu:

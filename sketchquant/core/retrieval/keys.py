@@ -1,7 +1,7 @@
 """Keys for the ranking engine: the distances of a chunk of queries to the whole gallery (lower = closer).
 
 Features are prepared once (:func:`prepare`: float32, L2-normalised, or exact float64 for integer codes);
-:func:`distance_fill` writes a chunk's keys with one matrix product; :func:`user_fill` wraps a user
+:func:`distance_fill` writes a piece's keys with one matrix product (a :class:`KeyFill`); :func:`user_fill` wraps a user
 ``distance_fn``; :func:`chunk_rows` sizes the chunks from a memory budget.
 """
 
@@ -39,31 +39,45 @@ def query_rows(q: torch.Tensor, idx: torch.Tensor, normalize: bool) -> torch.Ten
     return F.normalize(qc, dim=1) if normalize else qc
 
 
-def distance_fill(
-    q: torch.Tensor, g: torch.Tensor, metric: str, normalize: bool = False
-) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """``fill(query_indices, out)`` writes the ``n × N`` keys (lower = closer) into ``out``:
-    ``½‖g‖² − q·g`` for ``"l2"`` (half the squared Euclidean distance minus the row's constant ``½‖q‖²``:
-    the same order, one rounding fewer) or ``−q·g`` for ``"ip"``: one matrix product per chunk and one
-    pass over its result (no copy of the gallery)."""
+class KeyFill:
+    """``fill(query_indices, out)`` writes a piece's ``n × N`` keys (lower = closer) into ``out``.
+
+    A fill may stop short: ``raw(query_indices, out)`` writes ``r`` and the keys are ``offset − r``
+    (``offset`` one float32 per gallery item) when ``offset`` is not ``None``: the compiled kernel then
+    subtracts as it reads, one pass over the keys fewer (:func:`.native.relevant_ranks`)."""
+
+    def __init__(self, raw: Callable[[torch.Tensor, torch.Tensor], None], offset: torch.Tensor | None = None):
+        self.raw, self.offset = raw, offset
+
+    def __call__(self, idx: torch.Tensor, out: torch.Tensor) -> None:
+        self.raw(idx, out)
+        if self.offset is not None:
+            torch.sub(self.offset, out, out=out)
+
+
+def distance_fill(q: torch.Tensor, g: torch.Tensor, metric: str, normalize: bool = False) -> KeyFill:
+    """The keys of the built-in distances: ``½‖g‖² − q·g`` for ``"l2"`` (half the squared Euclidean
+    distance minus the row's constant ``½‖q‖²``: the same order, one rounding fewer) or ``−q·g`` for
+    ``"ip"``: one matrix product per piece (no copy of the gallery); for ``"l2"`` the product is the raw
+    fill and ``½‖g‖²`` its offset."""
     g_sq = torch.linalg.vector_norm(g, dim=1).square_()
     q_max = 1.0 if normalize else float(torch.linalg.vector_norm(q, dim=1).max())
     g_max = float(g_sq.max()) ** 0.5
     if not math.isfinite((q_max + g_max) ** 2) or (q_max + g_max) ** 2 > 1e37:
         raise ValueError("feature norms are too large: distances would overflow float32")
     g_t = g.T
-    half_sq = None
-    if metric == "l2":  # by blocks of rows: no gallery-sized temporary
-        half_sq = torch.cat([(b * b).sum(1) for b in g.split(8192)]).mul_(0.5)
 
-    def fill(idx: torch.Tensor, out: torch.Tensor) -> None:
+    def product(idx: torch.Tensor, out: torch.Tensor) -> None:
         torch.mm(query_rows(q, idx, normalize), g_t, out=out)
-        if half_sq is None:
-            out.neg_()
-        else:
-            torch.sub(half_sq, out, out=out)
 
-    return fill
+    if metric == "l2":  # by blocks of 1,024 rows: 2 MB temporaries, reused, not page-faulted anew
+        return KeyFill(product, torch.cat([(b * b).sum(1) for b in g.split(1024)]).mul_(0.5))
+
+    def negated(idx: torch.Tensor, out: torch.Tensor) -> None:
+        product(idx, out)
+        out.neg_()
+
+    return KeyFill(negated)
 
 
 def key_to_distance(keys: torch.Tensor, q_sq: torch.Tensor, metric: str) -> torch.Tensor:
@@ -73,8 +87,8 @@ def key_to_distance(keys: torch.Tensor, q_sq: torch.Tensor, metric: str) -> torc
     return (keys * 2.0 + q_sq[:, None]).clamp_(min=0).sqrt_()
 
 
-def user_fill(distance_fn: Callable[[torch.Tensor], Any], n_gallery: int) -> Callable:
-    """A user ``distance_fn(query_indices) -> n × N`` as a ``fill``; its values are checked."""
+def user_fill(distance_fn: Callable[[torch.Tensor], Any], n_gallery: int) -> KeyFill:
+    """A user ``distance_fn(query_indices) -> n × N`` as a fill (no offset); its values are checked."""
 
     def fill(idx: torch.Tensor, out: torch.Tensor) -> None:
         d = distance_fn(idx)
@@ -89,7 +103,7 @@ def user_fill(distance_fn: Callable[[torch.Tensor], Any], n_gallery: int) -> Cal
             if bad:
                 raise ValueError(f"distances contain {bad} non-finite value(s) (NaN/Inf)")
 
-    return fill
+    return KeyFill(fill)
 
 
 def chunk_rows(
@@ -105,3 +119,12 @@ def chunk_rows(
         raise ValueError(f"memory_budget_mb must be positive, got {memory_budget_mb}")
     per_cell = HOST_BYTES_PER_CELL if device is not None and device.type == "cpu" else BYTES_PER_CELL
     return max(1, int(memory_budget_mb * 2**20 // (per_cell * n_gallery)))
+
+
+def even_chunk(n_query: int, chunk: int) -> int:
+    """Rows per chunk for ``n_query`` queries in chunks of at most ``chunk`` rows: as many chunks as
+    ``chunk`` needs, of equal length but the last (shorter by less than the number of chunks), not a
+    short remainder ranked alone (2,400 queries in chunks of at most 2,397: two of 1,200, not 2,397 + 3).
+    Depends only on the whole query count: every process of a sharded evaluation cuts the same chunks."""
+    n_chunks = max(1, -(-n_query // max(1, chunk)))
+    return max(1, -(-n_query // n_chunks))

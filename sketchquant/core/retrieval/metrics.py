@@ -109,7 +109,9 @@ def _sbir_run(
     relevant, n_rel = relevance.class_relevance(ql, gl)
     # queries in class order: a chunk's rows then share few relevant-column lists
     queries = torch.argsort(ql, stable=True)
-    queries = aggregate.shard(queries[n_rel.index_select(0, queries) > 0], query_shard, chunk)
+    queries = queries[n_rel.index_select(0, queries) > 0]
+    chunk = keys.even_chunk(queries.numel(), chunk)
+    queries = aggregate.shard(queries, query_shard, chunk)
     per, _ = engine.run(fill, queries, gl.shape[0], relevant, dtype, map_ks, p_ks, ap, "sbir", chunk, device)
     full = aggregate.full(per, queries, ql.shape[0], reduce_fn)
     return aggregate.sbir_aggregate(dict(zip(per, full)), n_rel, ql)
@@ -238,7 +240,7 @@ def hashing_metrics(
     else:
         gl_t = gl_d.T.contiguous()
         relevant = relevance.mask_relevance(lambda idx: (ql_d.index_select(0, idx) @ gl_t) > 0)
-    chunk = keys.chunk_rows(g.shape[0], chunk_size, memory_budget_mb, dev)
+    chunk = keys.even_chunk(q.shape[0], keys.chunk_rows(g.shape[0], chunk_size, memory_budget_mb, dev))
     queries = aggregate.shard(torch.arange(q.shape[0], device=dev), query_shard, chunk)
     per, tot = engine.run(
         fill, queries, g.shape[0], relevant, dtype, map_ks, p_ks, "standard", "hashing", chunk, dev

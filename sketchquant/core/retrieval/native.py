@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "relevant_ranks"]
+__all__ = ["available", "relevant_ranks", "rank_metrics"]
 
 _SOURCE = Path(__file__).with_name("_ranks.c")
 _LOCK = threading.Lock()
@@ -84,7 +84,9 @@ def _load() -> ctypes.CDLL | None:
             fn = lib.sq_relevant_ranks
             fn.restype = ctypes.c_int
             p, i64 = ctypes.c_void_p, ctypes.c_int64
-            fn.argtypes = [p, i64, i64, i64, p, p, i64, p]
+            fn.argtypes = [p, p, i64, i64, i64, p, p, i64, p]
+            lib.sq_rank_metrics.restype = ctypes.c_int
+            lib.sq_rank_metrics.argtypes = [p, i64, i64, p, i64, p, p, p]
             _LIB = lib
         except Exception as err:  # noqa: BLE001 - any failure: keep the torch ranking
             warnings.warn(
@@ -101,9 +103,12 @@ def available(n_gallery: int = 0) -> bool:
     return n_gallery < MAX_ITEMS and _load() is not None
 
 
-def relevant_ranks(keys: torch.Tensor, cols: torch.Tensor, n_rel: torch.Tensor) -> torch.Tensor:
+def relevant_ranks(
+    keys: torch.Tensor, cols: torch.Tensor, n_rel: torch.Tensor, offset: torch.Tensor | None = None
+) -> torch.Tensor:
     """:func:`.engine.relevant_ranks` for float32 CPU keys: ``m × L`` int64 ascending 1-based ranks under
-    (key, column), padded with ``N + 1``."""
+    (key, column), padded with ``N + 1``. With ``offset`` (``N`` float32) the keys are ``offset − keys``,
+    subtracted as the kernel reads them (the same floats as ``torch.sub``)."""
     lib = _load()
     if lib is None:
         raise RuntimeError("the compiled ranking kernel is not available")
@@ -112,6 +117,12 @@ def relevant_ranks(keys: torch.Tensor, cols: torch.Tensor, n_rel: torch.Tensor) 
     if keys.shape[1] >= MAX_ITEMS:
         raise ValueError(f"the compiled ranking kernel takes galleries below {MAX_ITEMS:,} items")
     m, n = keys.shape
+    if offset is not None:
+        if offset.dtype != torch.float32 or offset.device.type != "cpu" or offset.shape != (n,):
+            raise ValueError(
+                f"the key offset must be {n} float32 values on the CPU, got {tuple(offset.shape)}"
+            )
+        offset = offset.contiguous()
     cols = cols.to(torch.int64).contiguous()
     n_rel = n_rel.to(torch.int64).contiguous()
     L = cols.shape[1]
@@ -121,9 +132,43 @@ def relevant_ranks(keys: torch.Tensor, cols: torch.Tensor, n_rel: torch.Tensor) 
     used = cols[torch.arange(L)[None, :] < n_rel[:, None]]
     if used.numel() and (int(used.min()) < 0 or int(used.max()) >= n):
         raise ValueError(f"relevant columns must lie in 0..{n - 1}")
+    off = None if offset is None else offset.data_ptr()
     rc = lib.sq_relevant_ranks(
-        keys.data_ptr(), m, n, keys.stride(0), cols.data_ptr(), n_rel.data_ptr(), L, out.data_ptr()
+        keys.data_ptr(), off, m, n, keys.stride(0), cols.data_ptr(), n_rel.data_ptr(), L, out.data_ptr()
     )
     if rc != 0:
         raise MemoryError("the compiled ranking kernel ran out of memory")
+    return out
+
+
+def rank_metrics(
+    ranks: torch.Tensor, n_rel: torch.Tensor, cutoffs: list[int], kinds: list[int]
+) -> torch.Tensor:
+    """Per-query metric values, ``m × len(cutoffs)`` float64, from the ranks of :func:`relevant_ranks`:
+    the metric ``kinds[t]`` at cut-off ``cutoffs[t]`` (numbered as in :func:`.engine.metric_specs`), the
+    same bits as :func:`.engine.per_query_metrics`."""
+    lib = _load()
+    if lib is None:
+        raise RuntimeError("the compiled ranking kernel is not available")
+    if len(cutoffs) != len(kinds) or any(k not in (0, 1, 2, 3) for k in kinds) or min(cutoffs, default=1) < 1:
+        raise ValueError(f"cut-offs {cutoffs} (each ≥ 1) and metric kinds {kinds} (0–3) must pair up")
+    ranks = ranks.to(torch.int64).contiguous()
+    n_rel = n_rel.to(torch.int64).contiguous()
+    m, L = ranks.shape
+    kk = torch.tensor(cutoffs, dtype=torch.int64)
+    kind = torch.tensor(kinds, dtype=torch.int32)
+    out = torch.empty(m, len(cutoffs), dtype=torch.float64)
+    if m and len(cutoffs):
+        rc = lib.sq_rank_metrics(
+            ranks.data_ptr(),
+            m,
+            L,
+            n_rel.data_ptr(),
+            len(cutoffs),
+            kk.data_ptr(),
+            kind.data_ptr(),
+            out.data_ptr(),
+        )
+        if rc != 0:
+            raise MemoryError("the compiled ranking kernel ran out of memory")
     return out
