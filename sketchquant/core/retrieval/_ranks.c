@@ -10,8 +10,9 @@
  * relevant keys, one vectorised bucket pass, one branch-free counting pass that also lists the items of
  * flagged buckets (about 8 % of them), then the exact comparisons of those items, branch-free when the
  * bucket holds one relevant item (a data-dependent branch per item cost more than the rest together).
- * Plain C, no Python API: loaded with ctypes, the GIL released while it runs (sketchquant/core/retrieval/
- * native.py compiles it on first use).
+ * sq_rank_metrics then turns a row's ranks into its AP / P@k values, summing in rank order as the torch
+ * path does. Plain C, no Python API: loaded with ctypes, the GIL released while it runs
+ * (sketchquant/core/retrieval/native.py compiles it on first use).
  */
 #include <stdint.h>
 #include <stdlib.h>

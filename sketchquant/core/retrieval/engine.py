@@ -13,8 +13,10 @@ the keys' device:
   one stable sort of only those candidates; ``rank = 1 + #below + #closer in the same bucket``.
 
 Whatever the rounding of ``key·scale + c``, a lower bucket never holds a farther item, so the ranks are
-exact for any float or integer-valued keys. On the CPU, float32 keys go to the compiled kernel of
-:mod:`.native` instead (the same bucketing in one pass per row; the same ranks). :func:`per_query_metrics` turns padded ranks into AP / P@k.
+exact for any float or integer-valued keys. :func:`per_query_metrics` turns padded ranks into AP / P@k,
+summing in rank order. On the CPU, float32 keys go to the compiled kernel of :mod:`.native` instead: the
+same bucketing in one pass per row, then the per-query values from the ranks — the same ranks and the
+same bits.
 """
 
 from __future__ import annotations

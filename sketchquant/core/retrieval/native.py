@@ -1,4 +1,5 @@
-"""The compiled ranking kernel (``_ranks.c``): exact ranks of the relevant items in one pass per row.
+"""The compiled ranking kernel (``_ranks.c``): exact ranks of the relevant items in one pass per row, and
+the per-query metric values from them.
 
 The engine's torch ranking (:func:`.engine.relevant_ranks`) runs about ten whole-block passes over the
 keys; this C kernel runs one, which is what brings the exact metrics close to the cost of the matrix
