@@ -42,14 +42,15 @@ def sbir_aggregate(per: dict[str, torch.Tensor], tot: torch.Tensor, labels: torc
     keep = tot.cpu() > 0
     out: dict[str, float] = {}
     lab = labels.cpu()[keep]
-    classes = torch.unique(lab)
+    order = torch.argsort(lab, stable=True)  # the queries class by class: one split, not a mask per class
+    counts = torch.unique_consecutive(lab.index_select(0, order), return_counts=True)[1].tolist()
     for name, v in per.items():
         v = v.cpu()[keep]
         if v.numel() == 0:
             out[name] = float("nan")
             out[name + "_micro"] = float("nan")
             continue
-        class_means = [exact_mean(v[lab == c]) for c in classes]
+        class_means = [exact_mean(c) for c in v.index_select(0, order).split(counts)]
         out[name] = math.fsum(class_means) / len(class_means)
         out[name + "_micro"] = exact_mean(v)
     out["num_queries"] = int(labels.numel())
