@@ -517,8 +517,13 @@ def test_native_ranks_equal_torch_ranks_with_ties_and_extremes():
         got = native.relevant_ranks(*args)
         assert got.dtype == torch.int64 and got.shape == (m, L)
         assert torch.equal(got, want), trial
-    with pytest.raises(ValueError, match="relevant columns must lie in 0..9"):
-        native.relevant_ranks(torch.zeros(1, 10), torch.tensor([[10]]), torch.tensor([1]))
+    for bad in (10, -1):  # checked in the kernel before it reads there
+        with pytest.raises(ValueError, match="relevant columns must lie in 0..9"):
+            native.relevant_ranks(torch.zeros(2, 10), torch.tensor([[3, 4], [5, bad]]), torch.tensor([2, 2]))
+    # a pad (beyond n_rel) is never read, whatever it holds
+    assert native.relevant_ranks(torch.zeros(1, 10), torch.tensor([[3, -7]]), torch.tensor([1])).tolist() == [
+        [4, 11]
+    ]
 
 
 def test_native_metrics_equal_torch_metrics_bit_for_bit():

@@ -78,7 +78,7 @@ static void radix_sort_u64(uint64_t *a, uint64_t *tmp, int64_t n, int from) {
 /* keys: m rows of n float32 (row stride ld), or, with an offset (n float32, else NULL), the key of item
  * i of a row is offset[i] - keys[row * ld + i], the same float as torch.sub gives; cols: m rows of L int64 (the first n_rel[row] used, each in
  * 0 .. n - 1, n < 2^32); ranks: m rows of L int64, ascending, padded with n + 1.
- * Returns 0, or -1 when out of memory. */
+ * Returns 0, -1 when out of memory, or -2 when a used column lies outside 0 .. n - 1 (nothing read there). */
 int sq_relevant_ranks(const float *keys, const float *offset, int64_t m, int64_t n, int64_t ld,
                       const int64_t *cols, const int64_t *n_rel, int64_t L, int64_t *ranks) {
     const int64_t nb_cap = 4 * n + 8; /* more buckets than items buy nothing */
@@ -92,8 +92,8 @@ int sq_relevant_ranks(const float *keys, const float *offset, int64_t m, int64_t
     int32_t *hist_b = (int32_t *)malloc(sizeof(int32_t) * (size_t)(nb_max + 3));
     int32_t *rbucket = (int32_t *)malloc(sizeof(int32_t) * (size_t)(L + 1));
     int32_t *stop = (int32_t *)malloc(sizeof(int32_t) * (size_t)(nb_max + 3));
-    int ok = packed && rkey && rcol && hist && bucket && cand && hist_b && rbucket && stop;
-    for (int64_t row = 0; ok && row < m; row++) {
+    int status = packed && rkey && rcol && hist && bucket && cand && hist_b && rbucket && stop ? 0 : -1;
+    for (int64_t row = 0; status == 0 && row < m; row++) {
         const float *k = keys + row * ld;
         const int64_t *c = cols + row * L;
         int64_t *out = ranks + row * L;
@@ -101,6 +101,12 @@ int sq_relevant_ranks(const float *keys, const float *offset, int64_t m, int64_t
         if (R > L) R = L;
         for (int64_t j = R; j < L; j++) out[j] = n + 1;
         if (R <= 0) continue;
+        int in_range = 1;
+        for (int64_t j = 0; j < R; j++) in_range &= (uint64_t)c[j] < (uint64_t)n;
+        if (!in_range) {
+            status = -2;
+            break;
+        }
         /* the relevant items in (key, column) order */
         for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(k + i);
         int ascending = 1;
@@ -199,7 +205,7 @@ int sq_relevant_ranks(const float *keys, const float *offset, int64_t m, int64_t
     free(cand);
     free(hist_b);
     free(rbucket);
-    return ok ? 0 : -1;
+    return status;
 }
 
 /* Per-query metric values from the ranks above (m rows of L, ascending, padded beyond n_rel[row] with
