@@ -20,7 +20,8 @@
 #include <string.h>
 
 #ifndef SQ_BUCKETS_PER_RELEVANT
-#define SQ_BUCKETS_PER_RELEVANT 16 /* 32 (fewer items to compare, a histogram twice the size) was 2-5 % slower */
+/* 32 (fewer items to compare, a histogram twice the size) was 2-5 % slower */
+#define SQ_BUCKETS_PER_RELEVANT 16
 #endif
 
 /* float -> uint32 with the same order (-0.0 and +0.0 equal: the caller adds +0.0f first) */
@@ -75,10 +76,11 @@ static void radix_sort_u64(uint64_t *a, uint64_t *tmp, int64_t n, int from) {
     if (src != a) memcpy(a, src, sizeof(uint64_t) * (size_t)n);
 }
 
-/* keys: m rows of n float32 (row stride ld), or, with an offset (n float32, else NULL), the key of item
- * i of a row is offset[i] - keys[row * ld + i], the same float as torch.sub gives; cols: m rows of L int64 (the first n_rel[row] used, each in
- * 0 .. n - 1, n < 2^32); ranks: m rows of L int64, ascending, padded with n + 1.
- * Returns 0, -1 when out of memory, or -2 when a used column lies outside 0 .. n - 1 (nothing read there). */
+/* keys: m rows of n float32 (row stride ld); with an offset (n float32, else NULL) the key of item i of
+ * a row is offset[i] - keys[row * ld + i], the same float as torch.sub gives. cols: m rows of L int64
+ * (the first n_rel[row] used, each in 0 .. n - 1, n < 2^32); ranks: m rows of L int64, ascending,
+ * padded with n + 1. Returns 0, -1 when out of memory, or -2 when a used column lies outside 0 .. n - 1
+ * (checked before anything is read there). */
 int sq_relevant_ranks(const float *keys, const float *offset, int64_t m, int64_t n, int64_t ld,
                       const int64_t *cols, const int64_t *n_rel, int64_t L, int64_t *ranks) {
     const int64_t nb_cap = 4 * n + 8; /* more buckets than items buy nothing */
@@ -111,7 +113,8 @@ int sq_relevant_ranks(const float *keys, const float *offset, int64_t m, int64_t
         for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(k + i);
         int ascending = 1;
         for (int64_t j = 0; j < R; j++) {
-            packed[j] = ((uint64_t)mono_bits(key_of(k, offset, c[j]) + 0.0f) << 32) | (uint64_t)(uint32_t)c[j];
+            const uint64_t bits = mono_bits(key_of(k, offset, c[j]) + 0.0f);
+            packed[j] = (bits << 32) | (uint64_t)(uint32_t)c[j];
             ascending &= j == 0 || c[j] > c[j - 1];
         }
         /* stable: columns already ascending need only the key's 32 bits sorted */

@@ -1,8 +1,9 @@
 """Keys for the ranking engine: the distances of a chunk of queries to the whole gallery (lower = closer).
 
 Features are prepared once (:func:`prepare`: float32, L2-normalised, or exact float64 for integer codes);
-:func:`distance_fill` writes a piece's keys with one matrix product (a :class:`KeyFill`); :func:`user_fill` wraps a user
-``distance_fn``; :func:`chunk_rows` sizes the chunks from a memory budget.
+:func:`distance_fill` writes a piece's keys with one matrix product (a :class:`KeyFill`);
+:func:`user_fill` wraps a user ``distance_fn``; :func:`chunk_rows` and :func:`even_chunk` size the
+chunks from a memory budget.
 """
 
 from __future__ import annotations
