@@ -574,6 +574,22 @@ def test_metrics_equal_with_and_without_the_kernel(monkeypatch):
     _assert_match(with_kernel, ref_sbir(sq_l2(q, g), ql, gl, ["all", 40], [10, 100]))
 
 
+def test_half_squared_norms_by_blocks_are_the_whole_tensor_floats():
+    # the keys' offset: computed by blocks through one temporary, it must be the very floats of
+    # (g * g).sum(1) / 2 on the whole gallery (the torch path subtracts the same ones)
+    from sketchquant.core.retrieval.keys import half_sq_norms
+
+    rng = np.random.default_rng(26)
+    for n, d, rows in ((2500, 37, 1024), (5, 3, 1024), (1025, 16, 512), (7, 4, 2)):
+        for dtype in (torch.float32, torch.float64):
+            g = torch.from_numpy(rng.normal(size=(n, d)) * 10.0 ** rng.integers(-3, 4, (n, 1))).to(dtype)
+            got = half_sq_norms(g, rows)
+            assert got.dtype == dtype and got.shape == (n,)
+            assert torch.equal(got, (g * g).sum(1) * 0.5)
+            assert torch.equal(half_sq_norms(g.T.contiguous().T, rows), got)  # a column-major gallery
+    assert half_sq_norms(torch.tensor([[3.0, 4.0]])).tolist() == [12.5]
+
+
 def test_pieces_cut_each_chunk_equally_into_an_even_number():
     from sketchquant.core.retrieval.engine import PIECE_CELLS, PIECE_ROWS, pieces
     from sketchquant.core.retrieval.keys import even_chunk
