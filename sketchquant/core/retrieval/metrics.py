@@ -34,8 +34,9 @@ an unstable ``np.argsort`` whose tie order is arbitrary; we fix it). Integer inp
 codes) with ``normalize=False`` are compared exactly in integer arithmetic (float64 matmul, exact up
 to 2^53), so no rounding ever merges or splits a tie.
 
-How it scales: the query × gallery matrix is never built whole; :mod:`.engine` ranks query chunks sized
-from ``memory_budget_mb`` (see there), with keys from :mod:`.keys` and relevance from :mod:`.relevance`;
+How it scales: the query × gallery matrix is never built whole; :mod:`.engine` ranks query chunks of at
+most ``chunk_size`` rows (default: as many as ``memory_budget_mb`` holds), evened out under that cap
+(:func:`.keys.even_chunk`), with keys from :mod:`.keys` and relevance from :mod:`.relevance`;
 ``device=`` picks where, ``query_shard=`` / ``reduce_fn=`` split the queries over processes
 (:mod:`.aggregate`). Input checks live in :mod:`.checks`, per-query reference implementations of the
 published code in :mod:`.reference`, the torchmetrics wrapper in :mod:`.torchmetric`.
