@@ -195,10 +195,13 @@ def metric_specs(
     VOC AP and 1 the standard AP (SAKE, divided by min(#relevant, k)), 2 the hashing AP (divided by the
     relevant items found), 3 P@k — the numbering of the compiled kernel's ``sq_rank_metrics``."""
     ap_kind = (0 if ap == "voc" else 1) if protocol == "sbir" else 2
-    out = [
-        (metric_name("map", k), n_gallery if k == "all" else min(int(k), n_gallery), ap_kind) for k in map_at
+
+    def cut(k: int | str) -> int:
+        return n_gallery if k == "all" else min(int(k), n_gallery)
+
+    return [(metric_name("map", k), cut(k), ap_kind) for k in map_at] + [
+        (metric_name("p", k), cut(k), 3) for k in p_at
     ]
-    return out + [(metric_name("p", k), n_gallery if k == "all" else min(int(k), n_gallery), 3) for k in p_at]
 
 
 def per_query_metrics(

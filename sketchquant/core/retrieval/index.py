@@ -227,8 +227,9 @@ def _search_flat_few(
 
     Candidates: the ``2k + 16`` smallest of ``‖x‖² − 2⟨q, x⟩`` (one multithreaded product; ``‖x‖²`` is
     computed once per index and kept in a weak map beside it). Their squared L2 distances are then
-    computed directly, as faiss computes them, and sorted by (distance, gallery index). Rounding in the expanded form moves an item by
-    far less than the gap the ``k + 16`` spare candidates leave, so the answer is faiss's."""
+    computed directly, as faiss computes them, and sorted by (distance, gallery index). Rounding in the
+    expanded form moves an item by far less than the gap the ``k + 16`` spare candidates leave, so the
+    answer is faiss's."""
     x = torch.from_numpy(xb)
     stamp = (xb.shape[0], xb.__array_interface__["data"][0])  # an index grown or refilled is recomputed
     stamp_norms = _SQ_NORMS.get(index)
