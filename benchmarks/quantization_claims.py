@@ -98,8 +98,8 @@ def load_data(data_config: str, root: str | None, image_size: int):
     data are the experiment's), with ``root`` / ``image_size`` overridden."""
     from omegaconf import OmegaConf
 
-    from datamodules import ImageDataModule
-    from datamodules.transforms import resolve_data_config
+    from sketchquant.datamodules import ImageDataModule
+    from sketchquant.datamodules.transforms import resolve_data_config
 
     cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "data" / f"{data_config}.yaml"))
     cfg.pop("kind", None)
@@ -117,14 +117,14 @@ def load_data(data_config: str, root: str | None, image_size: int):
 
 def _make_trunk():
     """``make_trunk`` (the public name) when the encoder module has it, else the older ``_make_trunk``."""
-    from lightning_modules.components import quant_encoder
+    from sketchquant.lightning_modules.components import quant_encoder
 
     return getattr(quant_encoder, "make_trunk", None) or quant_encoder._make_trunk
 
 
 @torch.no_grad()
 def backbone_maps(dm, image_size: int, feature_stage: int) -> dict[str, torch.Tensor]:
-    from lightning_modules.components.backbones import create_backbone
+    from sketchquant.lightning_modules.components.backbones import create_backbone
 
     trunk_model = create_backbone("tf_efficientnet_lite0", weights="efficientnet_lite0", num_classes=None)
     trunk = _make_trunk()(
@@ -150,9 +150,12 @@ def train_head(v: Variant, maps: dict, seed: int, epochs: int, lr: float, alpha:
     """Train one head on the cached training maps; returns (continuous features per split, encoder)."""
     from torch import nn
 
-    from callbacks.alpha_ramp import alpha_schedule
-    from lightning_modules.components.irelu import quantization_loss
-    from lightning_modules.components.quant_encoder import QuantizationEncoder, classification_loss
+    from sketchquant.callbacks.alpha_ramp import alpha_schedule
+    from sketchquant.lightning_modules.components.irelu import quantization_loss
+    from sketchquant.lightning_modules.components.quant_encoder import (
+        QuantizationEncoder,
+        classification_loss,
+    )
 
     torch.manual_seed(seed)
     x, y = maps["train"], maps["train_labels"]
@@ -207,7 +210,7 @@ def chance_map(ql: torch.Tensor, gl: torch.Tensor) -> float:
 
 
 def codes_of(f: torch.Tensor, bits: int) -> torch.Tensor:
-    from lightning_modules.components.irelu import to_codes
+    from sketchquant.lightning_modules.components.irelu import to_codes
 
     return to_codes(f, bits).float()
 
@@ -393,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     dm = load_data(args.data_config, args.data, args.image_size)
     maps = backbone_maps(dm, args.image_size, args.feature_stage) if args.mode == "frozen" else None
     t_maps = time.time() - t0
-    from lightning_modules.components.windows import WindowPooling
+    from sketchquant.lightning_modules.components.windows import WindowPooling
 
     if maps is not None:
         hw = tuple(maps["train"].shape[-2:])

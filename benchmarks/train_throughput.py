@@ -100,7 +100,7 @@ def batch_images(batch: dict) -> int:
 
 
 def _optimizer(params, cfg) -> torch.optim.Optimizer:
-    from lightning_modules.base import build_optimizer
+    from sketchquant.lightning_modules.base import build_optimizer
 
     return build_optimizer([p for p in params if p.requires_grad], dict(cfg.model.optim))
 
@@ -220,11 +220,11 @@ def run_lightning(cfg, module, batches: list[dict], warmup: int, n: int) -> floa
     timer = _step_timer(warmup, n)
     callbacks: list = [timer]  # first: its batch start runs before the teacher's
     if cfg.model.name == "zs_sbir":
-        from callbacks import TeacherDistillation
+        from sketchquant.callbacks import TeacherDistillation
 
         callbacks.append(TeacherDistillation(tau=cfg.model.tau))
     else:
-        from callbacks import AlphaRamp
+        from sketchquant.callbacks import AlphaRamp
 
         a = cfg.model.alpha
         callbacks.append(AlphaRamp(alpha_final=a.final, t1=a.t1, t2=a.t2, shape=a.shape, unit=a.unit))

@@ -5,7 +5,7 @@ never stopped — from an end-of-epoch ``last.ckpt`` and from one written inside
    the workers prefetch) *before* it sets the resumed epoch on the sampler, so the first epoch after a
    resume used the sampler's epoch 0: epoch 0's order and epoch 0's augmentation tags. At
    ``on_train_start`` the sampler gets the epoch Lightning is about to run and, inside an epoch, the
-   number of samples already trained on (:meth:`skip_next` of :class:`datamodules.common.ResumableSampler`),
+   number of samples already trained on (:meth:`skip_next` of :class:`sketchquant.datamodules.common.ResumableSampler`),
    and the iterator is created again.
 2. **Epoch metrics.** The sums behind every ``self.log(..., on_epoch=True)`` value (Lightning's result
    collection) and the states of the module's torchmetrics objects (``train_acc``) of the interrupted

@@ -10,7 +10,7 @@ computes the configured protocol identically on every rank (so every rank logs t
 Logged names: ``<stage>/<metric>`` for the embedding called ``raw``, ``<stage>/<name>/<metric>`` for the
 others (method A: ``codes`` and ``float``); on test with ``prototypes`` (method B) also
 ``test/proto/<metric>`` and ``test/fused/<metric>``. The sanity check is skipped. Pictures (retrieval
-grid, wandb dashboard) are drawn by :mod:`callbacks.retrieval_visuals`.
+grid, wandb dashboard) are drawn by :mod:`sketchquant.callbacks.retrieval_visuals`.
 """
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ class RetrievalEvaluator(pl.Callback):
             pl_module.log(key, value, on_epoch=True, on_step=False, sync_dist=False, rank_zero_only=False)
         if not trainer.is_global_zero:
             return
-        from callbacks.retrieval_visuals import log_dashboard, log_grid
+        from sketchquant.callbacks.retrieval_visuals import log_dashboard, log_grid
 
         if self.grid:
             try:

@@ -1,6 +1,6 @@
 """Pictures of a retrieval evaluation: the retrieval grid (run folder, wandb, TensorBoard) and the wandb
 dashboard (precision–recall curves, histograms of method A's codes). Used by
-:class:`callbacks.retrieval_evaluator.RetrievalEvaluator` on rank zero; a picture never stops a run."""
+:class:`sketchquant.callbacks.retrieval_evaluator.RetrievalEvaluator` on rank zero; a picture never stops a run."""
 
 from __future__ import annotations
 

@@ -8,7 +8,11 @@ Imports are lazy so the generator and transforms work without importing Lightnin
 
 from __future__ import annotations
 
-import importlib
+# one name only (two copies of a class break isinstance and registries)
+if __name__ != "sketchquant.datamodules":
+    raise ImportError(f"import this folder as sketchquant.datamodules, not as {__name__}")
+
+from sketchquant.core.lazy import lazy_exports
 
 _EXPORTS = {
     "RetrievalDataModule": "base",
@@ -35,7 +39,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, {name: f".{mod}" for name, mod in _EXPORTS.items()})

@@ -55,7 +55,9 @@ def data_make(
     path = fn(out, **kwargs)
     secs = time.perf_counter() - t0
     man = json.loads((path / MANIFEST).read_text())
-    what_kind = "glyph dataset" if GENERATORS[kind][0].startswith("datamodules.glyphs") else "dataset"
+    what_kind = (
+        "glyph dataset" if GENERATORS[kind][0].startswith("sketchquant.datamodules.glyphs") else "dataset"
+    )
     counts = man.get("counts", {})
     what = ", ".join(f"{k} {v}" for k, v in counts.items())
     verb = "reused existing" if existed and not kwargs.get("overwrite") else f"wrote ({secs:.1f} s)"

@@ -8,7 +8,7 @@ backgrounds). So the query domain is real hand drawing and the gallery a differe
 ``num_unseen`` digits are held out for the zero-shot test.
 
 ``sketchquant data make --kind digit_drawings`` writes the folder layout of
-:class:`datamodules.SketchPhotoDataModule` (``sketch/<class>/``, ``photo/<class>/``,
+:class:`sketchquant.datamodules.SketchPhotoDataModule` (``sketch/<class>/``, ``photo/<class>/``,
 ``unseen_classes.txt``), byte-identical per seed.
 """
 

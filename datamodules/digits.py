@@ -6,7 +6,7 @@ download). Each mosaic is ``grid × grid`` tiles; ``min_objects``–``max_object
 different class, the others stay black; the labels are the digits present. The source digits are split
 once (``seed``) so train mosaics and query/database mosaics never share a scanned digit.
 
-``sketchquant data make --kind digits`` writes the layout :class:`datamodules.ImageDataModule` reads
+``sketchquant data make --kind digits`` writes the layout :class:`sketchquant.datamodules.ImageDataModule` reads
 (``images/``, ``{train,query,database}.csv``, ``classes.txt``, ``dataset.json``), byte-identical per seed.
 """
 

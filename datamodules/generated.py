@@ -1,6 +1,6 @@
 """The registry of generated datasets: kind → (generator function, the layout it writes).
 
-Used by ``sketchquant data make --kind`` (:mod:`datamodules.cli_data`) and by a DataModule's
+Used by ``sketchquant data make --kind`` (:mod:`sketchquant.datamodules.cli_data`) and by a DataModule's
 ``auto_generate`` (``data.generator.kind``). Generators are imported only when asked for.
 """
 
@@ -11,12 +11,17 @@ from collections.abc import Callable
 
 #: kind → (module, function, layout it writes, default output folder)
 GENERATORS: dict[str, tuple[str, str, str, str]] = {
-    "sketch_photo": ("datamodules.glyphs.sketch_photo", "make_glyph_benchmark", "folder", "data/glyphs"),
-    "scenes": ("datamodules.glyphs.scenes", "make_glyph_scenes", "csv", "data/glyph_scenes"),
-    "mosaics": ("datamodules.glyphs.mosaics", "make_glyph_mosaics", "csv", "data/glyph_mosaics"),
-    "digits": ("datamodules.digits", "make_digit_mosaics", "csv", "data/digit_mosaics"),
+    "sketch_photo": (
+        "sketchquant.datamodules.glyphs.sketch_photo",
+        "make_glyph_benchmark",
+        "folder",
+        "data/glyphs",
+    ),
+    "scenes": ("sketchquant.datamodules.glyphs.scenes", "make_glyph_scenes", "csv", "data/glyph_scenes"),
+    "mosaics": ("sketchquant.datamodules.glyphs.mosaics", "make_glyph_mosaics", "csv", "data/glyph_mosaics"),
+    "digits": ("sketchquant.datamodules.digits", "make_digit_mosaics", "csv", "data/digit_mosaics"),
     "digit_drawings": (
-        "datamodules.digit_drawings",
+        "sketchquant.datamodules.digit_drawings",
         "make_digit_drawings",
         "folder",
         "data/digit_drawings",

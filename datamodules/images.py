@@ -75,7 +75,7 @@ def read_label_csv(path: Path, root: Path) -> list[tuple[str, list[str]]]:
 
 @dataclass
 class ImageDataConfig(RetrievalDataConfig):
-    """:class:`datamodules.ImageDataModule` (method A, hashing-style splits). ``batch_size`` is per device."""
+    """:class:`sketchquant.datamodules.ImageDataModule` (method A, hashing-style splits). ``batch_size`` is per device."""
 
     kind: str = "images"
     layout: str = choice("csv", "folder")

@@ -24,7 +24,7 @@ def shipped_split_path(name: str) -> Path:
     """The file of a shipped unseen-class list (``name`` in :data:`SHIPPED_SPLITS`)."""
     if name not in SHIPPED_SPLITS:
         raise ValueError(f"unknown shipped split {name!r}; choose one of {SHIPPED_SPLITS}")
-    ref = resources.files("datamodules") / "splits" / f"{name}.txt"
+    ref = resources.files("sketchquant.datamodules") / "splits" / f"{name}.txt"
     return Path(str(ref))
 
 

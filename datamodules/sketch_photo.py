@@ -127,7 +127,7 @@ def _read_filelist(path: Path, root: Path, names: dict[int, str]) -> list[tuple[
 
 @dataclass
 class SketchPhotoDataConfig(RetrievalDataConfig):
-    """:class:`datamodules.SketchPhotoDataModule` (ZS-SBIR). ``batch_size`` is per device."""
+    """:class:`sketchquant.datamodules.SketchPhotoDataModule` (ZS-SBIR). ``batch_size`` is per device."""
 
     kind: str = "sketch_photo"
     layout: str = choice("folder", "sake")

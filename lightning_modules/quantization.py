@@ -7,21 +7,21 @@ from typing import Any
 
 import torch
 
-from lightning_modules.base import OptimConfig, SketchquantModule
-from lightning_modules.components.backbones import create_backbone
-from lightning_modules.components.irelu import quantization_loss
-from lightning_modules.components.quant_encoder import QuantizationEncoder, classification_loss
 from sketchquant.core.batch import IMAGE, LABEL
 from sketchquant.core.config import choice
+from sketchquant.lightning_modules.base import OptimConfig, SketchquantModule
+from sketchquant.lightning_modules.components.backbones import create_backbone
+from sketchquant.lightning_modules.components.irelu import quantization_loss
+from sketchquant.lightning_modules.components.quant_encoder import QuantizationEncoder, classification_loss
 
 
 class QuantizationModule(SketchquantModule):
     """:class:`QuantizationEncoder` trained with classification + the α(t)-weighted quantization penalty.
 
     ``alpha`` (0 until set) is the weight of the quantization penalty, handed over every step by
-    :class:`callbacks.AlphaRamp` through :meth:`set_penalty_weight` (the
+    :class:`sketchquant.callbacks.AlphaRamp` through :meth:`set_penalty_weight` (the
     :class:`~sketchquant.core.hooks.PenaltyWeighted` contract).
-    Validation/test return two embeddings for :class:`callbacks.RetrievalEvaluator`: ``codes`` (the
+    Validation/test return two embeddings for :class:`sketchquant.callbacks.RetrievalEvaluator`: ``codes`` (the
     uint8 iReLU codes as float, ``P·d``) and ``float`` (the continuous ``v``), logged as
     ``val/codes/...`` and ``val/float/...``.
     """

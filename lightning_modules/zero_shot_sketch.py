@@ -8,22 +8,22 @@ from typing import Any
 import torch
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_modules.base import OptimConfig, SketchquantModule
-from lightning_modules.components.sbir_losses import sbir_loss
-from lightning_modules.components.sketch_net import FrozenTeacher, SketchNet
 from sketchquant.core.batch import DOMAIN, IMAGE, LABEL
 from sketchquant.core.config import choice
+from sketchquant.lightning_modules.base import OptimConfig, SketchquantModule
+from sketchquant.lightning_modules.components.sbir_losses import sbir_loss
+from sketchquant.lightning_modules.components.sketch_net import FrozenTeacher, SketchNet
 
 
 class ZeroShotSketchModule(SketchquantModule):
     """``SketchNet`` + the three losses. The frozen ImageNet teacher is captured at construction (a copy of
     the ImageNet-initialised network, so a resumed run gets the same teacher) but is *not* a registered
-    sub-module: it is outside ``state_dict``, the optimizer and DDP. The :class:`callbacks.TeacherDistillation`
+    sub-module: it is outside ``state_dict``, the optimizer and DDP. The :class:`sketchquant.callbacks.TeacherDistillation`
     callback moves it to the device and hands over the teacher's logits (photo rows) before every training
     batch through :meth:`set_teacher_logits` (the :class:`~sketchquant.core.hooks.Distillable` contract).
 
     ``validation`` (held-out seen classes) logs ``val/acc`` and the classification loss; retrieval metrics
-    come from :class:`callbacks.RetrievalEvaluator` on the returned ``embeddings["raw"]`` (the 512-d ``f``).
+    come from :class:`sketchquant.callbacks.RetrievalEvaluator` on the returned ``embeddings["raw"]`` (the 512-d ``f``).
     """
 
     backbone_prefixes = ("net.backbone.",)

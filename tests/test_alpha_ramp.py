@@ -5,7 +5,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.alpha_ramp import AlphaRamp, alpha_schedule
+from sketchquant.callbacks.alpha_ramp import AlphaRamp, alpha_schedule
 
 E5 = math.exp(-5.0)
 

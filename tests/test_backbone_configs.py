@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_modules.components.sketch_net import SketchNet
 from sketchquant.app.build import datamodule_kwargs
 from sketchquant.app.methods import compose
+from sketchquant.lightning_modules.components.sketch_net import SketchNet
 
 
 @pytest.mark.parametrize(

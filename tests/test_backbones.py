@@ -9,7 +9,7 @@ import pytest
 import timm
 import torch
 
-from lightning_modules.components.backbones import (
+from sketchquant.lightning_modules.components.backbones import (
     BackboneInfo,
     create_backbone,
     efficientnet_lite0_weights_path,

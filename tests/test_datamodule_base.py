@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from datamodules import (
+from sketchquant.core.batch import GALLERY, QUERY
+from sketchquant.datamodules import (
     ImageDataConfig,
     ImageDataModule,
     SketchPhotoDataConfig,
@@ -17,10 +18,9 @@ from datamodules import (
     read_class_list,
     read_shipped_split,
 )
-from datamodules.base import RetrievalDataConfig, option_names
-from datamodules.generated import GENERATORS, generator
-from datamodules.glyphs import make_glyph_mosaics, make_glyph_scenes
-from sketchquant.core.batch import GALLERY, QUERY
+from sketchquant.datamodules.base import RetrievalDataConfig, option_names
+from sketchquant.datamodules.generated import GENERATORS, generator
+from sketchquant.datamodules.glyphs import make_glyph_mosaics, make_glyph_scenes
 
 SCENES = dict(num_classes=4, num_train=6, num_query=2, num_database=3, image_size=32)
 

@@ -7,8 +7,8 @@ import hashlib
 import numpy as np
 from PIL import Image
 
-from datamodules.digit_drawings import make_digit_drawings
-from datamodules.sketch_photo import SketchPhotoDataModule
+from sketchquant.datamodules.digit_drawings import make_digit_drawings
+from sketchquant.datamodules.sketch_photo import SketchPhotoDataModule
 
 
 def _digest(root):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from datamodules.cli_data import data_make, data_preview
-from datamodules.glyphs import make_contact_sheet, make_glyph_benchmark, make_glyph_scenes
+from sketchquant.datamodules.cli_data import data_make, data_preview
+from sketchquant.datamodules.glyphs import make_contact_sheet, make_glyph_benchmark, make_glyph_scenes
 
 TINY = dict(num_classes=6, num_unseen=2, photos_per_class=3, sketches_per_class=3, image_size=32)
 
@@ -101,7 +101,7 @@ def test_contact_sheets_and_cli_helpers(tmp_path, capsys):
 
 
 def test_mosaics(tmp_path):
-    from datamodules.glyphs import KIND_VERSIONS, make_glyph_mosaics
+    from sketchquant.datamodules.glyphs import KIND_VERSIONS, make_glyph_mosaics
 
     kw = dict(num_classes=5, num_train=8, num_query=3, num_database=4, image_size=32, max_objects=3)
     out = make_glyph_mosaics(tmp_path / "m", **kw)
@@ -123,7 +123,7 @@ def test_mosaics(tmp_path):
 
 
 def test_digit_mosaics(tmp_path, capsys):
-    from datamodules.digits import make_digit_mosaics
+    from sketchquant.datamodules.digits import make_digit_mosaics
 
     kw = dict(num_train=6, num_query=2, num_database=3, image_size=32)
     out = data_make(tmp_path / "d", "digits", {k: str(v) for k, v in kw.items()})
@@ -134,7 +134,7 @@ def test_digit_mosaics(tmp_path, capsys):
     with Image.open(out / rows[0].split(",")[0]) as im:
         assert im.size == (32, 32)
     assert digest(out) == digest(make_digit_mosaics(tmp_path / "d2", **kw))
-    from datamodules.digits import _digits, _pools
+    from sketchquant.datamodules.digits import _digits, _pools
 
     pools = _pools(0, _digits()[1])
     train, test = ({int(i) for idx in pools[p].values() for i in idx} for p in ("train", "test"))

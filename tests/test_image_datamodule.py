@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules.common import BadImageWarning
-from datamodules.glyphs import make_glyph_scenes
-from datamodules.images import ImageDataModule, read_label_csv
-from datamodules.transforms import build_eval_transform, build_train_transform, load_rgb
 from sketchquant.core.batch import GALLERY, QUERY
+from sketchquant.datamodules.common import BadImageWarning
+from sketchquant.datamodules.glyphs import make_glyph_scenes
+from sketchquant.datamodules.images import ImageDataModule, read_label_csv
+from sketchquant.datamodules.transforms import build_eval_transform, build_train_transform, load_rgb
 
 # val_fraction=0: these tests read the layouts; held-out validation has its own tests below
 KW = dict(image_size=32, batch_size=4, num_workers=0, val_fraction=0.0)
@@ -161,7 +161,7 @@ def test_transforms_and_rgb(tmp_path):
 
 
 def test_resolve_data_config():
-    from datamodules.transforms import resolve_data_config
+    from sketchquant.datamodules.transforms import resolve_data_config
 
     cfg = resolve_data_config("tf_efficientnet_lite0")
     assert cfg["image_size"] == 224 and cfg["mean"] == (0.5, 0.5, 0.5) and cfg["interpolation"] == "bicubic"
@@ -179,7 +179,7 @@ def _split_paths(root: Path, *names: str) -> set[str]:
 
 def _read_paths(monkeypatch, loader) -> set[str]:
     """Every file the loader's dataset opens while it is iterated."""
-    import datamodules.common as common
+    import sketchquant.datamodules.common as common
 
     seen: set[str] = set()
     real = common.load_rgb

@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from lightning_modules.components.irelu import IReLU, check_bits, irelu, quantization_loss, to_codes
+from sketchquant.lightning_modules.components.irelu import (
+    IReLU,
+    check_bits,
+    irelu,
+    quantization_loss,
+    to_codes,
+)
 
 
 def test_values_round_half_to_even_and_clamp():

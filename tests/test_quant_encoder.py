@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_modules.components.irelu import quantization_loss
-from lightning_modules.components.quant_encoder import (
+from sketchquant.lightning_modules.components.irelu import quantization_loss
+from sketchquant.lightning_modules.components.quant_encoder import (
     PerWindowLinear,
     QuantizationEncoder,
     QuantOutput,

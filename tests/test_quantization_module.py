@@ -16,7 +16,7 @@ NUM_CLASSES = 5
 
 
 def _module(**kw):
-    from lightning_modules import QuantizationModule
+    from sketchquant.lightning_modules import QuantizationModule
 
     args = dict(
         num_classes=NUM_CLASSES,
@@ -98,9 +98,9 @@ def test_quant_penalty_pulls_activations_to_integers():
 def test_fit_alpha_ramp_reaches_module_and_val_logs_both_embeddings(tmp_path):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("WANDB_MODE", "offline")
-    from callbacks.alpha_ramp import alpha_schedule
     from sketchquant.app.build import build_datamodule, build_module, build_trainer
     from sketchquant.app.methods import compose
+    from sketchquant.callbacks.alpha_ramp import alpha_schedule
 
     epochs = 3
     cfg = compose(

@@ -38,7 +38,7 @@ def test_print_results_adds_a_chance_row(capsys):
 def test_hashing_chance_is_the_share_of_relevant_database_items():
     import torch
 
-    from callbacks.retrieval_evaluator import hashing_chance
+    from sketchquant.callbacks.retrieval_evaluator import hashing_chance
 
     q = torch.tensor([[1, 0, 0], [0, 1, 1]])
     g = torch.tensor([[1, 0, 0], [0, 0, 1], [0, 1, 0], [1, 1, 0]])

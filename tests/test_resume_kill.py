@@ -242,7 +242,7 @@ def test_requeued_slurm_job_continues_its_own_folder(tmp_path, monkeypatch):
 
 
 def test_checkpoint_write_keeps_previous_and_survives_full_disk(tmp_path, monkeypatch):
-    import callbacks.atomic_checkpoint as atomic
+    import sketchquant.callbacks.atomic_checkpoint as atomic
     from sketchquant.core.io import DiskFullError
 
     io = atomic.AtomicCheckpointIO()
@@ -267,7 +267,7 @@ def test_checkpoint_write_keeps_previous_and_survives_full_disk(tmp_path, monkey
 
 
 def test_samplers_skip_what_a_resumed_epoch_already_trained_on():
-    from datamodules.common import EpochTaggedSampler, MixedDomainSampler
+    from sketchquant.datamodules.common import EpochTaggedSampler, MixedDomainSampler
 
     data = list(range(40))
     for make in (
@@ -303,7 +303,7 @@ def test_metrics_csv_drops_rows_after_checkpoint_and_restores_lost_row(tmp_path)
 def test_last_checkpoint_writes_inside_epochs_and_stops_on_signal(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from callbacks import LastCheckpoint, RunStopped
+    from sketchquant.callbacks import LastCheckpoint, RunStopped
 
     saved = []
     progress = SimpleNamespace(ready=0)
@@ -354,7 +354,7 @@ def test_last_checkpoint_writes_inside_epochs_and_stops_on_signal(tmp_path, monk
 def test_full_disk_during_training_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     """ENOSPC while writing epoch 1's last.ckpt: DiskFullError naming it; epoch 0's last.ckpt is intact and
     the run resumes from it once there is space again."""
-    import callbacks.atomic_checkpoint as atomic
+    import sketchquant.callbacks.atomic_checkpoint as atomic
     from sketchquant.app.methods import compose
     from sketchquant.app.train import train
     from sketchquant.core.io import DiskFullError

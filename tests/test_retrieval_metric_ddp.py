@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from callbacks.retrieval_evaluator import RetrievalEvaluator
+from sketchquant.callbacks.retrieval_evaluator import RetrievalEvaluator
 from sketchquant.core.batch import DOMAIN, INDEX, LABEL, PHOTO, SKETCH
 from sketchquant.core.retrieval.metrics import sbir_metrics
 from sketchquant.core.retrieval.reference import DistanceRows

@@ -12,11 +12,11 @@ import torch
 import yaml
 
 import sketchquant.app.build as build
-from callbacks import NonFiniteLossError
 from sketchquant.app.checkpoints import load_checkpoint_config
 from sketchquant.app.methods import compose
 from sketchquant.app.rundir import find_resume
 from sketchquant.app.train import evaluate, train
+from sketchquant.callbacks import NonFiniteLossError
 from sketchquant.core.config import ConfigError
 
 
@@ -109,7 +109,7 @@ def test_nan_guard_stops_and_keeps_last_checkpoint(tiny_zs, tmp_path, monkeypatc
     last = Path(out["run_dir"]) / "checkpoints" / "last.ckpt"
     before = last.read_bytes()
 
-    from lightning_modules.zero_shot_sketch import ZeroShotSketchModule
+    from sketchquant.lightning_modules.zero_shot_sketch import ZeroShotSketchModule
 
     original = ZeroShotSketchModule._common_step
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from skimage.transform import AffineTransform, warp
 
-from datamodules.transforms import SakeAugment, build_train_transform, sake_affine
+from sketchquant.datamodules.transforms import SakeAugment, build_train_transform, sake_affine
 
 
 def test_affine_matches_skimage_warp():

@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.components.sbir_losses import (
+from sketchquant.core.batch import PHOTO, SKETCH
+from sketchquant.lightning_modules.components.sbir_losses import (
     classification_loss,
     distillation_loss,
     distribution_alignment_loss,
     sbir_loss,
 )
-from sketchquant.core.batch import PHOTO, SKETCH
 
 
 def _soft_ce_by_hand(student, teacher, tau=1.0):

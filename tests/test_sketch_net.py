@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_modules.components.sketch_net import (
+from sketchquant.lightning_modules.components.sketch_net import (
     FrozenTeacher,
     SketchNet,
     SketchNetOutput,

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DistributedSampler
 
-from datamodules.common import CHECK_CACHE, BadImageWarning, MixedDomainSampler
-from datamodules.glyphs import make_glyph_benchmark
-from datamodules.sketch_photo import SHIPPED_SPLITS, SketchPhotoDataModule, resolve_unseen_classes
 from sketchquant.core.batch import PHOTO, SKETCH
+from sketchquant.datamodules.common import CHECK_CACHE, BadImageWarning, MixedDomainSampler
+from sketchquant.datamodules.glyphs import make_glyph_benchmark
+from sketchquant.datamodules.sketch_photo import SHIPPED_SPLITS, SketchPhotoDataModule, resolve_unseen_classes
 
 GEN = dict(num_classes=6, num_unseen=2, photos_per_class=5, sketches_per_class=5, image_size=32)
 KW = dict(image_size=32, batch_size=6, num_workers=0)

@@ -15,7 +15,7 @@ from conftest import tiny_overrides
 
 from sketchquant.app import sweep as sw
 from sketchquant.app.sweep import online as sw_online
-from sketchquant.core.config import ConfigError, config_dir
+from sketchquant.core.config import SHIPPED_CONFIGS, ConfigError
 
 COMMAND = ["${env}", "sketchquant", "train", "zs_sbir", "${args_no_hyphens}"]
 
@@ -139,7 +139,7 @@ def test_metric_becomes_the_monitor(tmp_path):
     "name", ["zs_sbir_losses", "zs_sbir_prototypes", "zs_sbir_folder_lr", "quant_alpha", "quant_windows"]
 )
 def test_shipped_specs_are_valid(name):
-    path = config_dir() / "sweeps" / f"{name}.yaml"
+    path = SHIPPED_CONFIGS / "sweeps" / f"{name}.yaml"
     plan = sw.validate_spec(path)
     assert plan.metric.startswith("val/") and plan.metric_source == "val"
     assert plan.method == "grid"
@@ -375,7 +375,7 @@ def test_window_layout_that_does_not_fit_names_the_trial(tmp_path, no_launch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(p.stem for p in (config_dir() / "sweeps").glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted(p.stem for p in (SHIPPED_CONFIGS / "sweeps").glob("*.yaml")))
 def test_every_shipped_spec_builds_every_trial(name):
-    plan = sw.validate_spec(config_dir() / "sweeps" / f"{name}.yaml")
+    plan = sw.validate_spec(SHIPPED_CONFIGS / "sweeps" / f"{name}.yaml")
     assert sw.check_trials(plan) == len(sw.plan_grid(plan.spec))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lightning_modules.components.windows import WindowPooling
+from sketchquant.lightning_modules.components.windows import WindowPooling
 
 
 def _manual(x, boxes):

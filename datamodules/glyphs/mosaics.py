@@ -7,7 +7,7 @@ textured, on a cluttered background) but large and whole (no occluder); the othe
 in one cluttered picture) the objects are large and whole, so a short CPU run learns the classes, as on
 real mosaic data (2×2 mosaics of item photos).
 
-The layout is the one :class:`datamodules.ImageDataModule` reads: ``images/``, ``{train,query,database}.csv``
+The layout is the one :class:`sketchquant.datamodules.ImageDataModule` reads: ``images/``, ``{train,query,database}.csv``
 (``images/00000.png,glyph_003;glyph_007``) and ``classes.txt``.
 """
 

@@ -7,7 +7,7 @@ directly (``from lightning_modules.components.irelu import irelu``).
 
 from __future__ import annotations
 
-import importlib
+from sketchquant.core.lazy import lazy_exports
 
 # name -> submodule that defines it (method A: iReLU, window pooling, quantization encoder)
 _LAZY = {
@@ -37,12 +37,5 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        module = importlib.import_module(f"{__name__}.{_LAZY[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, {name: f".{mod}" for name, mod in _LAZY.items()})
+__all__ = sorted(_LAZY)

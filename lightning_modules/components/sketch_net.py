@@ -37,7 +37,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.components.backbones import BackboneInfo, create_backbone, get_backbone_info
+from sketchquant.lightning_modules.components.backbones import (
+    BackboneInfo,
+    create_backbone,
+    get_backbone_info,
+)
 
 __all__ = [
     "FrozenTeacher",

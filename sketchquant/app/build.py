@@ -15,7 +15,9 @@ from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
-from callbacks import (
+from sketchquant.app.loggers import build_loggers
+from sketchquant.app.methods import method_of, module_kwargs
+from sketchquant.callbacks import (
     AtomicCheckpointIO,
     EpochSeed,
     EpochSummary,
@@ -24,10 +26,8 @@ from callbacks import (
     NaNGuard,
     RetrievalEvaluator,
 )
-from datamodules.transforms import resolve_data_config
-from sketchquant.app.loggers import build_loggers
-from sketchquant.app.methods import method_of, module_kwargs
 from sketchquant.core.config import as_kwargs
+from sketchquant.datamodules.transforms import resolve_data_config
 
 __all__ = ["datamodule_kwargs", "build_datamodule", "build_module", "build_callbacks", "build_trainer"]
 

@@ -13,7 +13,7 @@ EPILOG_OVERRIDES = (
 
 
 def _parser() -> argparse.ArgumentParser:
-    from datamodules.generated import GENERATORS
+    from sketchquant.datamodules.generated import GENERATORS
 
     p = argparse.ArgumentParser(
         prog="sketchquant",
@@ -222,8 +222,8 @@ def _run(args: argparse.Namespace) -> int:
             overrides=args.overrides,
         )
     elif args.command == "data":
-        from datamodules.cli_data import data_make, data_preview
         from sketchquant.core.config import dotlist_to_dict, parse_overrides
+        from sketchquant.datamodules.cli_data import data_make, data_preview
 
         if args.data_command == "make":
             data_make(args.out, args.kind, dotlist_to_dict(parse_overrides(args.overrides)[1]))
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
-    from callbacks.nan_guard import NonFiniteLossError
+    from sketchquant.callbacks.nan_guard import NonFiniteLossError
     from sketchquant.core.config import ConfigError
 
     try:

@@ -41,8 +41,8 @@ CODE_FIELDS = ("codes", "labels", "paths", "class_names", "bits", "num_windows",
 def load_quantization_model(ckpt: str | os.PathLike, overrides: Sequence[str] = ()):
     """``(cfg, module, raw_checkpoint)``: a code-making (method A) checkpoint's config (``overrides`` on
     top) and its module with the trained weights, in eval mode; other methods are refused."""
-    from lightning_modules.components.irelu import check_bits
     from sketchquant.app.checkpoints import load_checkpoint_config, load_trained_module
+    from sketchquant.lightning_modules.components.irelu import check_bits
 
     cfg, _ = load_checkpoint_config(ckpt, list(overrides), need="codes")
     check_bits(cfg.model.bits)  # a clear error before anything is built
@@ -223,7 +223,7 @@ def build_index(codes_npz: str | os.PathLike, out: str | os.PathLike) -> dict[st
 
 
 def _read_query_images(images: Sequence[str | os.PathLike]) -> list:
-    from datamodules.transforms import load_rgb
+    from sketchquant.datamodules.transforms import load_rgb
 
     if not images:
         raise ValueError("search needs at least one query image")
@@ -270,7 +270,7 @@ def search(
     made_by = meta.get("checkpoint")
     if made_by and Path(made_by).resolve() != Path(ckpt).resolve():
         print(f"warning: index {index_path} was built with {made_by}, searching with {ckpt}", file=sys.stderr)
-    from datamodules.transforms import build_eval_transform
+    from sketchquant.datamodules.transforms import build_eval_transform
 
     dm = build_datamodule(cfg)  # constructing it reads nothing from disk; it resolves size/mean/std
     tf = build_eval_transform(dm.image_size, dm.mean, dm.std, dm.interpolation)

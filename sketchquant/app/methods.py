@@ -10,22 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from callbacks import AlphaRamp, TeacherDistillation
-from callbacks.retrieval_evaluator import EvalConfig
-from datamodules.images import ImageDataConfig, ImageDataModule
-from datamodules.sketch_photo import SketchPhotoDataConfig, SketchPhotoDataModule
-from datamodules.transforms import resolve_data_config
-from lightning_modules import QuantizationModule, ZeroShotSketchModule
-from lightning_modules.quantization import QuantModelConfig
-from lightning_modules.zero_shot_sketch import ZeroShotModelConfig
+from sketchquant.callbacks import AlphaRamp, TeacherDistillation
+from sketchquant.callbacks.retrieval_evaluator import EvalConfig
 from sketchquant.core import config as core_config
 from sketchquant.core.config import ConfigError, as_kwargs
+from sketchquant.datamodules.images import ImageDataConfig, ImageDataModule
+from sketchquant.datamodules.sketch_photo import SketchPhotoDataConfig, SketchPhotoDataModule
+from sketchquant.datamodules.transforms import resolve_data_config
+from sketchquant.lightning_modules import QuantizationModule, ZeroShotSketchModule
+from sketchquant.lightning_modules.quantization import QuantModelConfig
+from sketchquant.lightning_modules.zero_shot_sketch import ZeroShotModelConfig
 
 __all__ = ["Method", "METHODS", "SCHEMAS", "method_of", "compose", "from_container"]
 
@@ -129,9 +128,9 @@ def _with_eval_defaults(raw: dict) -> dict:
     return {**raw, "eval": {**method.eval_defaults, **(raw.get("eval") or {})}}
 
 
-def compose(experiment: str, overrides: list[str] | None = None, root: Path | None = None) -> DictConfig:
+def compose(experiment: str, overrides: list[str] | None = None) -> DictConfig:
     """:func:`sketchquant.core.config.compose` with the registry's schemas and evaluation defaults."""
-    return core_config.compose(experiment, SCHEMAS, overrides, root, prepare=_with_eval_defaults)
+    return core_config.compose(experiment, SCHEMAS, overrides, prepare=_with_eval_defaults)
 
 
 def from_container(data: dict, overrides: list[str] | None = None) -> DictConfig:

@@ -50,7 +50,7 @@ def new_run_dir(cfg: DictConfig) -> Path:
 
 
 #: where a run folder keeps the checkpoint to resume from, newest first (``last.prev.ckpt``: the one the
-#: last write replaced, see :class:`callbacks.AtomicCheckpointIO`)
+#: last write replaced, see :class:`sketchquant.callbacks.AtomicCheckpointIO`)
 RESUME_FILES = ("last.ckpt", "last.prev.ckpt")
 
 

@@ -68,7 +68,7 @@ def search_drawing(gallery: Any, value: Any, k: int = 12, features: str | None =
     """``(items, message)`` for the page: ``items`` = ``[(thumbnail, caption)]`` of the top ``k``."""
     from PIL import Image
 
-    from datamodules.transforms import load_rgb
+    from sketchquant.datamodules.transforms import load_rgb
 
     arr = _composite(value)
     if arr is None:

@@ -15,7 +15,6 @@ import torch
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from callbacks import RunStopped
 from sketchquant.app.build import build_datamodule, build_module, build_trainer
 from sketchquant.app.checkpoints import load_checkpoint_config
 from sketchquant.app.loggers import finish_loggers
@@ -28,6 +27,7 @@ from sketchquant.app.rundir import (
     write_config,
     write_results,
 )
+from sketchquant.callbacks import RunStopped
 from sketchquant.core.config import to_container
 from sketchquant.core.io import DiskFullError
 from sketchquant.core.report import print_results

@@ -40,20 +40,46 @@ from .schema import (  # noqa: F401  (re-exported: the schema is part of the con
 # where configs live
 
 
-def config_dir() -> Path:
-    """``$SKETCHQUANT_CONFIG_DIR`` or the repository's ``configs/``."""
+#: the config groups that ship with the package (in a checkout: a link to the repository's configs/)
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def config_dirs() -> list[Path]:
+    """Where configs are looked up, first match wins: ``$SKETCHQUANT_CONFIG_DIR`` (``--config-dir``; your
+    own experiments, groups and sweeps), then the shipped ``configs/``, so a file of your own can name
+    the shipped group choices in its ``defaults``."""
     env = os.environ.get("SKETCHQUANT_CONFIG_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "configs"
-    if not path.is_dir():
-        raise ConfigError(
-            f"config folder {path} not found (set SKETCHQUANT_CONFIG_DIR to your configs/ folder)"
-        )
-    return path
+    dirs = []
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"config folder {path} (SKETCHQUANT_CONFIG_DIR / --config-dir) is not a folder")
+        dirs.append(path)
+    if SHIPPED_CONFIGS.is_dir() and SHIPPED_CONFIGS.resolve() not in {d.resolve() for d in dirs}:
+        dirs.append(SHIPPED_CONFIGS)
+    if not dirs:
+        raise ConfigError(f"no config folder: {SHIPPED_CONFIGS} is missing; set SKETCHQUANT_CONFIG_DIR")
+    return dirs
 
 
-def list_choices(group: str, root: Path | None = None) -> list[str]:
-    folder = (root or config_dir()) / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+def config_file(group: str, name: str) -> Path | None:
+    """``<group>/<name>.yaml`` from the first config folder that has it (see :func:`config_dirs`)."""
+    for folder in config_dirs():
+        path = folder / group / f"{name}.yaml"
+        if path.is_file():
+            return path
+    return None
+
+
+def list_choices(group: str) -> list[str]:
+    """The choices of ``group`` over every config folder."""
+    names = {
+        p.stem
+        for folder in config_dirs()
+        if (folder / group).is_dir()
+        for p in (folder / group).glob("*.yaml")
+    }
+    return sorted(names)
 
 
 def suggest(word: str, candidates) -> str:
@@ -73,14 +99,15 @@ def _load_yaml(path: Path) -> dict:
     return data
 
 
-def _load_choice(group: str, name: str, root: Path, origin: str) -> dict:
-    available = list_choices(group, root)
-    if name not in available:
+def _load_choice(group: str, name: str, origin: str) -> dict:
+    path = config_file(group, name)
+    if path is None:
+        available = list_choices(group)
         raise ConfigError(
             f"unknown choice {name!r} for config group '{group}' ({origin}){suggest(name, available)} "
             f"available: {', '.join(available) or '(none)'}"
         )
-    return _load_yaml(root / group / f"{name}.yaml")
+    return _load_yaml(path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -242,19 +269,18 @@ def compose(
     experiment: str,
     schemas: Schemas,
     overrides: list[str] | None = None,
-    root: Path | None = None,
     prepare: Callable[[dict], dict] | None = None,
 ) -> DictConfig:
     """Compose ``experiment`` + its group choices + command-line ``overrides`` into a config checked
     against ``schemas``. ``prepare`` may fill defaults into the merged raw dict before it is checked."""
-    root = root or config_dir()
-    experiments = list_choices("experiment", root)
-    if experiment not in experiments:
+    path = config_file("experiment", experiment)
+    if path is None:
+        experiments = list_choices("experiment")
         raise ConfigError(
             f"unknown experiment {experiment!r}{suggest(experiment, experiments)} "
             f"available: {', '.join(experiments) or '(none)'}"
         )
-    body = _load_yaml(root / "experiment" / f"{experiment}.yaml")
+    body = _load_yaml(path)
     defaults = body.pop("defaults", {}) or {}
     if isinstance(defaults, list):  # hydra style [{trainer: cpu}, ...]
         merged: dict = {}
@@ -278,7 +304,7 @@ def compose(
         if picked is None:
             continue
         origin = "command line" if group in cli_choices else f"experiment/{experiment}.yaml defaults"
-        raw[group] = _load_choice(group, str(picked), root, origin)
+        raw[group] = _load_choice(group, str(picked), origin)
     raw = _deep_merge(raw, body)
     raw = _deep_merge(raw, dotlist_to_dict(dotlist))
     raw["experiment"] = experiment

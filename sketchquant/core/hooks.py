@@ -17,14 +17,14 @@ __all__ = ["PenaltyWeighted", "Distillable"]
 @runtime_checkable
 class PenaltyWeighted(Protocol):
     """A module whose loss has a penalty weight set from outside before every training step
-    (method A: ``L = L_cls + α(t)·L_q``, set by ``callbacks.AlphaRamp``)."""
+    (method A: ``L = L_cls + α(t)·L_q``, set by ``sketchquant.callbacks.AlphaRamp``)."""
 
     def set_penalty_weight(self, value: float) -> None: ...
 
 
 @runtime_checkable
 class Distillable(Protocol):
-    """A module trained against a frozen teacher's logits (method B's KD, by ``callbacks.TeacherDistillation``).
+    """A module trained against a frozen teacher's logits (method B's KD, by ``sketchquant.callbacks.TeacherDistillation``).
 
     ``distillation_teacher()`` is the frozen network (outside the module's ``state_dict``, optimizer and
     DDP) or ``None`` when the module does not distil; ``teacher_is_pretrained`` says whether it carries

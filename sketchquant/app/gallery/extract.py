@@ -30,7 +30,7 @@ class _Files(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, pos: int) -> dict:
-        from datamodules.transforms import load_rgb
+        from sketchquant.datamodules.transforms import load_rgb
 
         try:
             image, ok = self.transform(load_rgb(self.paths[pos])), True

@@ -85,7 +85,7 @@ def _version() -> str:
 
 
 def _rgb(image: Any):
-    """A PIL image as RGB; transparent pixels become white (as :func:`datamodules.transforms.load_rgb`)."""
+    """A PIL image as RGB; transparent pixels become white (as :func:`sketchquant.datamodules.transforms.load_rgb`)."""
     from PIL import Image
 
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):

@@ -145,7 +145,7 @@ class Gallery:
     def _batch(self, queries: Sequence[Any]) -> tuple[torch.Tensor, list[str]]:
         from PIL import Image
 
-        from datamodules.transforms import load_rgb
+        from sketchquant.datamodules.transforms import load_rgb
 
         tensors, names = [], []
         for i, q in enumerate(queries):
@@ -292,8 +292,8 @@ def contact_sheet(g: Gallery, results: list[QueryResult], out: str | os.PathLike
     """One row per query: the query, then its hits with rank, distance and label. Written atomically."""
     from PIL import Image, ImageDraw
 
-    from datamodules.transforms import load_rgb
     from sketchquant.core.io import atomic_save_image
+    from sketchquant.datamodules.transforms import load_rgb
 
     cols = 1 + max((len(r.hits) for r in results), default=0)
     cap = 28

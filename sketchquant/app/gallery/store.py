@@ -29,8 +29,8 @@ from sketchquant.core.io import atomic_path
 
 
 def _transform(cfg: Any):
-    from datamodules.transforms import build_eval_transform
     from sketchquant.app.build import datamodule_kwargs
+    from sketchquant.datamodules.transforms import build_eval_transform
 
     kw = datamodule_kwargs(cfg)
     size = kw["image_size"]
@@ -207,7 +207,7 @@ def expand_trainer_choice(overrides: Sequence[str]) -> list[str]:
     its extraction settings: a checkpoint's config takes single keys only."""
     from omegaconf import OmegaConf
 
-    from sketchquant.core.config import config_dir, list_choices
+    from sketchquant.core.config import config_file, list_choices
 
     out: list[str] = []
     for item in overrides:
@@ -215,8 +215,8 @@ def expand_trainer_choice(overrides: Sequence[str]) -> list[str]:
         if key.strip() != "trainer" or not value:
             out.append(str(item))
             continue
-        path = config_dir() / "trainer" / f"{value.strip()}.yaml"
-        if not path.is_file():
+        path = config_file("trainer", value.strip())
+        if path is None:
             raise GalleryError(
                 f"trainer={value}: no such choice (choices: {', '.join(list_choices('trainer'))})"
             )

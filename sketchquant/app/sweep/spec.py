@@ -170,10 +170,10 @@ def load_spec(spec_path: str | os.PathLike | dict) -> tuple[dict, Path | None]:
         return copy.deepcopy(spec_path), None
     path = Path(spec_path)
     if not path.is_file():
-        from sketchquant.core.config import config_dir, list_choices
+        from sketchquant.core.config import config_file, list_choices
 
-        named = config_dir() / "sweeps" / f"{path.name}.yaml"
-        if path.suffix == "" and named.is_file():  # `sketchquant sweep zs_sbir_losses`
+        named = config_file("sweeps", path.name) if path.suffix == "" else None
+        if named is not None:  # `sketchquant sweep zs_sbir_losses`
             path = named
         else:
             known = ", ".join(list_choices("sweeps")) or "(none)"

@@ -1,44 +1,31 @@
 """Retrieval engine: protocol-exact metrics, prototype (PQ) galleries, FAISS indexes, npz evaluation.
 
-Plain torch / numpy / faiss — no Lightning imports here.
+Plain torch / numpy / faiss — no Lightning imports here. Names load on first use (FAISS and
+torchmetrics cost seconds to import; a metric-only user needs neither).
 """
 
-from .index import build_code_index, build_float_index, index_metadata, load_index, save_index, search_index
-from .metrics import (
-    hashing_metrics,
-    metric_name,
-    sbir_metrics,
-    sbir_metrics_from_distances,
-    topk_neighbors,
-)
-from .npz_eval import eval_features, load_npz_features
-from .prototypes import (
-    fit_product_quantizer,
-    fuse_features,
-    fused_distance_fn,
-    prototype_features,
-    prototype_retrieval_metrics,
-)
-from .torchmetric import RetrievalMetric
+from sketchquant.core.lazy import lazy_exports
 
-__all__ = [
-    "RetrievalMetric",
-    "build_code_index",
-    "build_float_index",
-    "eval_features",
-    "fit_product_quantizer",
-    "fuse_features",
-    "fused_distance_fn",
-    "hashing_metrics",
-    "index_metadata",
-    "load_index",
-    "load_npz_features",
-    "metric_name",
-    "prototype_features",
-    "prototype_retrieval_metrics",
-    "save_index",
-    "sbir_metrics",
-    "sbir_metrics_from_distances",
-    "search_index",
-    "topk_neighbors",
-]
+_EXPORTS = {
+    "RetrievalMetric": ".torchmetric",
+    "build_code_index": ".index",
+    "build_float_index": ".index",
+    "eval_features": ".npz_eval",
+    "fit_product_quantizer": ".prototypes",
+    "fuse_features": ".prototypes",
+    "fused_distance_fn": ".prototypes",
+    "hashing_metrics": ".metrics",
+    "index_metadata": ".index",
+    "load_index": ".index",
+    "load_npz_features": ".npz_eval",
+    "metric_name": ".metrics",
+    "prototype_features": ".prototypes",
+    "prototype_retrieval_metrics": ".prototypes",
+    "save_index": ".index",
+    "sbir_metrics": ".metrics",
+    "sbir_metrics_from_distances": ".metrics",
+    "search_index": ".index",
+    "topk_neighbors": ".metrics",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
