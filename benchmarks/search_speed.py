@@ -108,9 +108,9 @@ def bench_build(tmp: Path, args, image_size: int | None = None) -> dict:
     )
     build_s = time.perf_counter() - t0
     g = Gallery.open(out)
-    from sketchquant.app.gallery.store import _transform
+    from sketchquant.app.gallery.store import eval_transform
 
-    _, hw = _transform(g.cfg)  # the network's input: the photos are resized to the config's image size
+    _, hw = eval_transform(g.cfg)  # the network's input: the photos are resized to the config's image size
     x = torch.randn(args.batch_size, 3, *hw)
     batches = max(1, args.build_images // args.batch_size)
     with torch.inference_mode():

@@ -218,16 +218,9 @@ def run_lightning(cfg, module, batches: list[dict], warmup: int, n: int) -> floa
 
     mod = copy.deepcopy(module)
     timer = _step_timer(warmup, n)
-    callbacks: list = [timer]  # first: its batch start runs before the teacher's
-    if cfg.model.name == "zs_sbir":
-        from sketchquant.callbacks import TeacherDistillation
+    from sketchquant.app.build import method_callbacks
 
-        callbacks.append(TeacherDistillation(tau=cfg.model.tau))
-    else:
-        from sketchquant.callbacks import AlphaRamp
-
-        a = cfg.model.alpha
-        callbacks.append(AlphaRamp(alpha_final=a.final, t1=a.t1, t2=a.t2, shape=a.shape, unit=a.unit))
+    callbacks: list = [timer, *method_callbacks(cfg)]  # first: its batch start runs before the teacher's
     feed = [batches[i % len(batches)] for i in range(warmup + n)]
     loader = torch.utils.data.DataLoader(feed, batch_size=None, shuffle=False, num_workers=0)
     trainer = pl.Trainer(

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from sketchquant.core.hooks import PenaltyWeighted
+from sketchquant.core.hooks import AlphaConfig, PenaltyWeighted
 
 SHAPES = ("linear", "sigmoid")
 UNITS = ("epoch", "step")
@@ -57,25 +57,18 @@ class AlphaRamp(pl.Callback):
     that differs from the constructor's. α itself is recomputed from the restored epoch/step.
     """
 
-    def __init__(
-        self,
-        alpha_final: float = 1.0,
-        t1: float = 1,
-        t2: float = 5,
-        shape: str = "linear",
-        unit: str = "epoch",
-        fractional: bool = False,
-        log: bool = True,
-    ):
+    def __init__(self, config: AlphaConfig | None = None, *, fractional: bool = False, log: bool = True):
+        """``config``: the ramp (``model.alpha``; default :class:`AlphaConfig`'s)."""
         super().__init__()
-        if unit not in UNITS:
-            raise ValueError(f"alpha ramp unit must be one of {UNITS}, got {unit!r}")
-        alpha_schedule(t1, alpha_final=alpha_final, t1=t1, t2=t2, shape=shape)  # validates t1/t2/shape
-        self.alpha_final = float(alpha_final)
-        self.t1 = t1
-        self.t2 = t2
-        self.shape = shape
-        self.unit = unit
+        config = config or AlphaConfig()
+        if config.unit not in UNITS:
+            raise ValueError(f"alpha ramp unit must be one of {UNITS}, got {config.unit!r}")
+        alpha_schedule(config.t1, alpha_final=config.final, t1=config.t1, t2=config.t2, shape=config.shape)
+        self.alpha_final = float(config.final)
+        self.t1 = config.t1
+        self.t2 = config.t2
+        self.shape = config.shape
+        self.unit = config.unit
         self.fractional = bool(fractional)
         self.log = log
         self.last_t: float | None = None

@@ -4,7 +4,11 @@ states) — also when it resumes inside an epoch, where Lightning calls no ``on_
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pytorch_lightning as pl
+import torch
 from lightning_fabric.utilities.seed import seed_everything
 
 
@@ -38,10 +42,6 @@ class EpochSeed(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int
     ) -> None:
-        import random
-
-        import numpy as np
-        import torch
 
         step_seed = epoch_seed(self.seed + 1, trainer.global_step, trainer.global_rank)
         torch.manual_seed(step_seed)

@@ -8,8 +8,9 @@ import pytorch_lightning as pl
 import torch
 
 
-class NonFiniteLossError(RuntimeError):
-    """Raised by :class:`NaNGuard`; the message names the step and every loss component."""
+class NonFiniteLossError(ValueError):
+    """Raised by :class:`NaNGuard`; the message names the step and every loss component (a ValueError: the
+    command line reports it as a bad setting, in one line, exit code 2)."""
 
 
 class NaNGuard(pl.Callback):

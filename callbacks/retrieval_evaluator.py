@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import WandbLogger
 
-from sketchquant.core.batch import DOMAIN, INDEX, LABEL, PHOTO, SKETCH
-from sketchquant.core.config import choice
+from sketchquant.callbacks.config import EvalConfig
+from sketchquant.callbacks.retrieval_visuals import log_dashboard, log_grid
+from sketchquant.core.batch import DOMAIN, INDEX, LABEL, PHOTO, SKETCH, FeatureSets
+from sketchquant.core.retrieval.protocols import get_protocol
+from sketchquant.core.retrieval.prototypes import prototype_retrieval_metrics
 from sketchquant.core.retrieval.torchmetric import RetrievalMetric, broadcast_from_zero
 
 log = logging.getLogger(__name__)
@@ -40,52 +42,14 @@ warnings.filterwarnings(
 )
 
 
-def hashing_chance(q_labels: torch.Tensor, g_labels: torch.Tensor, map_at, stage: str) -> dict[str, float]:
-    """Chance level of the hashing protocol: a random ranking's AP (CalcTopMap) is, in expectation, the
-    share of the database relevant to the query (sharing a label), whatever the cut-off; averaged over
-    queries. Logged once per cut-off name, e.g. ``test/chance_map_1000``."""
-    q = q_labels.float() if q_labels.dim() == 2 else torch.nn.functional.one_hot(q_labels.long()).float()
-    g = g_labels.float() if g_labels.dim() == 2 else torch.nn.functional.one_hot(g_labels.long()).float()
-    width = max(q.shape[1], g.shape[1])
-    q = torch.nn.functional.pad(q, (0, width - q.shape[1]))
-    g = torch.nn.functional.pad(g, (0, width - g.shape[1]))
-    share = float(((q @ g.T) > 0).float().mean(1).mean())
-    return {f"{stage}/chance_map_{k}": share for k in map_at}
-
-
 class RetrievalEvaluator(pl.Callback):
-    def __init__(
-        self,
-        protocol: str = "sbir",
-        map_at=("all", 200),
-        p_at=(100, 200),
-        ap: str = "voc",
-        metric: str = "l2",
-        normalize: bool = True,
-        memory_budget_mb: int = 512,
-        prototypes: bool = True,
-        pq_m: int = 2,
-        pq_k: int = 32,
-        pq_max_points_per_centroid: int | None = None,
-        fusion: str = "feature",
-        fusion_lambda: float = 0.2,
-        grid: bool = True,
-        grid_queries: int = 4,
-        grid_topk: int = 10,
-        run_dir: str | None = None,
-    ) -> None:
-        self.protocol = protocol
-        self.map_at = tuple(map_at)
-        self.p_at = tuple(int(k) for k in p_at)
-        self.ap = ap
-        self.metric = metric
-        self.normalize = normalize
-        self.memory_budget_mb = memory_budget_mb
-        self.prototypes = prototypes
-        self.pq_m, self.pq_k = pq_m, pq_k
-        self.pq_max_points_per_centroid = pq_max_points_per_centroid
-        self.fusion, self.fusion_lambda = fusion, fusion_lambda
-        self.grid, self.grid_queries, self.grid_topk = grid, grid_queries, grid_topk
+    """``config``: the ``eval`` section; ``features``: the method's feature names (from the registry:
+    which embedding is logged unnamed, which gallery variants are derived at test, which are codes)."""
+
+    def __init__(self, config: EvalConfig, features: FeatureSets, run_dir: str | None = None) -> None:
+        self.config = config
+        self.features = features
+        self.protocol = get_protocol(config.protocol)
         self.run_dir = run_dir
         self._metrics: dict[str, RetrievalMetric] = {}
         self.last_metrics: dict[str, float] = {}
@@ -99,7 +63,7 @@ class RetrievalEvaluator(pl.Callback):
         self._metrics = {}
 
     def _new_metric(self) -> RetrievalMetric:
-        return RetrievalMetric(self.protocol, **self._kwargs())
+        return RetrievalMetric(self.protocol.name, **self._kwargs())
 
     def _collect(self, outputs: Any, batch: dict, pl_module: pl.LightningModule) -> None:
         if not isinstance(outputs, dict) or "embeddings" not in outputs:
@@ -137,15 +101,16 @@ class RetrievalEvaluator(pl.Callback):
     # evaluation
 
     def _kwargs(self) -> dict:
+        c = self.config
         kw = dict(
-            map_at=self.map_at,
-            p_at=self.p_at,
-            metric=self.metric,
-            normalize=self.normalize,
-            memory_budget_mb=self.memory_budget_mb,
+            map_at=tuple(c.map_at),
+            p_at=tuple(int(k) for k in c.p_at),
+            metric=c.metric,
+            normalize=c.normalize,
+            memory_budget_mb=c.memory_budget_mb,
         )
-        if self.protocol == "sbir":
-            kw["ap"] = self.ap
+        if self.protocol.ap_options:
+            kw["ap"] = c.ap
         return kw
 
     def gathered(self) -> dict[str, torch.Tensor]:
@@ -174,41 +139,32 @@ class RetrievalEvaluator(pl.Callback):
                 f"{int(qmask.sum())} queries and {int(gmask.sum())} gallery items"
             )
         labels = data[LABEL]
-        out: dict[str, float] = {}
-        if self.protocol == "sbir" and labels.dim() == 1:
-            # expected mAP@all of a random ranking ≈ share of relevant items in the gallery (class mean)
-            g = labels[gmask]
-            shares = [float((g == c).float().mean()) for c in torch.unique(labels[qmask]).tolist()]
-            out[f"{stage}/chance_map_all"] = float(np.mean(shares))
-        elif self.protocol == "hashing":
-            out.update(hashing_chance(labels[qmask], labels[gmask], self.map_at, stage))
+        c, names = self.config, self.features
+        out = self.protocol.chance(labels[qmask], labels[gmask], tuple(c.map_at), stage)
         metric = self._new_metric()
         for key in sorted(k for k in data if k.startswith("emb/")):
             name = key.split("/", 1)[1]
             feats = data[key]
-            prefix = f"{stage}/" if name == "raw" else f"{stage}/{name}/"
             res = metric.evaluate(feats, labels, domain)
-            out.update({prefix + k: float(v) for k, v in res.items()})
-            if stage == "test" and self.prototypes and name == "raw":
-                from sketchquant.core.retrieval.prototypes import prototype_retrieval_metrics
-
-                both = prototype_retrieval_metrics(
+            out.update({names.prefix(stage, name) + k: float(v) for k, v in res.items()})
+            if stage == "test" and c.prototypes and names.derived and name == names.unnamed:
+                derived = prototype_retrieval_metrics(
                     feats[qmask],
                     labels[qmask],
                     feats[gmask],
                     labels[gmask],
-                    m=self.pq_m,
-                    k=self.pq_k,
-                    max_points_per_centroid=self.pq_max_points_per_centroid,
-                    lam=self.fusion_lambda,
-                    fusion=self.fusion,
-                    variants=("proto", "fused"),  # raw: computed once, above
+                    m=c.pq_m,
+                    k=c.pq_k,
+                    max_points_per_centroid=c.pq_max_points_per_centroid,
+                    lam=c.fusion_lambda,
+                    fusion=c.fusion,
+                    variants=names.derived,  # the unnamed one: computed once, above
                     sync_fn=broadcast_from_zero,
                     **{k: v for k, v in self._kwargs().items() if k != "metric"},
                     **metric.shard_kwargs(),
                 )
-                for variant in ("proto", "fused"):
-                    out.update({f"{stage}/{variant}/{k}": float(v) for k, v in both[variant].items()})
+                for variant, values in derived.items():
+                    out.update({names.prefix(stage, variant) + k: float(v) for k, v in values.items()})
         return out
 
     def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -221,46 +177,25 @@ class RetrievalEvaluator(pl.Callback):
             pl_module.log(key, value, on_epoch=True, on_step=False, sync_dist=False, rank_zero_only=False)
         if not trainer.is_global_zero:
             return
-        from sketchquant.callbacks.retrieval_visuals import log_dashboard, log_grid
 
-        if self.grid:
+        c = self.config
+        if c.grid:
             try:
                 log_grid(
                     trainer,
                     data,
                     stage,
-                    metric=self.metric,
-                    normalize=self.normalize,
-                    queries=self.grid_queries,
-                    topk=self.grid_topk,
+                    key=f"emb/{self.features.unnamed or self.features.embeddings[0]}",
+                    metric=c.metric,
+                    normalize=c.normalize,
+                    queries=c.grid_queries,
+                    topk=c.grid_topk,
                     run_dir=self.run_dir,
                 )
             except Exception as err:  # a picture must never stop a run
                 log.warning("retrieval grid skipped: %s", err)
-        if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
+        if any(isinstance(lg, WandbLogger) for lg in trainer.loggers):
             try:
-                log_dashboard(trainer, data, stage, self.normalize)
+                log_dashboard(trainer, data, stage, c.normalize, codes=self.features.codes)
             except Exception as err:
                 log.warning("dashboard plots skipped: %s", err)
-
-
-@dataclass
-class EvalConfig:
-    """Retrieval evaluation (SPEC §C) run by :class:`RetrievalEvaluator`."""
-
-    protocol: str = choice("sbir", "hashing")
-    map_at: list[Any] = field(default_factory=lambda: ["all", 200])
-    p_at: list[int] = field(default_factory=lambda: [100, 200])
-    ap: str = choice("voc", "standard")
-    metric: str = choice("l2", "ip")
-    normalize: bool = True
-    memory_budget_mb: int = 512
-    prototypes: bool = True  # method B test: also prototype and fused gallery features
-    pq_m: int = 2
-    pq_k: int = 32
-    pq_max_points_per_centroid: int | None = None  # None: k-means on every gallery point
-    fusion: str = choice("feature", "distance")
-    fusion_lambda: float = 0.2
-    grid: bool = True
-    grid_queries: int = 4
-    grid_topk: int = 10

@@ -4,14 +4,20 @@ dashboard (precision–recall curves, histograms of method A's codes). Used by
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
 from sketchquant.core.batch import DOMAIN, INDEX, LABEL, PHOTO, SKETCH
+from sketchquant.core.io import atomic_save_image
+from sketchquant.core.retrieval.curves import precision_recall_curve
+from sketchquant.core.retrieval.grid import retrieval_grid
+from sketchquant.core.retrieval.metrics import topk_neighbors
 
 __all__ = ["log_dashboard", "log_grid"]
 
@@ -20,13 +26,18 @@ def _embedding_keys(data: dict[str, torch.Tensor]) -> list[str]:
     return sorted(k for k in data if k.startswith("emb/"))
 
 
-def log_dashboard(trainer: pl.Trainer, data: dict[str, torch.Tensor], stage: str, normalize: bool) -> None:
-    """wandb only: a precision–recall curve per embedding and histograms of method A's codes."""
-    import wandb
+def log_dashboard(
+    trainer: pl.Trainer,
+    data: dict[str, torch.Tensor],
+    stage: str,
+    normalize: bool,
+    codes: Sequence[str] = (),
+) -> None:
+    """wandb only: a precision–recall curve per embedding, and for the embeddings named in ``codes``
+    (integer codes: method A's) a histogram of the values and the fraction of zeros."""
+    import wandb  # lazy: only with a WandbLogger (which has imported it)
 
-    from sketchquant.core.retrieval.curves import precision_recall_curve
-
-    logger = next(lg for lg in trainer.loggers if type(lg).__name__ == "WandbLogger")
+    logger = next(lg for lg in trainer.loggers if isinstance(lg, WandbLogger))
     domain, labels = data[DOMAIN].cpu(), data[LABEL].cpu()
     qmask, gmask = domain == SKETCH, domain == PHOTO
     payload: dict[str, Any] = {}
@@ -43,10 +54,10 @@ def log_dashboard(trainer: pl.Trainer, data: dict[str, torch.Tensor], stage: str
         payload[f"{stage}/{name}/pr_curve"] = wandb.plot.line(
             table, "recall", "precision", title=f"{stage} {name}: precision-recall"
         )
-        if name == "codes":
-            codes = feats.numpy()
-            payload[f"{stage}/codes/histogram"] = wandb.Histogram(codes.ravel(), num_bins=64)
-            payload[f"{stage}/codes/zero_fraction"] = float((codes == 0).mean())
+        if name in codes:
+            values = feats.numpy()
+            payload[f"{stage}/{name}/histogram"] = wandb.Histogram(values.ravel(), num_bins=64)
+            payload[f"{stage}/{name}/zero_fraction"] = float((values == 0).mean())
     payload["trainer/global_step"] = trainer.global_step
     logger.experiment.log(payload)
 
@@ -56,22 +67,20 @@ def log_grid(
     data: dict[str, torch.Tensor],
     stage: str,
     *,
+    key: str,
     metric: str,
     normalize: bool,
     queries: int,
     topk: int,
     run_dir: str | None,
 ) -> None:
-    """A few random queries (fixed seed) with their ``topk`` nearest gallery items, relevant ones marked;
+    """A few random queries (fixed seed) with their ``topk`` nearest gallery items by the embedding
+    ``key`` (``emb/<name>``), relevant ones marked;
     saved as ``<run_dir>/grids/<stage>-epoch<NNN>.png`` and sent to wandb / TensorBoard."""
     dm = trainer.datamodule
     if dm is None or not hasattr(dm, "path_for_index"):
         return
-    from sketchquant.core.io import atomic_save_image
-    from sketchquant.core.retrieval.grid import retrieval_grid
-    from sketchquant.core.retrieval.metrics import topk_neighbors
 
-    key = "emb/raw" if "emb/raw" in data else _embedding_keys(data)[0]
     feats, labels, domain, index = (data[k].cpu() for k in (key, LABEL, DOMAIN, INDEX))
     qsel = torch.nonzero(domain == SKETCH).flatten()
     gsel = torch.nonzero(domain == PHOTO).flatten()
@@ -97,9 +106,8 @@ def log_grid(
     if run_dir:
         atomic_save_image(image, Path(run_dir) / "grids" / f"{stage}-epoch{trainer.current_epoch:03d}.png")
     for logger in trainer.loggers:
-        kind = type(logger).__name__
-        if kind == "WandbLogger":
+        if isinstance(logger, WandbLogger):
             logger.log_image(key=f"{stage}/retrieval_grid", images=[image], step=trainer.global_step)
-        elif kind == "TensorBoardLogger":
+        elif isinstance(logger, TensorBoardLogger):
             arr = np.asarray(image).transpose(2, 0, 1)
             logger.experiment.add_image(f"{stage}/retrieval_grid", arr, global_step=trainer.global_step)

@@ -40,7 +40,8 @@ class TeacherDistillation(pl.Callback):
             msg = (
                 "\n" + "!" * 78 + "\n"
                 "TeacherDistillation: the teacher has NO ImageNet weights (model.weights="
-                f"{pl_module.hparams.get('weights')!r}). Distillation then pulls towards a random network.\n"
+                f"{getattr(getattr(pl_module, 'config', None), 'weights', None)!r}). Distillation then pulls "
+                "towards a random network.\n"
                 "Use model.weights=auto with tf_efficientnet_lite0 (offline), a weights file, or lambda_kd=0.\n"
                 + "!"
                 * 78

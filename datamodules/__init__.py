@@ -16,11 +16,11 @@ from sketchquant.core.lazy import lazy_exports
 
 _EXPORTS = {
     "RetrievalDataModule": "base",
-    "RetrievalDataConfig": "base",
+    "RetrievalDataConfig": "config",
     "SketchPhotoDataModule": "sketch_photo",
-    "SketchPhotoDataConfig": "sketch_photo",
+    "SketchPhotoDataConfig": "config",
     "ImageDataModule": "images",
-    "ImageDataConfig": "images",
+    "ImageDataConfig": "config",
     "MixedDomainSampler": "common",
     "SampleDataset": "common",
     "read_class_list": "lists",

@@ -13,14 +13,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytorch_lightning as pl
-from omegaconf import MISSING
-
-from sketchquant.core.config import choice
 
 from .common import (
     EpochTaggedSampler,
@@ -32,39 +29,11 @@ from .common import (
     global_seed,
     make_loader,
 )
+from .config import RetrievalDataConfig
+from .generated import generator
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform
 
 log = logging.getLogger("sketchquant.data")
-
-
-@dataclass
-class RetrievalDataConfig:
-    """Fields every DataModule takes. ``batch_size`` is per device. ``image_size`` / ``mean`` / ``std``
-    ``None``: the application fills them from the backbone's timm data config (a DataModule built directly
-    needs ``image_size``; ``mean``/``std`` then default to ImageNet's)."""
-
-    kind: str = MISSING
-    root: str = MISSING
-    image_size: int | None = None
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    interpolation: str = "bilinear"
-    augment: bool = True
-    #: affine: flip + torchvision RandomAffine (settings below); sake: SAKE/ClusterRetr's augmentation
-    augmentation: str = choice("affine", "sake")
-    hflip: float = 0.5
-    affine_degrees: float = 10.0
-    affine_translate: float = 0.1
-    affine_scale: list[float] = field(default_factory=lambda: [0.9, 1.1])
-    batch_size: int = 64
-    num_workers: int = 2
-    pin_memory: bool = False
-    persistent_workers: bool = True
-    on_bad_image: str = choice("skip", "error")
-    #: generate the embedded data into ``root`` when it does not exist (``generator``: its keyword
-    #: arguments; ``generator.kind`` picks the generator, default the DataModule's own)
-    auto_generate: bool = False
-    generator: dict[str, Any] = field(default_factory=dict)
 
 
 def option_names(config_class: type) -> list[str]:
@@ -124,7 +93,6 @@ class RetrievalDataModule(pl.LightningDataModule):
     def _maybe_generate(self) -> None:
         if not (self.auto_generate and not self.root.exists()):
             return
-        from .generated import generator
 
         gen = dict(self.generator)
         kind = gen.pop("kind", self.default_generator)

@@ -25,15 +25,14 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sketchquant.core.batch import GALLERY, QUERY
-from sketchquant.core.config import choice
 
-from .base import RetrievalDataConfig, RetrievalDataModule
+from .base import RetrievalDataModule
 from .common import stable_rng, tree
+from .config import ImageDataConfig
 from .lists import list_class_dirs, list_images, read_class_list
 
 log = logging.getLogger("sketchquant.data")
@@ -71,21 +70,6 @@ def read_label_csv(path: Path, root: Path) -> list[tuple[str, list[str]]]:
         names = [x.strip() for x in labels.replace(",", ";").split(";") if x.strip()]
         rows.append((rel if os.path.isabs(rel) else str(root / rel), names))
     return rows
-
-
-@dataclass
-class ImageDataConfig(RetrievalDataConfig):
-    """:class:`sketchquant.datamodules.ImageDataModule` (method A, hashing-style splits). ``batch_size`` is per device."""
-
-    kind: str = "images"
-    layout: str = choice("csv", "folder")
-    train_list: str = "train.csv"
-    query_list: str = "query.csv"
-    database_list: str = "database.csv"
-    multi_label: bool | None = None  # None: multi-label when some image has other than one label
-    val_fraction: float = 0.1  # of the training list held out for validation (ignored with val_list)
-    val_list: str | None = None  # validation images: a CSV list (csv layout) or a folder (folder layout)
-    split_seed: int = 0  # draws the held-out part
 
 
 class ImageDataModule(RetrievalDataModule):

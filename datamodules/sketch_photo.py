@@ -29,15 +29,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sketchquant.core.batch import PHOTO, SKETCH
-from sketchquant.core.config import choice
 
-from .base import RetrievalDataConfig, RetrievalDataModule
+from .base import RetrievalDataModule
 from .common import MixedDomainSampler, dist_info, global_seed, match_classes, stable_rng, tree
+from .config import SketchPhotoDataConfig
 from .lists import SHIPPED_SPLITS, list_class_dirs, list_images, read_class_list, shipped_split_path
 
 log = logging.getLogger("sketchquant.data")
@@ -123,22 +121,6 @@ def _read_filelist(path: Path, root: Path, names: dict[int, str]) -> list[tuple[
         rel = parts[0]
         out.append((rel if os.path.isabs(rel) else str(root / rel), names[cid]))
     return out
-
-
-@dataclass
-class SketchPhotoDataConfig(RetrievalDataConfig):
-    """:class:`sketchquant.datamodules.SketchPhotoDataModule` (ZS-SBIR). ``batch_size`` is per device."""
-
-    kind: str = "sketch_photo"
-    layout: str = choice("folder", "sake")
-    unseen_classes: Any = None  # None (<root>/unseen_classes.txt) | shipped list name | path | list
-    sake_sketch_version: str = "sketch_tx_000000000000_ready"
-    sake_photo_version: str = "all_photo"
-    sake_split_dir: str | None = None
-    val_fraction: float = 0.2
-    split_seed: int = 0
-    batch_size: int = 48
-    sketch_fraction: float = 1 / 3
 
 
 class SketchPhotoDataModule(RetrievalDataModule):

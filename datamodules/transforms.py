@@ -10,10 +10,15 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import timm
+import timm.data
 import torch
 from PIL import Image
+from timm.models import get_pretrained_cfg
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
+
+from .rgb import load_rgb, to_rgb  # noqa: F401  (re-exported: every image reaches the transforms as RGB)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,18 +38,6 @@ def interpolation_mode(name: str) -> InterpolationMode:
         return _INTERPOLATIONS[str(name).lower()]
     except KeyError:
         raise ValueError(f"unknown interpolation {name!r}; choose one of {sorted(_INTERPOLATIONS)}") from None
-
-
-def load_rgb(path: str) -> Image.Image:
-    """Open an image file as RGB; transparent pixels (common in sketch PNGs) become white."""
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-            im = im.convert("RGBA")
-            canvas = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            canvas.alpha_composite(im)
-            return canvas.convert("RGB")
-        return im.convert("RGB")
 
 
 def _size(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -181,13 +174,9 @@ def resolve_data_config(backbone_name: str, image_size: int | None = None) -> di
     ``pretrained=False`` (cheap, no network) when the name has no registered config. ``image_size``
     overrides the size. Returns ``{"image_size", "mean", "std", "interpolation", "crop_pct"}``.
     """
-    import timm
-    import timm.data
 
     cfg = None
     try:
-        from timm.models import get_pretrained_cfg
-
         pcfg = get_pretrained_cfg(backbone_name)
         if pcfg is not None:
             pcfg = pcfg.to_dict() if hasattr(pcfg, "to_dict") else dict(pcfg)
@@ -205,3 +194,18 @@ def resolve_data_config(backbone_name: str, image_size: int | None = None) -> di
         "interpolation": str(cfg.get("interpolation", "bilinear")),
         "crop_pct": float(cfg.get("crop_pct", 1.0)),
     }
+
+
+def image_settings(data: dict[str, Any], backbone: str) -> dict[str, Any]:
+    """The ``data`` section's keyword arguments with the image size, mean and std it leaves empty taken
+    from ``backbone``'s timm data config, and list values as tuples."""
+    kwargs = dict(data)
+    if any(kwargs.get(key) is None for key in ("image_size", "mean", "std")):
+        defaults = resolve_data_config(backbone)
+        for key in ("image_size", "mean", "std"):
+            if kwargs.get(key) is None:
+                kwargs[key] = defaults[key]
+    for key in ("mean", "std", "affine_scale"):
+        if kwargs.get(key) is not None:
+            kwargs[key] = tuple(kwargs[key])
+    return kwargs

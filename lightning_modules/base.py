@@ -3,59 +3,82 @@ for the NaN guard, and the resolved config carried inside every checkpoint."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import math
+from collections.abc import Mapping
+from dataclasses import asdict
+from typing import Any, ClassVar, TypeVar
 
 import pytorch_lightning as pl
 import torch
+from omegaconf import OmegaConf
 from torchmetrics import Metric
 
-from sketchquant.core.config import choice
+from sketchquant.lightning_modules.config import OptimConfig
 
 CONFIG_KEY = "sketchquant"
+C = TypeVar("C")
 
 
-def build_optimizer(params, optim: dict[str, Any]) -> torch.optim.Optimizer:
+def build_optimizer(params, optim: OptimConfig) -> torch.optim.Optimizer:
     """``params``: parameters or param-group dicts (a group may carry ``lr_mult``)."""
-    name = optim.get("name", "adam")
-    lr, wd = float(optim.get("lr", 1e-4)), float(optim.get("weight_decay", 0.0))
+    lr, wd = float(optim.lr), float(optim.weight_decay)
     params = list(params)
     if params and isinstance(params[0], dict):
         params = [{"params": g["params"], "lr": lr * float(g.get("lr_mult", 1.0))} for g in params]
-    if name == "adam":
+    if optim.name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
-    if name == "adamw":
+    if optim.name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=float(optim.get("momentum", 0.9)))
-    raise ValueError(f"model.optim.name={name!r}: expected adam, adamw or sgd")
+    if optim.name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=float(optim.momentum))
+    raise ValueError(f"model.optim.name={optim.name!r}: expected adam, adamw or sgd")
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, optim: dict[str, Any], max_epochs: int):
-    """``exp``: ``lr · final_factor^(epoch / max_epochs)`` (SAKE: ``lr · 0.001^(epoch/E)``), per epoch;
-    ``cosine``: cosine from lr to ``lr · final_factor`` over ``max_epochs``; ``none``: constant."""
-    schedule = optim.get("schedule", "exp")
-    factor = float(optim.get("final_factor", 1e-3))
+def build_schedule(optimizer: torch.optim.Optimizer, optim: OptimConfig, max_epochs: int):
+    """Per epoch, every param group from its own lr to its own floor ``lr · final_factor``:
+    ``exp``: ``lr · final_factor^(epoch / max_epochs)`` (SAKE: ``lr · 0.001^(epoch/E)``); ``cosine``:
+    ``floor + (lr − floor)·(1 + cos(π·epoch / max_epochs))/2``; ``none``: constant."""
+    factor = float(optim.final_factor)
     epochs = max(int(max_epochs), 1)
-    if schedule == "exp":
+    if optim.schedule == "exp":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: factor ** (epoch / epochs))
-    if schedule == "cosine":
-        lr = optimizer.param_groups[0]["lr"]
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=lr * factor)
-    if schedule == "none":
+    if optim.schedule == "cosine":
+        # a multiplier of each group's own lr: CosineAnnealingLR's single eta_min would send every group
+        # to the first group's floor (the new layers of head_lr_mult would decay to the trunk's)
+        def cosine(epoch: int) -> float:
+            return factor + (1.0 - factor) * (1.0 + math.cos(math.pi * min(epoch, epochs) / epochs)) / 2.0
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+    if optim.schedule == "none":
         return None
-    raise ValueError(f"model.optim.schedule={schedule!r}: expected exp, cosine or none")
+    raise ValueError(f"model.optim.schedule={optim.schedule!r}: expected exp, cosine or none")
+
+
+def as_config(config_class: type[C], value: C | Mapping[str, Any] | None) -> C:
+    """``value`` as a ``config_class`` instance: the dataclass itself, or a mapping of its fields (a
+    checkpoint's plain hyper-parameters; missing fields take the dataclass defaults)."""
+    if isinstance(value, config_class):
+        return value
+    merged = OmegaConf.merge(OmegaConf.structured(config_class), dict(value or {}))
+    return OmegaConf.to_object(merged)
 
 
 class SketchquantModule(pl.LightningModule):
-    """Base class: subclasses implement ``_common_step(batch, stage)`` returning
+    """Base class: ``Cls(config, **data facts)``, where ``config`` is the class's :attr:`config_class`
+    (the model section's dataclass, or a mapping of its fields). Its hyper-parameters are plain data
+    (``{"config": asdict(config), **facts}``), so a checkpoint loads with ``weights_only=True``.
+
+    Subclasses implement ``_common_step(batch, stage)`` returning
     ``{"loss": Tensor | None, "losses": {name: Tensor}, "embeddings": {name: B×d}, "metrics": {...}}``."""
 
+    config_class: ClassVar[type]
     #: set by sketchquant.app.train to the resolved config; saved in every checkpoint under ``CONFIG_KEY``
     sketchquant_config: dict | None = None
 
-    def __init__(self) -> None:
+    def __init__(self, config: Any, **facts: Any) -> None:
         super().__init__()
+        self.config = as_config(self.config_class, config)
+        self.save_hyperparameters({"config": asdict(self.config), **facts})
         self.loss_components: dict[str, torch.Tensor] = {}
 
     # -------------------------------------------------------------------------------------------
@@ -96,9 +119,6 @@ class SketchquantModule(pl.LightningModule):
         return {"embeddings": out["embeddings"]}
 
     # -------------------------------------------------------------------------------------------
-    def _optim_cfg(self) -> dict[str, Any]:
-        return dict(self.hparams.get("optim") or {})
-
     #: parameter-name prefixes of the pretrained trunk; everything else is a new layer (``head_lr_mult``)
     backbone_prefixes: tuple[str, ...] = ()
 
@@ -111,8 +131,8 @@ class SketchquantModule(pl.LightningModule):
         return [g for g in groups if g["params"]]
 
     def configure_optimizers(self):
-        optim = self._optim_cfg()
-        optimizer = build_optimizer(self.param_groups(float(optim.get("head_lr_mult", 1.0))), optim)
+        optim = self.config.optim
+        optimizer = build_optimizer(self.param_groups(float(optim.head_lr_mult)), optim)
         schedule = build_schedule(optimizer, optim, self.hparams.get("max_epochs", 1))
         if schedule is None:
             return optimizer
@@ -125,14 +145,3 @@ class SketchquantModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.sketchquant_config is None and CONFIG_KEY in checkpoint:
             self.sketchquant_config = checkpoint[CONFIG_KEY]
-
-
-@dataclass
-class OptimConfig:
-    name: str = choice("adam", "adamw", "sgd")
-    lr: float = 1e-4
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    schedule: str = choice("exp", "cosine", "none")  # exp: lr * final_factor^(epoch/max_epochs) (SAKE)
-    final_factor: float = 1e-3
-    head_lr_mult: float = 1.0  # lr multiplier of the new layers (embedding, heads); 1 = SAKE

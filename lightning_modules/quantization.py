@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from sketchquant.core.batch import IMAGE, LABEL
-from sketchquant.core.config import choice
-from sketchquant.lightning_modules.base import OptimConfig, SketchquantModule
-from sketchquant.lightning_modules.components.backbones import create_backbone
+from sketchquant.lightning_modules.base import SketchquantModule
 from sketchquant.lightning_modules.components.irelu import quantization_loss
-from sketchquant.lightning_modules.components.quant_encoder import QuantizationEncoder, classification_loss
+from sketchquant.lightning_modules.components.quant_encoder import build_code_encoder, classification_loss
+from sketchquant.lightning_modules.config import QuantModelConfig
 
 
 class QuantizationModule(SketchquantModule):
@@ -28,42 +26,27 @@ class QuantizationModule(SketchquantModule):
 
     backbone_prefixes = ("encoder.trunk.",)
 
+    config_class = QuantModelConfig
+
     def __init__(
         self,
+        config: QuantModelConfig | dict,
         num_classes: int,
-        multi_label: bool = True,
-        backbone: str = "tf_efficientnet_lite0",
-        weights: str = "auto",
-        feature_stage: int = -1,
-        window: str = "sliding",
-        kernel=(2, 2),
-        stride=(1, 1),
-        num_stripes: int = 4,
-        dim: int = 64,
-        bytes_per_image: int | None = None,
-        bits: int = 8,
-        per_window_classifier: bool = False,
-        image_size: int = 64,
-        optim: dict[str, Any] | None = None,
-        max_epochs: int = 10,
+        multi_label: bool,
+        image_size: int,
+        max_epochs: int = 1,
+        inference: bool = False,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        trunk = create_backbone(backbone, weights=weights, num_classes=None)
-        self.encoder = QuantizationEncoder(
+        """``inference=True``: the weights will come from a checkpoint (no pretrained weights loaded)."""
+        super().__init__(
+            config,
             num_classes=num_classes,
-            backbone_module=trunk,
-            feature_stage=feature_stage,
-            window=window,
-            kernel=tuple(kernel),
-            stride=tuple(stride),
-            num_stripes=num_stripes,
-            dim=dim,
-            bytes_per_image=bytes_per_image,
-            bits=bits,
+            multi_label=multi_label,
             image_size=image_size,
-            per_window_classifier=per_window_classifier,
+            max_epochs=max_epochs,
         )
+        weights = "none" if inference else None
+        self.encoder = build_code_encoder(self.config, num_classes, image_size, weights=weights)
         self.alpha = 0.0
 
     def set_penalty_weight(self, value: float) -> None:
@@ -88,34 +71,3 @@ class QuantizationModule(SketchquantModule):
         codes = out.codes.detach().round().clamp_(0, 2**self.encoder.bits - 1)
         emb = {"codes": codes.flatten(1), "float": out.continuous.detach().flatten(1)}
         return {"loss": None, "losses": losses, "metrics": {}, "embeddings": emb}
-
-
-@dataclass
-class AlphaConfig:
-    """α(t) ramp of SPEC §A."""
-
-    final: float = 1.0
-    t1: float = 1.0
-    t2: float = 5.0
-    shape: str = choice("linear", "sigmoid")
-    unit: str = choice("epoch", "step")
-
-
-@dataclass
-class QuantModelConfig:
-    """Method A (SPEC §A)."""
-
-    name: str = "quantization"
-    backbone: str = "tf_efficientnet_lite0"
-    weights: str = "auto"
-    feature_stage: int = -1
-    window: str = choice("sliding", "stripes", "global")
-    kernel: list[int] = field(default_factory=lambda: [2, 2])
-    stride: list[int] = field(default_factory=lambda: [1, 1])
-    num_stripes: int = 4
-    dim: int = 64
-    bytes_per_image: int | None = None  # d = bytes_per_image / P when set (equal bytes across window layouts)
-    bits: int = 8
-    per_window_classifier: bool = False
-    alpha: AlphaConfig = field(default_factory=AlphaConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=1e-4))

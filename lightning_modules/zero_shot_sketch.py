@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torchmetrics.classification import MulticlassAccuracy
 
 from sketchquant.core.batch import DOMAIN, IMAGE, LABEL
-from sketchquant.core.config import choice
-from sketchquant.lightning_modules.base import OptimConfig, SketchquantModule
+from sketchquant.lightning_modules.base import SketchquantModule
 from sketchquant.lightning_modules.components.sbir_losses import sbir_loss
-from sketchquant.lightning_modules.components.sketch_net import FrozenTeacher, SketchNet
+from sketchquant.lightning_modules.components.sketch_net import FrozenTeacher, build_sketch_net
+from sketchquant.lightning_modules.config import ZeroShotModelConfig
 
 
 class ZeroShotSketchModule(SketchquantModule):
@@ -28,35 +27,23 @@ class ZeroShotSketchModule(SketchquantModule):
 
     backbone_prefixes = ("net.backbone.",)
 
+    config_class = ZeroShotModelConfig
+
     def __init__(
         self,
+        config: ZeroShotModelConfig | dict,
         num_classes: int,
-        backbone: str = "tf_efficientnet_lite0",
-        weights: str = "auto",
-        embed_dim: int = 512,
-        lambda_kd: float = 1.0,
-        lambda_da: float = 0.1,
-        tau: float = 1.0,
-        head_init: str = "svd",
-        optim: dict[str, Any] | None = None,
-        max_epochs: int = 20,
+        max_epochs: int = 1,
+        inference: bool = False,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        head = head_init
-        if head == "svd" and weights == "none":
-            head = "random"  # no ImageNet classifier to factor
+        """``inference=True``: the weights will come from a checkpoint, so no pretrained weights are loaded
+        and no distillation teacher is built (evaluation and search need none)."""
+        super().__init__(config, num_classes=num_classes, max_epochs=max_epochs)
         # the ImageNet head exists only to be distilled into: without KD it would get no gradient (and
         # DDP would stop on a parameter that took no part in the loss)
-        self.net = SketchNet(
-            num_classes,
-            backbone,
-            weights=weights,
-            embed_dim=embed_dim,
-            head_init=head,
-            imagenet_head=bool(lambda_kd),
-        )
-        self._teacher: tuple[FrozenTeacher, ...] = (self.net.make_teacher(),) if lambda_kd else ()
+        self.net = build_sketch_net(self.config, num_classes, weights="none" if inference else None)
+        kd = bool(self.config.lambda_kd) and not inference
+        self._teacher: tuple[FrozenTeacher, ...] = (self.net.make_teacher(),) if kd else ()
         self._teacher_logits: torch.Tensor | None = None
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -93,7 +80,7 @@ class ZeroShotSketchModule(SketchquantModule):
         images, labels, domain = batch[IMAGE], batch[LABEL], batch[DOMAIN]
         out = self.net(images)
         if stage == "train":
-            hp = self.hparams
+            hp = self.config
             teacher_logits, self._teacher_logits = self._teacher_logits, None
             if hp.lambda_kd and teacher_logits is None:
                 raise RuntimeError(
@@ -125,18 +112,3 @@ class ZeroShotSketchModule(SketchquantModule):
                 metrics = {"loss_cls": cls, "acc": self.val_acc}
             return {"loss": None, "losses": {}, "metrics": metrics, "embeddings": emb}
         return {"loss": None, "losses": {}, "metrics": {}, "embeddings": emb}
-
-
-@dataclass
-class ZeroShotModelConfig:
-    """Method B (SPEC §B)."""
-
-    name: str = "zs_sbir"
-    backbone: str = "tf_efficientnet_lite0"
-    weights: str = "auto"  # auto | none | hub | efficientnet_lite0 | /path/to/weights
-    embed_dim: int = 512
-    lambda_kd: float = 1.0
-    lambda_da: float = 0.1
-    tau: float = 1.0
-    head_init: str = choice("svd", "random")
-    optim: OptimConfig = field(default_factory=OptimConfig)

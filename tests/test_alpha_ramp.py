@@ -6,6 +6,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from sketchquant.callbacks.alpha_ramp import AlphaRamp, alpha_schedule
+from sketchquant.core.hooks import AlphaConfig
 
 E5 = math.exp(-5.0)
 
@@ -35,11 +36,11 @@ def test_invalid():
     with pytest.raises(ValueError, match="t2 > t1"):
         alpha_schedule(0, alpha_final=1.0, t1=3, t2=3)
     with pytest.raises(ValueError, match="t2 > t1"):
-        AlphaRamp(t1=5, t2=1)
+        AlphaRamp(AlphaConfig(t1=5, t2=1))
     with pytest.raises(ValueError, match="shape"):
         alpha_schedule(0, alpha_final=1.0, t1=0, t2=1, shape="cosine")
     with pytest.raises(ValueError, match="unit"):
-        AlphaRamp(unit="batch")
+        AlphaRamp(AlphaConfig(unit="batch"))
 
 
 class _Tiny(pl.LightningModule):
@@ -81,7 +82,7 @@ def _trainer(ramp, max_epochs):
 
 
 def test_callback_epoch_unit_sets_and_logs():
-    ramp = AlphaRamp(alpha_final=2.0, t1=1, t2=3)
+    ramp = AlphaRamp(AlphaConfig(final=2.0, t1=1, t2=3))
     module = _Tiny()
     trainer = _trainer(ramp, 4)
     trainer.fit(module, _loader())
@@ -94,10 +95,12 @@ def test_callback_epoch_unit_sets_and_logs():
 
 def test_callback_fractional_epoch_and_step_unit():
     module = _Tiny()
-    _trainer(AlphaRamp(alpha_final=1.0, t1=0, t2=2, fractional=True), 3).fit(module, _loader())
+    _trainer(AlphaRamp(AlphaConfig(final=1.0, t1=0, t2=2), fractional=True), 3).fit(module, _loader())
     assert [a for *_, a in module.seen] == pytest.approx([0, 0.25, 0.5, 0.75, 1, 1])
     module = _Tiny()
-    _trainer(AlphaRamp(alpha_final=1.0, t1=1, t2=5, unit="step", shape="sigmoid"), 3).fit(module, _loader())
+    _trainer(AlphaRamp(AlphaConfig(final=1.0, t1=1, t2=5, unit="step", shape="sigmoid")), 3).fit(
+        module, _loader()
+    )
     steps = [s for *_, s, _ in module.seen]
     assert steps == [0, 1, 2, 3, 4, 5]
     expected = [alpha_schedule(s, alpha_final=1.0, t1=1, t2=5, shape="sigmoid") for s in steps]
@@ -106,7 +109,7 @@ def test_callback_fractional_epoch_and_step_unit():
 
 
 def test_resume_restores_state(tmp_path):
-    ramp = AlphaRamp(alpha_final=3.0, t1=0, t2=3)
+    ramp = AlphaRamp(AlphaConfig(final=3.0, t1=0, t2=3))
     module = _Tiny()
     trainer = _trainer(ramp, 2)
     trainer.fit(module, _loader())
@@ -117,7 +120,7 @@ def test_resume_restores_state(tmp_path):
     assert saved["alpha_final"] == 3.0 and saved["last_t"] == 1 and saved["last_alpha"] == pytest.approx(1.0)
 
     # a fresh callback with other parameters: the checkpoint's schedule wins (with a warning)
-    resumed = AlphaRamp(alpha_final=100.0, t1=5, t2=6)
+    resumed = AlphaRamp(AlphaConfig(final=100.0, t1=5, t2=6))
     module2 = _Tiny()
     with pytest.warns(UserWarning, match="alpha_final"):
         _trainer(resumed, 5).fit(module2, _loader(), ckpt_path=str(ckpt))

@@ -130,7 +130,7 @@ def test_bits_9_refused(trained):
     cfg = compose("quantization", tiny_overrides(trained["tmp"]) + ["model.bits=9"])
 
     class DM:
-        num_classes, multi_label = NUM_CLASSES, True
+        num_classes, multi_label, image_size = NUM_CLASSES, True, 32
 
     with pytest.raises(ValueError, match="bits must be an int in 1..8"):
         build_module(cfg, DM())

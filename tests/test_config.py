@@ -149,7 +149,7 @@ def test_a_crash_reaches_the_user_as_one_line(monkeypatch, capsys):
         def fail(args, err=err):
             raise err
 
-        monkeypatch.setattr(cli, "_run", fail)
+        monkeypatch.setattr(cli, "run", fail)
         assert cli.main(["list"]) == 1
         lines = capsys.readouterr().err.strip().splitlines()
         assert lines == [f"sketchquant list: error: {line}", "(set SKETCHQUANT_DEBUG=1 for the traceback)"]

@@ -248,7 +248,7 @@ def test_folder_labels_and_update_equals_rebuild(zs, tmp_path):
 
 
 def test_killed_build_leaves_the_old_gallery(zs, tmp_path, monkeypatch):
-    import sketchquant.core.retrieval.factory as factory
+    import sketchquant.app.gallery.build as factory  # where build_gallery looks make_index up
     from sketchquant.app.gallery import Gallery, build_gallery
 
     photos = _photo_folder(zs, tmp_path / "photos", per_class=3)
@@ -571,3 +571,22 @@ def test_trainer_group_choice_becomes_single_keys():
     assert not any(k.startswith("trainer.max_epochs") for k in got)  # only the extraction settings
     with pytest.raises(GalleryError, match="trainer=nope: no such choice"):
         expand_trainer_choice(["trainer=nope"])
+
+
+def test_search_from_the_shell_imports_no_lightning(zs, zs_gallery):
+    """``sketchquant search`` loads the network from the checkpoint directly: no Trainer, no Lightning."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import json, sys\n"
+        "from sketchquant.app.cli import main\n"
+        f"code = main(['search', '--gallery', {str(zs_gallery)!r}, {zs['queries'][0]!r}, '--json'])\n"
+        "print(json.dumps({'code': code, 'modules': sorted(m.split('.')[0] for m in sys.modules)}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    search = json.loads(out.stdout.strip().splitlines()[0])
+    assert result["code"] == 0 and len(search["queries"][0]["hits"]) == 10
+    assert {"torch", "faiss", "timm"} <= set(result["modules"])
+    assert not {"pytorch_lightning", "lightning_fabric", "lightning", "gradio"} & set(result["modules"])

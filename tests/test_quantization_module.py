@@ -16,24 +16,20 @@ NUM_CLASSES = 5
 
 
 def _module(**kw):
-    from sketchquant.lightning_modules import QuantizationModule
+    from sketchquant.lightning_modules.quantization import QuantizationModule
 
-    args = dict(
-        num_classes=NUM_CLASSES,
-        multi_label=True,
+    config = dict(
         backbone="test_resnet",
         weights="none",
         feature_stage=-2,
-        kernel=(1, 1),
-        stride=(1, 1),
+        kernel=[1, 1],
+        stride=[1, 1],
         dim=8,
         bits=8,
-        image_size=32,
         optim={"name": "adam", "lr": 1e-2, "weight_decay": 0.0, "schedule": "none"},
-        max_epochs=1,
     )
-    args.update(kw)
-    return QuantizationModule(**args)
+    config.update(kw)
+    return QuantizationModule(config, num_classes=NUM_CLASSES, multi_label=True, image_size=32, max_epochs=1)
 
 
 def _batch(n=16, seed=0):

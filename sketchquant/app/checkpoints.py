@@ -1,38 +1,70 @@
-"""Reading checkpoints written by ``sketchquant train``: the config each one carries, and the trained
-network itself without a Trainer (for export, galleries and search)."""
+"""Reading checkpoints written by ``sketchquant train``: safely, once, without Lightning.
+
+A checkpoint is a pickle, and unpickling can run code. Every checkpoint is therefore read with
+``torch.load(weights_only=True)``, which builds only tensors, plain containers and a few registered
+types: what this project writes into a checkpoint (weights, optimizer and loop state, the resolved
+config as plain data, callback state) loads that way. A file that needs more is refused with a one-line
+error; ``trust=True`` (``--trust-checkpoint`` on the command line) is the only way to load it the old
+way, and means "I trust whoever made this file as I trust code I run".
+
+For search and export, :func:`load_network` builds the method's pure-torch network (the registry's
+``network``) and fills it from the checkpoint's ``state_dict``: no Trainer, no LightningModule, no
+pretrained weights, no distillation teacher.
+"""
 
 from __future__ import annotations
 
-import inspect
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from sketchquant.app.methods import METHODS, from_container, method_of, module_kwargs
+from sketchquant.app.methods import METHODS, from_container, method_of
 from sketchquant.core.config import ConfigError
 
 __all__ = [
     "CONFIG_KEY",
+    "UNSAFE_HINT",
     "checkpoint_problem",
     "read_checkpoint",
+    "checkpoint_config",
     "load_checkpoint_config",
-    "load_trained_module",
+    "load_network",
 ]
 
 CONFIG_KEY = "sketchquant"  # where a checkpoint carries its resolved config
+UNSAFE_HINT = (
+    "loading it would run code from the file; pass --trust-checkpoint (Python: trust=True) only if you "
+    "trust its source as you trust code you run"
+)
 
 
-def _open(path: Path, mmap: bool = False) -> tuple[dict | None, str | None]:
-    """``(checkpoint dict, None)`` or ``(None, why it cannot be read)``: missing, truncated or foreign."""
+class UnsafeCheckpointError(ConfigError):
+    """A checkpoint that holds more than weights-only loading builds (its pickle would run code)."""
+
+
+def _open(path: Path, *, mmap: bool = False, trust: bool = False) -> tuple[dict | None, str | None]:
+    """``(checkpoint dict, None)`` or ``(None, why it cannot be read)``: missing, truncated or foreign;
+    raises :class:`UnsafeCheckpointError` for a file that needs arbitrary unpickling (unless ``trust``)."""
     if not path.is_file():
         return None, "not found"
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
-    except Exception as err:  # noqa: BLE001 - any failure to read is a broken file
+        ckpt = torch.load(path, map_location="cpu", weights_only=not trust, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        if "Weights only load failed" in text:
+            what = next((line.strip() for line in text.splitlines() if "GLOBAL" in line), "")
+            raise UnsafeCheckpointError(
+                f"checkpoint {path} needs arbitrary unpickling{f' ({what})' if what else ''}: {UNSAFE_HINT}"
+            ) from None
+        return (
+            None,
+            f"truncated or not a checkpoint ({text.splitlines()[0] if text else 'unpickling failed'})",
+        )
+    except Exception as err:  # noqa: BLE001 - any other failure to read is a broken file
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         return None, f"truncated or not a checkpoint ({first})"
     if not isinstance(ckpt, dict):
@@ -40,10 +72,10 @@ def _open(path: Path, mmap: bool = False) -> tuple[dict | None, str | None]:
     return ckpt, None
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """The checkpoint dict at ``path``; a missing, truncated or foreign file is a :class:`ConfigError`
-    naming it."""
-    ckpt, problem = _open(Path(path))
+def read_checkpoint(path: str | os.PathLike, *, trust: bool = False, mmap: bool = False) -> dict:
+    """The checkpoint dict at ``path``; a missing, truncated, foreign or unsafe file is a
+    :class:`ConfigError` naming it."""
+    ckpt, problem = _open(Path(path), mmap=mmap, trust=trust)
     if problem is not None:
         raise ConfigError(
             f"checkpoint {path} {'cannot be read: ' if problem != 'not found' else ''}{problem}"
@@ -52,9 +84,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def checkpoint_problem(path: str | os.PathLike) -> str | None:
-    """Why ``path`` cannot be resumed from (missing, truncated, not a Lightning training checkpoint), or
-    ``None``. Tensors are memory-mapped, not read: cheap also for large checkpoints."""
-    ckpt, problem = _open(Path(path), mmap=True)
+    """Why ``path`` cannot be resumed from (missing, truncated, unsafe, not a Lightning training
+    checkpoint), or ``None``. Tensors are memory-mapped, not read: cheap also for large checkpoints."""
+    try:
+        ckpt, problem = _open(Path(path), mmap=True)
+    except UnsafeCheckpointError as err:
+        return str(err).split(": ", 1)[-1]
     if problem is not None:
         return problem
     missing = [k for k in ("state_dict", "loops", "optimizer_states") if k not in ckpt]
@@ -63,14 +98,13 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
-def load_checkpoint_config(
-    path: str | os.PathLike, overrides: list[str] | None = None, need: str | None = None
-) -> tuple[DictConfig, dict]:
-    """The resolved config a checkpoint carries (with ``overrides`` on top) and the raw checkpoint.
+def checkpoint_config(
+    ckpt: dict, path: str | os.PathLike, overrides: list[str] | None = None, need: str | None = None
+) -> DictConfig:
+    """The resolved config a checkpoint dict carries (with ``overrides`` on top).
 
     ``need`` names a :class:`~sketchquant.app.methods.Method` capability (e.g. ``"codes"``) the
     checkpoint's method must have; otherwise the command is refused with a message saying why."""
-    ckpt = read_checkpoint(path)
     saved = ckpt.get(CONFIG_KEY)
     if not saved:
         raise ConfigError(
@@ -84,48 +118,71 @@ def load_checkpoint_config(
             f"checkpoint {path} is a '{method.name}' model, but this command needs a {able} model "
             f"(one with {need})"
         )
-    return cfg, ckpt
+    return cfg
 
 
-def load_trained_module(
-    path: str | os.PathLike, overrides: list[str] | None = None, need: str | None = None
-) -> tuple[DictConfig, pl.LightningModule, dict]:
-    """``(cfg, module, raw checkpoint)``: the network a checkpoint holds, in eval mode, on the CPU.
+def load_checkpoint_config(
+    path: str | os.PathLike,
+    overrides: list[str] | None = None,
+    need: str | None = None,
+    *,
+    trust: bool = False,
+) -> tuple[DictConfig, dict]:
+    """``(config, checkpoint dict)``: :func:`read_checkpoint` then :func:`checkpoint_config`."""
+    ckpt = read_checkpoint(path, trust=trust)
+    return checkpoint_config(ckpt, path, overrides, need), ckpt
 
-    The data facts the constructor needs (class count, multi-label, image size) come from the
-    checkpoint's hyper-parameters, so no data is read; the backbone is built without pretrained weights
-    (the ``state_dict`` replaces every tensor), so no weights file or network is touched."""
-    cfg, raw = load_checkpoint_config(path, overrides, need)
-    state = raw.get("state_dict")
+
+def data_facts(ckpt: dict, cfg: DictConfig, path: str | os.PathLike) -> dict[str, Any]:
+    """The data facts a checkpoint's module was built with (class count, image size, multi-label), read
+    back from its hyper-parameters (this version's and version 0.1's layouts alike)."""
+    hp = dict(ckpt.get("hyper_parameters") or {})
+    if "num_classes" not in hp:
+        raise ConfigError(
+            f"checkpoint {path} does not say how many classes its model has (no hyper_parameters)"
+        )
+    return {
+        "num_classes": int(hp["num_classes"]),
+        "multi_label": bool(hp.get("multi_label", False)),
+        "image_size": hp.get("image_size") or cfg.data.image_size,
+    }
+
+
+def load_network(
+    path: str | os.PathLike,
+    overrides: list[str] | None = None,
+    need: str | None = None,
+    *,
+    ckpt: dict | None = None,
+    trust: bool = False,
+) -> tuple[DictConfig, torch.nn.Module, dict]:
+    """``(cfg, network, checkpoint dict)``: the method's search network (an image batch → its features or
+    codes) with the checkpoint's weights, in eval mode, on the CPU. ``ckpt``: the checkpoint dict when
+    the caller has read it already (it is read once).
+
+    The backbone is built without pretrained weights (the ``state_dict`` replaces every tensor) and
+    without a teacher, so no weights file or network is touched."""
+    if ckpt is None:
+        ckpt = read_checkpoint(path, trust=trust)
+    cfg = checkpoint_config(ckpt, path, overrides, need)
+    state = ckpt.get("state_dict")
     if not isinstance(state, dict) or not state:
         raise ConfigError(f"checkpoint {path} holds no 'state_dict' (model weights)")
     method = method_of(cfg)
-    hp = dict(raw.get("hyper_parameters") or {})
-    params = inspect.signature(method.module).parameters
-    cfg.model.weights = "none"  # everything comes from the state_dict
-    kwargs: dict[str, Any] = {k: v for k, v in hp.items() if k in params}
-    kwargs.update(module_kwargs(cfg, _HyperParameters(hp, cfg)))
-    module = method.module(**{k: v for k, v in kwargs.items() if k in params})
+    model = OmegaConf.to_object(cfg.model)
+    network = method.load("network")(model, data_facts(ckpt, cfg, path))
     try:
-        module.load_state_dict(state, strict=True)
+        result = network.load_state_dict(state, strict=False)
     except RuntimeError as err:
-        first = str(err).splitlines()[0]
+        first = str(err).splitlines()[1 if len(str(err).splitlines()) > 1 else 0].strip()
         raise ConfigError(
             f"checkpoint {path}: its weights do not fit the model its config describes "
             f"(were model overrides given?): {first}"
         ) from err
-    module.eval()
-    return cfg, module, raw
-
-
-class _HyperParameters:
-    """The data facts a module was built with, read back from its hyper-parameters."""
-
-    def __init__(self, hp: dict, cfg: DictConfig) -> None:
-        if "num_classes" not in hp:
-            raise ConfigError(
-                "the checkpoint does not say how many classes its model has (no hyper_parameters)"
-            )
-        self.num_classes = self.num_seen_classes = int(hp["num_classes"])
-        self.multi_label = bool(hp.get("multi_label", False))
-        self.image_size = hp.get("image_size") or cfg.data.image_size
+    if result.missing_keys:
+        raise ConfigError(
+            f"checkpoint {path}: its weights do not fit the model its config describes (were model "
+            f"overrides given?): {len(result.missing_keys)} tensors missing, e.g. {result.missing_keys[0]}"
+        )
+    network.eval()
+    return cfg, network, ckpt

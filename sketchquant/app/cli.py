@@ -1,69 +1,135 @@
-"""The ``sketchquant`` command line: argument parsing only; each subcommand calls one function."""
+"""The ``sketchquant`` command line: the parser, and one table from subcommand to the function it calls.
+
+:data:`COMMANDS` maps each subcommand to ``"module:function"``; the function is imported only when its
+command runs and is called with the parsed arguments it names (as keyword arguments). So ``config``,
+``list`` and ``--help`` import no torch, ``eval-features`` and ``search`` no Lightning: each command
+imports what it needs and nothing else. Nothing here imports torch.
+"""
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
+from collections.abc import Callable
+
+from sketchquant.app.methods import all_gallery_features
+from sketchquant.core.lazy import load_object
+from sketchquant.datamodules.generated import GENERATORS
 
 EPILOG_OVERRIDES = (
     "overrides: key=value pairs on top of the experiment, e.g. trainer.max_epochs=3 data.batch_size=32; "
     "group=choice swaps a config group file, e.g. logger=wandb data=sketchy."
 )
+TRUST_HELP = (
+    "load a checkpoint that needs arbitrary unpickling (it can run code): only for files from a source "
+    "you trust as you trust code you run"
+)
+
+#: subcommand -> "module:function", or a function of the parsed arguments choosing one (legacy forms)
+COMMANDS: dict[str, str | Callable[[argparse.Namespace], str]] = {
+    "train": "sketchquant.app.train:train_experiment",
+    "evaluate": "sketchquant.app.train:evaluate",
+    "config": "sketchquant.app.catalog:print_config",
+    "list": "sketchquant.app.catalog:print_catalog",
+    "eval-features": "sketchquant.core.retrieval.npz_eval:eval_features",
+    "compare": "sketchquant.app.compare:compare_command",
+    "encode": "sketchquant.app.export:encode",
+    "index": lambda a: (
+        "sketchquant.app.export:build_index"
+        if a.codes_path and not a.ckpt
+        else "sketchquant.app.gallery.build:build_gallery"
+    ),
+    "search": lambda a: (
+        "sketchquant.app.export:search" if a.index_path else "sketchquant.app.gallery.search:search_gallery"
+    ),
+    "serve": "sketchquant.app.serve:serve",
+    "sweep": "sketchquant.app.sweep:run_sweep",
+    "data make": "sketchquant.datamodules.cli_data:data_make",
+    "data preview": "sketchquant.datamodules.cli_data:data_preview",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
-    from sketchquant.datamodules.generated import GENERATORS
-
     p = argparse.ArgumentParser(
         prog="sketchquant",
         description="Compact, retrieval-ready image features: iReLU quantization (method A) and "
         "zero-shot sketch-based image retrieval (method B).",
     )
+    p.add_argument(
+        "--config-dir",
+        default=None,
+        help="a folder of your own configs (experiment/, model/, ...), looked up before the shipped ones "
+        "(also: SKETCHQUANT_CONFIG_DIR)",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    t = sub.add_parser(
-        "train", help="train an experiment (then test its best checkpoint)", epilog=EPILOG_OVERRIDES
-    )
+    def command(name: str, help: str, *, overrides: bool = False, epilog: str | None = None, **kw):
+        parser = sub.add_parser(
+            name, help=help, epilog=epilog or (EPILOG_OVERRIDES if overrides else None), **kw
+        )
+        return parser
+
+    def trust(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--trust-checkpoint", dest="trust", action="store_true", help=TRUST_HELP)
+
+    t = command("train", "train an experiment (then test its best checkpoint)", overrides=True)
     t.add_argument("experiment", help="a name from configs/experiment/ (see `sketchquant list`)")
     t.add_argument("overrides", nargs="*", metavar="key=value")
 
-    e = sub.add_parser("evaluate", help="test a checkpoint with its saved config", epilog=EPILOG_OVERRIDES)
+    e = command("evaluate", "test a checkpoint with its saved config", overrides=True)
     e.add_argument("--ckpt", required=True, help="a checkpoint written by `sketchquant train`")
     e.add_argument("overrides", nargs="*", metavar="key=value")
+    trust(e)
 
-    c = sub.add_parser(
-        "config", help="print the resolved config YAML (runs nothing)", epilog=EPILOG_OVERRIDES
-    )
+    c = command("config", "print the resolved config YAML (runs nothing)", overrides=True)
     c.add_argument("experiment")
     c.add_argument("overrides", nargs="*", metavar="key=value")
 
-    sub.add_parser("list", help="list experiments and config group choices")
+    command("list", "list experiments, config group choices and sweeps")
 
-    ef = sub.add_parser("eval-features", help="score saved features with the standard protocols")
-    ef.add_argument("query", help=".npz with `features` (N×d) and `labels` (N, or N×C 0/1)")
-    ef.add_argument("gallery", help=".npz with `features` and `labels`")
+    ef = command("eval-features", "score saved features with the standard protocols")
+    ef.add_argument(
+        "query_path", metavar="QUERY", help=".npz with `features` (N×d) and `labels` (N, or N×C 0/1)"
+    )
+    ef.add_argument("gallery_path", metavar="GALLERY", help=".npz with `features` and `labels`")
     ef.add_argument("--protocol", choices=("sbir", "hashing"), default="sbir")
-    ef.add_argument("--k", type=int, nargs="+", default=[100, 200], help="cut-offs for map_k / p_k")
+    ef.add_argument(
+        "--k", dest="ks", type=int, nargs="+", default=[100, 200], help="cut-offs for map_k / p_k"
+    )
     ef.add_argument("--ap", choices=("voc", "standard"), default="voc")
     ef.add_argument("--metric", choices=("l2", "ip"), default=None, help="default: l2 (sbir on normalised)")
-    ef.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    ef.add_argument("--json", dest="as_json", action="store_true", help="print one JSON object, not a table")
 
-    enc = sub.add_parser("encode", help="method A: export uint8 codes of a dataset split")
+    cp = command(
+        "compare",
+        "is run B better than run A? the difference of a metric with a paired bootstrap interval",
+        epilog="RUN: a run folder (with queries.npz beside results.json) or a queries file. Seeds: "
+        "`compare A1 A2 A3 -- B1 B2 B3`.",
+    )
+    cp.add_argument("runs", nargs="+", metavar="RUN")
+    cp.add_argument("--metric", default=None, help="a logged name, e.g. test/fused/map_all (default: all)")
+    cp.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples (and permutations)")
+    cp.add_argument("--seed", type=int, default=0)
+    cp.add_argument("--json", dest="as_json", action="store_true", help="print one JSON object")
+
+    enc = command("encode", "method A: export uint8 codes of a dataset split")
     enc.add_argument("--ckpt", required=True)
     enc.add_argument("--out", required=True, help="output .npz (codes, labels, paths)")
     enc.add_argument("--split", choices=("database", "query", "train"), default="database")
     enc.add_argument("overrides", nargs="*", metavar="key=value", help="data overrides, e.g. data.root=...")
+    trust(enc)
 
-    ix = sub.add_parser(
+    ix = command(
         "index",
-        help="index a photo folder or list with a checkpoint of either method into a gallery folder",
+        "index a photo folder or list with a checkpoint of either method into a gallery folder",
         epilog="overrides go on top of the checkpoint's config, e.g. eval.fusion=distance "
         "trainer.strategy=ddp trainer.devices=2. Legacy form: `index CODES.npz --out INDEX` "
         "(method A codes written by `encode`).",
     )
-    ix.add_argument("codes", nargs="?", help=argparse.SUPPRESS)  # legacy: an encode .npz
+    ix.add_argument("codes_path", nargs="?", help=argparse.SUPPRESS)  # legacy: an encode .npz
     ix.add_argument("--ckpt", help="a checkpoint written by `sketchquant train` (either method)")
     ix.add_argument("--images", help="a folder (walked recursively) or a list file (path[,labels] lines)")
     ix.add_argument("--out", required=True, help="the gallery folder (legacy form: the index file)")
@@ -81,154 +147,68 @@ def _parser() -> argparse.ArgumentParser:
     )
     ix.add_argument("--pq-k", type=int, default=None, help="PQ centres (default: the checkpoint's eval.pq_k)")
     ix.add_argument("overrides", nargs="*", metavar="key=value", default=[])
+    trust(ix)
 
-    se = sub.add_parser(
+    se = command(
         "search",
-        help="search a gallery with query images (sketches for method B, images for method A)",
+        "search a gallery with query images (sketches for method B, images for method A)",
         epilog="Legacy form: `search --index INDEX --ckpt CKPT IMAGE...` for an index built from codes.npz.",
     )
     se.add_argument("--gallery", help="a gallery folder written by `sketchquant index`")
-    se.add_argument("images", nargs="+", metavar="QUERY")
+    se.add_argument("queries", nargs="+", metavar="QUERY")
     se.add_argument("--k", type=int, default=10)
-    se.add_argument("--features", choices=("raw", "proto", "fused", "codes"), default=None)
-    se.add_argument("--json", action="store_true", help="print one JSON object")
+    se.add_argument("--features", choices=all_gallery_features(), default=None)
+    se.add_argument("--json", dest="as_json", action="store_true", help="print one JSON object")
     se.add_argument("--sheet", default=None, help="PNG contact sheet: each query, then its top k")
     se.add_argument("--ckpt", default=None, help="overrides the manifest's checkpoint (same sha256 only)")
     se.add_argument("--force", action="store_true", help="search with a checkpoint of another sha256")
-    se.add_argument("--index", default=None, help=argparse.SUPPRESS)  # legacy method-A index file
+    se.add_argument("--index", dest="index_path", default=None, help=argparse.SUPPRESS)  # legacy index
+    trust(se)
 
-    sv = sub.add_parser("serve", help="the drawing page: sketch (or upload), see the gallery's top k")
+    sv = command("serve", "the drawing page and a JSON search API on one server")
     sv.add_argument("--gallery", required=True)
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=7860)
     sv.add_argument("--k", type=int, default=12)
     sv.add_argument("--ckpt", default=None)
     sv.add_argument("--force", action="store_true")
+    sv.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload (MB)")
+    sv.add_argument("--max-pixels", type=float, default=16e6, help="largest accepted image (pixels)")
+    trust(sv)
 
-    sw = sub.add_parser("sweep", help="run a hyperparameter sweep spec (wandb sweep format)")
-    sw.add_argument("spec", help="e.g. configs/sweeps/zs_sbir_losses.yaml")
+    sw = command("sweep", "run a hyperparameter sweep spec (wandb sweep format)")
+    sw.add_argument("spec_path", metavar="SPEC", help="e.g. configs/sweeps/zs_sbir_losses.yaml, or a name")
     sw.add_argument("--online", action="store_true", help="use wandb's server and agent (needs network)")
     sw.add_argument("--workers", type=int, default=1, help="parallel trials (each pinned to a GPU if any)")
     sw.add_argument("--count", type=int, default=None, help="max trials (default: the whole grid)")
     sw.add_argument("--out", default=None, help="sweep folder (default runs/sweeps/<name>-<time>)")
     sw.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every trial")
 
-    d = sub.add_parser("data", help="the embedded benchmarks: make or preview")
+    d = command("data", "the embedded and offline data sets: make or preview")
     dsub = d.add_subparsers(dest="data_command", metavar="ACTION")
     dsub.required = True
-    dm = dsub.add_parser("make", help="generate the embedded benchmark (seconds)")
-    dm.add_argument("--out", default=None, help="default data/glyphs (sketch_photo) or data/glyph_scenes")
+    dm = dsub.add_parser("make", help="generate a data set (seconds)")
+    dm.add_argument("--out", default=None, help="default data/<kind> (see --kind)")
     dm.add_argument("--kind", choices=sorted(GENERATORS), default="sketch_photo")
     dm.add_argument("overrides", nargs="*", metavar="key=value", help="generator settings, e.g. seed=1")
     dp = dsub.add_parser("preview", help="draw a contact sheet of both domains")
-    dp.add_argument("dir")
+    dp.add_argument("data_dir", metavar="DIR")
     dp.add_argument("--out", required=True, help="PNG file")
     return p
 
 
-def _run(args: argparse.Namespace) -> int:
-    from sketchquant.app.methods import compose
-    from sketchquant.core.config import to_yaml
+def target(args: argparse.Namespace) -> str:
+    """The ``"module:function"`` the parsed ``args`` run."""
+    name = args.command + (f" {args.data_command}" if args.command == "data" else "")
+    entry = COMMANDS[name]
+    return entry if isinstance(entry, str) else entry(args)
 
-    if args.command == "train":
-        from sketchquant.app.train import train
 
-        train(compose(args.experiment, args.overrides))
-    elif args.command == "evaluate":
-        from sketchquant.app.train import evaluate
-
-        evaluate(args.ckpt, args.overrides)
-    elif args.command == "config":
-        sys.stdout.write(to_yaml(compose(args.experiment, args.overrides)))
-    elif args.command == "list":
-        from sketchquant.core.config import GROUPS, list_choices
-
-        print("experiments: " + ", ".join(list_choices("experiment")))
-        for group in GROUPS:
-            print(f"{group}: " + ", ".join(list_choices(group)))
-        print("sweeps: " + ", ".join(list_choices("sweeps")))
-    elif args.command == "eval-features":
-        from sketchquant.core.retrieval.npz_eval import eval_features
-
-        eval_features(
-            args.query,
-            args.gallery,
-            protocol=args.protocol,
-            ks=tuple(args.k),
-            ap=args.ap,
-            as_json=args.json,
-            metric=args.metric,
-        )
-    elif args.command == "encode":
-        from sketchquant.app.export import encode
-
-        encode(args.ckpt, args.out, split=args.split, overrides=args.overrides)
-    elif args.command == "index" and args.codes and not args.ckpt:
-        from sketchquant.app.export import build_index
-
-        build_index(args.codes, args.out)
-    elif args.command == "index":
-        from sketchquant.app.gallery import build_gallery
-
-        if not (args.ckpt and args.images):
-            raise ValueError("index needs --ckpt CKPT --images DIR_OR_LIST --out GALLERY")
-        build_gallery(
-            args.ckpt,
-            args.images,
-            args.out,
-            update=args.update,
-            index_type=args.index_type,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            on_bad_image=args.on_bad_image,
-            pq_m=args.pq_m,
-            pq_k=args.pq_k,
-            overrides=[args.codes] * bool(args.codes) + list(args.overrides),  # the first key=value
-        )
-    elif args.command == "search" and args.index:
-        from sketchquant.app.export import search
-
-        if not args.ckpt:
-            raise ValueError("search --index needs --ckpt")
-        search(args.ckpt, args.index, args.images, k=args.k)
-    elif args.command == "search":
-        from sketchquant.app.gallery import search_gallery
-
-        if not args.gallery:
-            raise ValueError("search needs --gallery GALLERY")
-        search_gallery(
-            args.gallery,
-            args.images,
-            k=args.k,
-            features=args.features,
-            ckpt=args.ckpt,
-            force=args.force,
-            as_json=args.json,
-            sheet=args.sheet,
-        )
-    elif args.command == "serve":
-        from sketchquant.app.serve import serve
-
-        serve(args.gallery, host=args.host, port=args.port, k=args.k, ckpt=args.ckpt, force=args.force)
-    elif args.command == "sweep":
-        from sketchquant.app.sweep import run_sweep
-
-        run_sweep(
-            args.spec,
-            online=args.online,
-            workers=args.workers,
-            count=args.count,
-            out=args.out,
-            overrides=args.overrides,
-        )
-    elif args.command == "data":
-        from sketchquant.core.config import dotlist_to_dict, parse_overrides
-        from sketchquant.datamodules.cli_data import data_make, data_preview
-
-        if args.data_command == "make":
-            data_make(args.out, args.kind, dotlist_to_dict(parse_overrides(args.overrides)[1]))
-        else:
-            data_preview(args.dir, args.out)
+def run(args: argparse.Namespace) -> int:
+    """Import the command's function and call it with the arguments it names."""
+    fn = load_object(target(args))
+    params = inspect.signature(fn).parameters
+    fn(**{k: v for k, v in vars(args).items() if k in params})
     return 0
 
 
@@ -241,12 +221,13 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
-    from sketchquant.callbacks.nan_guard import NonFiniteLossError
-    from sketchquant.core.config import ConfigError
-
+    if getattr(args, "codes_path", None) and "=" in args.codes_path:  # `index --ckpt C ... key=value`
+        args.overrides, args.codes_path = [args.codes_path, *args.overrides], None
+    if args.config_dir:  # through the environment: sweep trials and DDP workers see it too
+        os.environ["SKETCHQUANT_CONFIG_DIR"] = args.config_dir
     try:
-        return _run(args)
-    except (ConfigError, FileNotFoundError, ValueError, NonFiniteLossError) as err:
+        return run(args)
+    except (FileNotFoundError, ValueError) as err:  # ConfigError and the other input errors are ValueErrors
         if os.environ.get("SKETCHQUANT_DEBUG"):
             raise
         print(f"sketchquant {args.command}: error: {err}", file=sys.stderr)

@@ -25,8 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch.utils.data import DataLoader
 
+from sketchquant.app.checkpoints import checkpoint_config, load_network, read_checkpoint
+from sketchquant.core.batch import LABEL
+from sketchquant.core.config import as_kwargs
 from sketchquant.core.io import atomic_savez
+from sketchquant.core.retrieval.index import build_code_index, load_index, save_index, search_index
+from sketchquant.datamodules.transforms import build_eval_transform, image_settings, load_rgb
+from sketchquant.lightning_modules.components.irelu import check_bits
 
 __all__ = ["encode", "build_index", "search", "load_quantization_model", "read_codes"]
 
@@ -38,15 +46,15 @@ CODE_FIELDS = ("codes", "labels", "paths", "class_names", "bits", "num_windows",
 # model loading
 
 
-def load_quantization_model(ckpt: str | os.PathLike, overrides: Sequence[str] = ()):
-    """``(cfg, module, raw_checkpoint)``: a code-making (method A) checkpoint's config (``overrides`` on
-    top) and its module with the trained weights, in eval mode; other methods are refused."""
-    from sketchquant.app.checkpoints import load_checkpoint_config, load_trained_module
-    from sketchquant.lightning_modules.components.irelu import check_bits
-
-    cfg, _ = load_checkpoint_config(ckpt, list(overrides), need="codes")
+def load_quantization_model(ckpt: str | os.PathLike, overrides: Sequence[str] = (), *, trust: bool = False):
+    """``(cfg, encoder, checkpoint dict)``: a code-making (method A) checkpoint's config (``overrides`` on
+    top) and its :class:`QuantizationEncoder` with the trained weights, in eval mode; other methods are
+    refused."""
+    ckpt_dict = read_checkpoint(ckpt, trust=trust)
+    cfg = checkpoint_config(ckpt_dict, ckpt, list(overrides), need="codes")
     check_bits(cfg.model.bits)  # a clear error before anything is built
-    return load_trained_module(ckpt, list(overrides), need="codes")
+    cfg, network, ckpt_dict = load_network(ckpt, list(overrides), need="codes", ckpt=ckpt_dict)
+    return cfg, network.encoder, ckpt_dict
 
 
 # --------------------------------------------------------------------------------------------------
@@ -79,25 +87,21 @@ def encode(
     overrides: Sequence[str] = (),
     *,
     batch_size: int | None = None,
+    trust: bool = False,
 ) -> dict[str, Any]:
     """Encode ``split`` (``database`` / ``query`` / ``train``) of the checkpoint's data into ``out``.
 
     ``overrides`` (``key=value``) go on top of the checkpoint's config, e.g. ``data.root=...``.
     Returns ``{"path", "n", "bytes_per_image", "total_bytes"}``."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from sketchquant.app.build import build_datamodule
-    from sketchquant.core.batch import LABEL
+    from sketchquant.app.build import build_datamodule  # reading a data split: Lightning's DataModule
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     path = _npz_path(out)
-    cfg, module, _ = load_quantization_model(ckpt, overrides)
+    cfg, enc, _ = load_quantization_model(ckpt, overrides, trust=trust)
     dm = build_datamodule(cfg)
     dm.prepare_data()
     dm.setup("test")
-    enc = module.encoder
     if int(dm.num_classes) != int(enc.num_classes):
         raise ValueError(
             f"the data under {dm.root} has {dm.num_classes} classes but checkpoint {ckpt} was "
@@ -190,12 +194,10 @@ def _scalar(data: dict, key: str):
     return value.item() if np.ndim(value) == 0 else value.tolist()
 
 
-def build_index(codes_npz: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:
+def build_index(codes_path: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:
     """FAISS uint8 code index of an ``encode`` ``.npz`` at ``out`` (+ ``out.json`` with paths, labels,
     class names, checkpoint, bits, windows, dims). Overwrites atomically. Returns the sidecar metadata."""
-    from sketchquant.core.retrieval.index import build_code_index, save_index
-
-    data = read_codes(codes_npz)
+    data = read_codes(codes_path)
     index = build_code_index(data["codes"])
     meta = {
         "paths": data["paths"].tolist() if "paths" in data else None,
@@ -207,7 +209,7 @@ def build_index(codes_npz: str | os.PathLike, out: str | os.PathLike) -> dict[st
         "dim": _scalar(data, "dim"),
         "split": _scalar(data, "split"),
         "multi_label": _scalar(data, "multi_label"),
-        "codes_file": str(Path(codes_npz).resolve()),
+        "codes_file": str(Path(codes_path).resolve()),
     }
     meta = save_index(index, out, metadata=meta)
     n, d = data["codes"].shape
@@ -223,8 +225,6 @@ def build_index(codes_npz: str | os.PathLike, out: str | os.PathLike) -> dict[st
 
 
 def _read_query_images(images: Sequence[str | os.PathLike]) -> list:
-    from sketchquant.datamodules.transforms import load_rgb
-
     if not images:
         raise ValueError("search needs at least one query image")
     pics = []
@@ -242,25 +242,20 @@ def _read_query_images(images: Sequence[str | os.PathLike]) -> list:
 def search(
     ckpt: str | os.PathLike,
     index_path: str | os.PathLike,
-    images: Sequence[str | os.PathLike],
+    queries: Sequence[str | os.PathLike],
     k: int = 10,
     overrides: Sequence[str] = (),
     *,
     quiet: bool = False,
+    trust: bool = False,
 ) -> list[dict[str, Any]]:
     """Rank the indexed database for each query image; prints and returns
     ``[{"query", "results": [{"rank", "index", "path", "distance", "labels"}]}]`` (``distance`` is the
     squared L2 distance between uint8 codes; ``labels`` are class names when the index knows them)."""
-    import torch
-
-    from sketchquant.app.build import build_datamodule
-    from sketchquant.core.retrieval.index import load_index, search_index
-
     if isinstance(k, bool) or int(k) != k or int(k) < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
-    pics = _read_query_images(images)  # before anything else: a bad path fails fast
-    cfg, module, _ = load_quantization_model(ckpt, overrides)
-    enc = module.encoder
+    pics = _read_query_images(queries)  # before anything else: a bad path fails fast
+    cfg, enc, _ = load_quantization_model(ckpt, overrides, trust=trust)
     index, meta = load_index(index_path, expected_dim=enc.feature_dim)
     if meta.get("bits") is not None and int(meta["bits"]) != enc.bits:
         raise ValueError(
@@ -270,10 +265,10 @@ def search(
     made_by = meta.get("checkpoint")
     if made_by and Path(made_by).resolve() != Path(ckpt).resolve():
         print(f"warning: index {index_path} was built with {made_by}, searching with {ckpt}", file=sys.stderr)
-    from sketchquant.datamodules.transforms import build_eval_transform
-
-    dm = build_datamodule(cfg)  # constructing it reads nothing from disk; it resolves size/mean/std
-    tf = build_eval_transform(dm.image_size, dm.mean, dm.std, dm.interpolation)
+    data = image_settings(as_kwargs(cfg.data, drop=("kind",)), cfg.model.backbone)
+    tf = build_eval_transform(
+        data["image_size"], data["mean"], data["std"], data.get("interpolation") or "bilinear"
+    )
     x = torch.stack([tf(p) for p in pics])
     with torch.no_grad():
         q = enc.encode(x).cpu().numpy()
@@ -291,7 +286,7 @@ def search(
         return [names[j] for j in ids] if names else ids
 
     results = []
-    for qi, img in enumerate(images):
+    for qi, img in enumerate(queries):
         rows = []
         for r, (d, i) in enumerate(zip(dist[qi].tolist(), ind[qi].tolist()), 1):
             if i < 0:

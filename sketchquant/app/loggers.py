@@ -159,6 +159,6 @@ def build_loggers(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> lis
 def finish_loggers(trainer: pl.Trainer) -> None:
     """Close a wandb run, so a second run in the same process gets a run of its own."""
     if any(isinstance(logger, WandbLogger) for logger in trainer.loggers):
-        import wandb
+        import wandb  # lazy: a WandbLogger has imported it already; runs without one never pay its 2 s
 
         wandb.finish()

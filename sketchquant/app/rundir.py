@@ -17,13 +17,14 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from sketchquant.app.checkpoints import checkpoint_problem
 from sketchquant.core.config import ConfigError, to_yaml
 from sketchquant.core.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("sketchquant")
 
 
-def _job_id() -> str | None:
+def job_id() -> str | None:
     for var in ("SKETCHQUANT_RUN_ID", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID"):
         value = os.environ.get(var)
         if value and value != "none":
@@ -40,7 +41,7 @@ def new_run_dir(cfg: DictConfig) -> Path:
     """
     if os.environ.get("SKETCHQUANT_RUN_DIR"):  # set by the first process for re-launched DDP workers
         return Path(os.environ["SKETCHQUANT_RUN_DIR"])
-    job = _job_id()
+    job = job_id()
     leaf = time.strftime("%Y%m%d-%H%M%S") if job is None else job
     if cfg.name:
         leaf += f"-{cfg.name}"
@@ -57,7 +58,6 @@ RESUME_FILES = ("last.ckpt", "last.prev.ckpt")
 def _good_checkpoint(run_dir: Path, what: str) -> Path:
     """The newest readable of ``run_dir/checkpoints/{last,last.prev}.ckpt``; each broken one is reported in
     one line naming it. None readable: :class:`ConfigError`."""
-    from sketchquant.app.checkpoints import checkpoint_problem
 
     problems = []
     for name in RESUME_FILES:
@@ -119,7 +119,6 @@ def find_resume(cfg: DictConfig) -> tuple[Path, Path] | None:
         raise ConfigError(
             f"resume={cfg.resume!r}: no such checkpoint file (expected .../checkpoints/last.ckpt)"
         )
-    from sketchquant.app.checkpoints import checkpoint_problem
 
     problem = checkpoint_problem(ckpt)
     if problem is not None:

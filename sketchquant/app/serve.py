@@ -148,7 +148,7 @@ def build_app(gallery: Any, k: int = 12):
 
 
 def serve(
-    gallery_path: str | os.PathLike,
+    gallery: str | os.PathLike,
     *,
     host: str = "127.0.0.1",
     port: int = 7860,
@@ -166,14 +166,14 @@ def serve(
         raise ServeError(
             f"port {port} on {host} is already in use: stop what runs there or pick another with --port"
         )
-    g = Gallery.open(gallery_path, ckpt, force=force)
+    g = Gallery.open(gallery, ckpt, force=force)
     import gradio as gr
 
     app = build_app(g, k=k)
     theme = gr.themes.Default(
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
     )
-    block_list = [str(Path.cwd()), str(Path(gallery_path).resolve()), str(g.root), *map(str, blocked)]
+    block_list = [str(Path.cwd()), str(Path(gallery).resolve()), str(g.root), *map(str, blocked)]
     try:
         app.launch(
             server_name=host,

@@ -7,17 +7,18 @@ import logging
 import os
 import signal
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from sketchquant.app.build import build_datamodule, build_module, build_trainer
-from sketchquant.app.checkpoints import load_checkpoint_config
+from sketchquant.app.checkpoints import load_checkpoint_config, read_checkpoint
 from sketchquant.app.loggers import finish_loggers
+from sketchquant.app.methods import compose, method_of
 from sketchquant.app.rundir import (
     RunFileLogging,
     find_resume,
@@ -27,7 +28,7 @@ from sketchquant.app.rundir import (
     write_config,
     write_results,
 )
-from sketchquant.callbacks import RunStopped
+from sketchquant.callbacks.last_checkpoint import RunStopped
 from sketchquant.core.config import to_container
 from sketchquant.core.io import DiskFullError
 from sketchquant.core.report import print_results
@@ -42,7 +43,7 @@ def best_model_score(checkpoint_callback: Any, best: str) -> float | None:
         getattr(checkpoint_callback, "best_model_score", None) if checkpoint_callback is not None else None
     )
     if score is None and best and Path(best).is_file():
-        state = torch.load(best, map_location="cpu", weights_only=False, mmap=True)
+        state = read_checkpoint(best, mmap=True)
         for key, value in (state.get("callbacks") or {}).items():
             if str(key).startswith("ModelCheckpoint") and isinstance(value, dict):
                 if value.get("best_model_path") == best and value.get("best_model_score") is not None:
@@ -63,7 +64,6 @@ def float_metrics(results: list[dict] | dict) -> dict[str, float]:
 
 
 def _quiet_known_warnings() -> None:
-    import warnings
 
     for pattern in (
         ".*exists and is not empty.*",
@@ -78,7 +78,7 @@ def _fit(trainer: pl.Trainer, module, datamodule, ckpt_path: str | None, run_dir
     """``trainer.fit``; a stop on a signal ends the process with 128 + the signal number, after saying
     which checkpoint to resume from; a full disk is logged before it is raised."""
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except RunStopped as stop:  # SIGUSR1 (SLURM's warning before the time limit): last.ckpt written
         log.warning("%s; continue with resume=auto (or requeued SLURM job)", stop)
         raise
@@ -124,25 +124,35 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         score = best_model_score(ckpt, best)
         val = {cfg.monitor: score} if score is not None else {}
         if cfg.test_after_fit:
-            results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+            results = trainer.test(
+                module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True
+            )
             metrics = float_metrics(results)
         write_results(run_dir, metrics, best or "last weights", val=val)
         if cfg.test_after_fit:
             if trainer.is_global_zero:
-                print_results(
-                    f"{cfg.experiment}: test — {Path(best).name if best else 'last weights'}", metrics
-                )
+                title = f"{cfg.experiment}: test — {Path(best).name if best else 'last weights'}"
+                print_results(title, metrics, unnamed=method_of(cfg).features.unnamed)
     finally:
         finish_loggers(trainer)
         restore_env("SKETCHQUANT_RUN_DIR", outer_run_dir_env)
     return {"run_dir": str(run_dir), "test": metrics, "val": val}
 
 
-def evaluate(ckpt_path: str, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Test a checkpoint on its experiment's test split (unseen classes / query vs database)."""
+def train_experiment(experiment: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """``sketchquant train EXPERIMENT key=value ...``: compose the config, then :func:`train`."""
+    return train(compose(experiment, overrides))
+
+
+def evaluate(
+    ckpt: str | os.PathLike, overrides: list[str] | None = None, *, trust: bool = False
+) -> dict[str, Any]:
+    """Test a checkpoint on its experiment's test split (unseen classes / query vs database). The file is
+    read once, weights only (``trust``: see :mod:`sketchquant.app.checkpoints`)."""
     _quiet_known_warnings()
     outer_run_dir_env = os.environ.get("SKETCHQUANT_RUN_DIR")
-    cfg, _ = load_checkpoint_config(ckpt_path, overrides)
+    ckpt_path = str(ckpt)
+    cfg, raw = load_checkpoint_config(ckpt_path, overrides, trust=trust)
     run_dir = Path(ckpt_path).resolve().parent.parent
     if not (run_dir / "config.yaml").exists():
         run_dir = Path(cfg.run_dir) / cfg.experiment / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -151,16 +161,18 @@ def evaluate(ckpt_path: str, overrides: list[str] | None = None) -> dict[str, An
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     datamodule.setup("test")
-    module = build_module(cfg, datamodule)
+    module = build_module(cfg, datamodule, inference=True)  # the checkpoint's weights; no teacher
+    module.on_load_checkpoint(raw)
+    module.load_state_dict(raw["state_dict"])
     eval_dir = run_dir / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
     trainer = build_trainer(cfg, eval_dir, logger=False)
     try:
-        results = trainer.test(module, datamodule=datamodule, ckpt_path=str(ckpt_path), verbose=False)
+        results = trainer.test(module, datamodule=datamodule, verbose=False)
     finally:
         finish_loggers(trainer)
         restore_env("SKETCHQUANT_RUN_DIR", outer_run_dir_env)
     metrics = float_metrics(results)
     write_results(run_dir, metrics, ckpt_path, name=f"{eval_dir.name}.json")
     if trainer.is_global_zero:
-        print_results(f"evaluate {ckpt_path}", metrics)
+        print_results(f"evaluate {ckpt_path}", metrics, unnamed=method_of(cfg).features.unnamed)
     return {"run_dir": str(run_dir), "test": metrics}

@@ -7,11 +7,29 @@ are runtime-checkable) and fail with a message naming the method they need.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-import torch
+from sketchquant.core.schema import choice
 
-__all__ = ["PenaltyWeighted", "Distillable"]
+if TYPE_CHECKING:  # annotations only: the config below must import without torch
+    import torch
+
+__all__ = ["AlphaConfig", "PenaltyWeighted", "Distillable"]
+
+
+@dataclass
+class AlphaConfig:
+    """The α(t) ramp of ``L = L_cls + α(t)·L_q`` (docs/method.md §A): 0 before ``t1``, then ``linear`` or
+    ``sigmoid`` up to ``final`` at ``t2``; ``t`` counts epochs or steps. The model section's ``alpha``
+    (:class:`~sketchquant.lightning_modules.config.QuantModelConfig`) and the
+    :class:`~sketchquant.callbacks.AlphaRamp` that applies it through :class:`PenaltyWeighted` share it."""
+
+    final: float = 0.1  # L_q sums over d (about d/12 for random fractions): 1.0 swamps L_cls
+    t1: float = 2.0  # classification alone first, then the penalty ramps in
+    t2: float = 6.0
+    shape: str = choice("linear", "sigmoid")
+    unit: str = choice("epoch", "step")
 
 
 @runtime_checkable

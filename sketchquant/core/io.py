@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 __all__ = [
     "DiskFullError",
     "atomic_path",
@@ -107,7 +109,6 @@ def atomic_write_json(path: str | os.PathLike, payload: Any, **dump_kwargs: Any)
 
 def atomic_savez(path: str | os.PathLike, arrays: dict[str, Any]) -> Path:
     """``np.savez`` to exactly ``path`` (a file object: numpy adds no ``.npz`` to the temporary name)."""
-    import numpy as np
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
@@ -117,7 +118,7 @@ def atomic_savez(path: str | os.PathLike, arrays: dict[str, Any]) -> Path:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    import torch
+    import torch  # lazy: the core's torch-free writers (JSON, text, npz) serve commands that need no torch
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:

@@ -10,9 +10,6 @@ from rich.table import Table
 
 __all__ = ["print_table", "results_table", "print_results", "fmt"]
 
-#: the order of feature-set rows in a results table
-ROW_ORDER = {"raw": 0, "proto": 1, "fused": 2, "codes": 3, "float": 4}
-
 
 def fmt(value: Any, digits: int = 4) -> str:
     """Numbers with ``digits`` decimals (ints as they are), ``None`` as an empty cell."""
@@ -44,31 +41,30 @@ def print_table(
     (console or Console(width=max(100, 14 * len(columns)))).print(table)
 
 
-def results_table(metrics: dict[str, float]) -> tuple[list[str], list[tuple[str, list[str]]]]:
-    """Rows = feature sets (``raw``, ``proto``, ``fused``, ``codes``, ``float``), columns = retrieval metrics.
+def results_table(
+    metrics: dict[str, float], unnamed: str | None = None
+) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """Rows = feature sets in the order the metrics name them, columns = retrieval metrics.
 
-    Only retrieval metrics enter (``map_*``, ``p_*``, ``chance_*``): ``test/map_all`` goes to row ``raw``,
-    ``test/proto/map_all`` to row ``proto``. Losses, accuracies, ``*_micro`` and counts are left out (they
-    stay in ``results.json`` and ``metrics.csv``)."""
+    Only retrieval metrics enter (``map_*``, ``p_*``): ``test/proto/map_all`` goes to row ``proto``,
+    ``test/map_all`` to the row of the method's unnamed feature set (``unnamed``, e.g. ``raw``). Losses,
+    accuracies, ``*_micro`` and counts are left out (they stay in ``results.json`` and ``metrics.csv``)."""
     rows: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
         parts = key.split("/")
         leaf = parts[-1]
         if len(parts) < 2 or leaf.endswith("_micro") or not leaf.startswith(("map_", "p_")):
             continue
-        variant = parts[1] if len(parts) == 3 else "raw"
+        variant = parts[1] if len(parts) == 3 else (unnamed or "features")
         rows.setdefault(variant, {})[leaf] = value
     columns = sorted({c for r in rows.values() for c in r}, key=lambda c: (not c.startswith("map"), c))
-    body = [
-        (v, [f"{rows[v][c]:.4f}" if c in rows[v] else "" for c in columns])
-        for v in sorted(rows, key=lambda v: (ROW_ORDER.get(v, 9), v))
-    ]
+    body = [(v, [f"{rows[v][c]:.4f}" if c in rows[v] else "" for c in columns]) for v in rows]
     return columns, body
 
 
-def print_results(title: str, metrics: dict[str, float]) -> None:
+def print_results(title: str, metrics: dict[str, float], unnamed: str | None = None) -> None:
     """The test table of a run: one row per feature set, with the chance level when it was logged."""
-    columns, body = results_table(metrics)
+    columns, body = results_table(metrics, unnamed)
     chance = {k.split("/")[-1]: v for k, v in metrics.items() if k.split("/")[-1].startswith("chance_")}
     if chance:  # one row: each chance value under its metric
         by_metric = {name[len("chance_") :]: value for name, value in chance.items()}

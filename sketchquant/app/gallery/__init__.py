@@ -1,5 +1,5 @@
 """Galleries: index a photo collection with a trained checkpoint of either method, search it with
-sketches (method B) or images (method A) — SPEC §B S4–S6 and §F.
+sketches (method B) or images (method A) — docs/method.md §B (S4–S6) and §F.
 
     gallery = Gallery.build("runs/.../last.ckpt", "photos/", "my-gallery")
     hits = Gallery.open("my-gallery").search(["sketch.png"], k=10)[0].hits
@@ -19,7 +19,7 @@ shards), :mod:`.build` (atomic build and ``--update``), :mod:`.search` (:class:`
 folders. A build killed at any point leaves the previous manifest and the data it names: the previous
 gallery still opens.
 
-**Same ranking as evaluation** (SPEC §C): method B stores the L2-normalised raw features ``x``; the
+**Same ranking as evaluation** (docs/method.md §C): method B stores the L2-normalised raw features ``x``; the
 PQ prototypes ``x̂`` are fitted exactly as the evaluator fits them; ``fused`` is ``(1 − λ)x̂ + λx``
 (feature fusion) or, with ``eval.fusion=distance``, the evaluator's own distance-fusion function. Ties
 go to the lower gallery position. Method A stores uint8 codes in ``IndexScalarQuantizer(QT_8bit_direct)``.
@@ -28,34 +28,23 @@ go to the lower gallery position. Method A stores uint8 codes in ``IndexScalarQu
 files are dropped; the PQ codebook is re-fitted on all features, so an update equals a full rebuild.
 """
 
-from sketchquant.app.gallery.build import build_gallery
-from sketchquant.app.gallery.records import (
-    FORMAT_VERSION,
-    IMAGE_EXTENSIONS,
-    BadGalleryImageWarning,
-    BuildReport,
-    GalleryError,
-    Hit,
-    QueryResult,
-    list_images,
-    sha256_file,
-)
-from sketchquant.app.gallery.search import Gallery, contact_sheet, search_gallery
-from sketchquant.app.gallery.store import expand_trainer_choice
+from sketchquant.core.lazy import lazy_exports
 
-__all__ = [
-    "FORMAT_VERSION",
-    "IMAGE_EXTENSIONS",
-    "BadGalleryImageWarning",
-    "BuildReport",
-    "Gallery",
-    "GalleryError",
-    "Hit",
-    "QueryResult",
-    "build_gallery",
-    "contact_sheet",
-    "expand_trainer_choice",
-    "list_images",
-    "search_gallery",
-    "sha256_file",
-]
+_EXPORTS = {
+    "FORMAT_VERSION": ".records",
+    "IMAGE_EXTENSIONS": ".records",
+    "BadGalleryImageWarning": ".records",
+    "BuildReport": ".records",
+    "GalleryError": ".records",
+    "Hit": ".records",
+    "QueryResult": ".records",
+    "list_images": ".records",
+    "sha256_file": ".records",
+    "Gallery": ".search",
+    "contact_sheet": ".search",
+    "search_gallery": ".search",
+    "build_gallery": ".build",  # needs Lightning's Trainer (searching does not)
+    "expand_trainer_choice": ".store",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

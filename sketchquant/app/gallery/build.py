@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
@@ -10,32 +11,52 @@ from pathlib import Path
 
 import numpy as np
 
-from sketchquant.app.gallery.extract import _extract
+from sketchquant.app.checkpoints import load_network
+from sketchquant.app.gallery.extract import extract_features
 from sketchquant.app.gallery.records import (
     FORMAT_VERSION,
     MANIFEST,
     BuildReport,
     GalleryError,
-    _now,
-    _version,
     list_images,
+    now,
+    version,
 )
 from sketchquant.app.gallery.store import (
-    BUILD_ENV,
-    _build_stamp,
-    _check_policy,
-    _checkpoint_record,
-    _dir_bytes,
-    _fit_pq,
-    _index_variants,
-    _normalise,
-    _read_manifest,
-    _report_bad,
-    _settings,
-    _write_index,
+    base_feature,
+    check_policy,
+    checkpoint_record,
+    dir_bytes,
     expand_trainer_choice,
+    fit_pq,
+    gallery_settings,
+    index_variants,
+    is_codes,
+    normalise,
+    read_manifest,
+    report_bad,
+    write_index,
 )
+from sketchquant.app.rundir import job_id, restore_env
+from sketchquant.core.config import to_container
 from sketchquant.core.io import atomic_savez, atomic_write_json
+from sketchquant.core.retrieval.factory import index_bytes, make_index
+from sketchquant.core.retrieval.prototypes import FUSED, PROTO
+
+BUILD_ENV = "SKETCHQUANT_GALLERY_BUILD"
+
+
+def build_stamp(old: dict | None) -> str:
+    """The name of this build's data folder, the same in every process of a multi-process build: the
+    first process sets it in the environment (Lightning's re-launched DDP workers inherit it); under
+    torchrun / SLURM every process derives it from the job id (and the gallery's current data folder)."""
+    if os.environ.get(BUILD_ENV):
+        return os.environ[BUILD_ENV]
+    job = job_id()
+    if job:
+        prev = hashlib.sha1(str((old or {}).get("data_dir")).encode()).hexdigest()[:8]
+        return f"job{job}-{prev}"
+    return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}-{int(time.time_ns() % 10**6):06d}"
 
 
 def build_gallery(
@@ -52,25 +73,22 @@ def build_gallery(
     pq_k: int | None = None,
     overrides: Sequence[str] = (),
     quiet: bool = False,
+    trust: bool = False,
 ) -> BuildReport | None:
     """Index ``images`` (a folder or a list file) with checkpoint ``ckpt`` into the gallery folder ``out``.
 
     ``overrides`` (``key=value``) go on top of the checkpoint's config (``eval.fusion=distance``,
     ``trainer.devices=2`` ...). Returns a :class:`BuildReport` (``None`` on helper processes of a
     multi-process build)."""
-    from sketchquant.app.checkpoints import load_trained_module
-    from sketchquant.core.config import to_container
-    from sketchquant.core.retrieval.factory import index_bytes, make_index
-
     t0 = time.perf_counter()
-    _check_policy(on_bad_image)
+    check_policy(on_bad_image)
     out = Path(out)
     ckpt = Path(ckpt)
     old = None
     if update:
         if not (out / MANIFEST).is_file():
             raise GalleryError(f"--update: {out} is not a gallery yet (build it without --update first)")
-        old = _read_manifest(out)
+        old = read_manifest(out)
     elif out.exists() and not out.is_dir():
         raise GalleryError(f"--out {out} exists and is not a folder")
     coll = list_images(images)
@@ -79,9 +97,9 @@ def build_gallery(
         overrides.append(f"eval.pq_m={int(pq_m)}")
     if pq_k is not None:
         overrides.append(f"eval.pq_k={int(pq_k)}")
-    cfg, module, _ = load_trained_module(ckpt, overrides)
-    settings = _settings(cfg)
-    record = _checkpoint_record(ckpt)
+    cfg, network, _ = load_network(ckpt, overrides, trust=trust)
+    settings = gallery_settings(cfg)
+    record = checkpoint_record(ckpt)
     if old is not None:
         if old["checkpoint"]["sha256"] != record["sha256"]:
             raise GalleryError(
@@ -109,21 +127,18 @@ def build_gallery(
             old_stored = {k: z[k] for k in z.files}
     todo = [i for i in range(n) if i not in reuse]
 
-    data_dir = f"data-{_build_stamp(old)}"
+    data_dir = f"data-{build_stamp(old)}"
     work = out / data_dir
     feats = ok = None
     try:
         if todo:
             bs = int(batch_size or cfg.data.get("batch_size", 64) or 64)
             nw = int(workers if workers is not None else (cfg.data.get("num_workers", 0) or 0))
-            module.eval()
-            from sketchquant.app.rundir import restore_env
-
             outer = os.environ.get(BUILD_ENV)
             os.environ[BUILD_ENV] = data_dir[len("data-") :]
             try:
-                feats, ok, main = _extract(
-                    cfg, module, [coll.paths[i] for i in todo], work / "shards", batch_size=bs, workers=nw
+                feats, ok, main = extract_features(
+                    cfg, network, [coll.paths[i] for i in todo], work / "shards", batch_size=bs, workers=nw
                 )
             finally:
                 restore_env(BUILD_ENV, outer)
@@ -131,31 +146,32 @@ def build_gallery(
                 return None
         else:
             work.mkdir(parents=True, exist_ok=True)
-        key = "codes" if settings["query"] == "image" else "raw"
+        key = base_feature(settings)
+        codes = is_codes(settings)
         dim = int(old_stored[key].shape[1]) if old_stored else int(feats.shape[1])
-        rows = np.zeros((n, dim), np.uint8 if key == "codes" else np.float32)
+        rows = np.zeros((n, dim), np.uint8 if codes else np.float32)
         good = np.ones(n, bool)
         for i, j in reuse.items():
             rows[i] = old_stored[key][j]
         if todo:
-            new = feats.astype(np.uint8) if key == "codes" else _normalise(feats)
+            new = feats.astype(np.uint8) if codes else normalise(feats)
             rows[todo] = new
             good[todo] = ok
         bad = [coll.paths[i] for i in range(n) if not good[i]]
-        _report_bad(bad, n, on_bad_image)
+        report_bad(bad, n, on_bad_image)
         keep = np.flatnonzero(good)
         if len(keep) == 0:
             raise GalleryError(f"none of the {n} images under {images} could be read")
         stored: dict[str, np.ndarray] = {key: np.ascontiguousarray(rows[keep])}
-        if key == "raw" and "proto" in settings["features"]:
-            centroids, k_used = _fit_pq(settings, stored["raw"])
+        if PROTO in settings["features"]:
+            centroids, k_used = fit_pq(settings, stored[key])
             settings = {**settings, "pq_k_used": k_used}
             stored.update(pq_centroids=centroids, pq_m=np.int64(settings["pq_m"]), pq_k=np.int64(k_used))
         atomic_savez(work / "features.npz", stored)
         files = {}
-        for name, arr in _index_variants(settings, stored).items():
-            index = make_index(index_type, arr, codes=(name == "codes"))
-            _write_index(index, work / f"{name}.faiss")
+        for name, arr in index_variants(settings, stored).items():
+            index = make_index(index_type, arr, codes=codes and name == key)
+            write_index(index, work / f"{name}.faiss")
             files[name] = {"file": f"{name}.faiss", "bytes": index_bytes(index)}
         shutil.rmtree(work / "shards", ignore_errors=True)
         items = {
@@ -168,8 +184,8 @@ def build_gallery(
         manifest = {
             "format_version": FORMAT_VERSION,
             "kind": "sketchquant-gallery",
-            "created": _now(),
-            "sketchquant_version": _version(),
+            "created": now(),
+            "sketchquant_version": version(),
             "method": str(cfg.model.name),
             "checkpoint": record,
             "config": to_container(cfg),
@@ -201,12 +217,12 @@ def build_gallery(
         seconds=time.perf_counter() - t0,
         features=list(files),
         index_type=index_type,
-        bytes_on_disk=_dir_bytes(work) + (out / MANIFEST).stat().st_size,
+        bytes_on_disk=dir_bytes(work) + (out / MANIFEST).stat().st_size,
     )
     if not quiet:
         what = f"{report.encoded} encoded, {report.reused} reused" if update else f"{report.encoded} encoded"
         feats = ", ".join(settings["features"])
-        if settings.get("fusion") == "distance" and "fused" in settings["features"]:
+        if settings.get("fusion") == "distance" and FUSED in settings["features"]:
             feats += " (fused by distance at query time)"
         size = report.bytes_on_disk
         human = f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 1024:.0f} KiB"

@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.callbacks import BasePredictionWriter, RichProgressBar
 
 from sketchquant.app.gallery.records import GalleryError
-from sketchquant.app.gallery.store import _transform
+from sketchquant.app.gallery.store import eval_transform
 from sketchquant.core.io import atomic_savez
+from sketchquant.datamodules.transforms import load_rgb
 
 # --------------------------------------------------------------------------------------------------
 # extraction through Trainer.predict
@@ -30,8 +31,6 @@ class _Files(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, pos: int) -> dict:
-        from sketchquant.datamodules.transforms import load_rgb
-
         try:
             image, ok = self.transform(load_rgb(self.paths[pos])), True
         except Exception:  # noqa: BLE001 - any unreadable file is reported by name after extraction
@@ -72,14 +71,12 @@ class _ShardWriter(BasePredictionWriter):
         trainer.strategy.barrier("gallery-shards")
 
 
-def _extract(
+def extract_features(
     cfg: Any, module: Any, paths: list[str], folder: Path, *, batch_size: int, workers: int
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """Features of ``paths`` in their order and the ``ok`` mask; the third value is False on the
     processes (ranks > 0) that only helped."""
-    from pytorch_lightning.callbacks import RichProgressBar
-
-    tf, size = _transform(cfg)
+    tf, size = eval_transform(cfg)
     ds = _Files(paths, tf, (3, *size))
     loader = torch.utils.data.DataLoader(
         ds, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=torch.cuda.is_available()

@@ -6,6 +6,7 @@ import datetime as _dt
 import hashlib
 import os
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
@@ -71,29 +72,15 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _now() -> str:
+def now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
-def _version() -> str:
+def version() -> str:
     try:
-        from importlib.metadata import version
-
-        return version("sketchquant")
+        return package_version("sketchquant")
     except Exception:  # pragma: no cover
         return "unknown"
-
-
-def _rgb(image: Any):
-    """A PIL image as RGB; transparent pixels become white (as :func:`sketchquant.datamodules.transforms.load_rgb`)."""
-    from PIL import Image
-
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        image = image.convert("RGBA")
-        canvas = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        canvas.alpha_composite(image)
-        return canvas.convert("RGB")
-    return image.convert("RGB")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
-from sketchquant.app.gallery.build import build_gallery
-from sketchquant.app.gallery.records import GalleryError, Hit, QueryResult, _rgb, sha256_file
-from sketchquant.app.gallery.store import _normalise, _prototypes, _read_manifest, _transform
+from sketchquant.app.checkpoints import checkpoint_config, load_network, read_checkpoint
+from sketchquant.app.gallery.records import GalleryError, Hit, QueryResult, sha256_file
+from sketchquant.app.gallery.store import (
+    base_feature,
+    eval_transform,
+    is_codes,
+    normalise,
+    prototypes,
+    read_manifest,
+)
+from sketchquant.app.methods import from_container, method_of
+from sketchquant.core.io import atomic_save_image
+from sketchquant.core.report import print_table
+from sketchquant.core.retrieval.index import search_index
+from sketchquant.core.retrieval.prototypes import FUSED, fused_distance_fn
+from sketchquant.datamodules.transforms import load_rgb, to_rgb
 
 # --------------------------------------------------------------------------------------------------
 # open + search
@@ -23,12 +39,12 @@ class Gallery:
     """An opened gallery: its manifest, indexes and the network that encodes queries."""
 
     def __init__(
-        self, path: Path, manifest: dict, cfg: Any, module: Any, indexes: dict, stored: dict | None = None
+        self, path: Path, manifest: dict, cfg: Any, network: Any, indexes: dict, stored: dict | None = None
     ) -> None:
         self.path = path
         self.manifest = manifest
         self.cfg = cfg
-        self.module = module
+        self.network = network
         self.indexes = indexes
         self._stored = stored
         self.settings = manifest["settings"]
@@ -36,12 +52,18 @@ class Gallery:
         items = manifest["items"]
         self.relpaths: list[str] = items["relpaths"]
         self.labels: list[str | None] = items["labels"]
-        self._transform, _ = _transform(cfg)
+        self.transform, _ = eval_transform(cfg)
         self._proto: np.ndarray | None = None
 
     # ---- construction
 
-    build = staticmethod(build_gallery)
+    @staticmethod
+    def build(*args: Any, **kwargs: Any) -> Any:
+        """:func:`~sketchquant.app.gallery.build.build_gallery` (imported here: building needs Lightning's
+        Trainer, searching does not)."""
+        from sketchquant.app.gallery.build import build_gallery
+
+        return build_gallery(*args, **kwargs)
 
     @classmethod
     def open(
@@ -51,17 +73,14 @@ class Gallery:
         *,
         force: bool = False,
         overrides: Sequence[str] = (),
+        trust: bool = False,
     ) -> Gallery:
-        """Open gallery ``path``. The network comes from the manifest's checkpoint; ``ckpt`` overrides it
-        and is refused when its sha256 differs from the manifest's (unless ``force``); a checkpoint of
-        another method is always refused."""
-        import faiss
-
-        from sketchquant.app.checkpoints import load_checkpoint_config, load_trained_module
-        from sketchquant.app.methods import method_of
-
+        """Open gallery ``path``. The network comes from the manifest's checkpoint; ``ckpt`` overrides it.
+        The checkpoint's sha256 is compared with the manifest's *before* the file is read at all (a
+        file of the same size and time can still differ); another sha256 is refused unless ``force``,
+        and a checkpoint of another method always. ``trust``: see :mod:`sketchquant.app.checkpoints`."""
         path = Path(path)
-        manifest = _read_manifest(path)
+        manifest = read_manifest(path)
         rec = manifest["checkpoint"]
         use = Path(ckpt) if ckpt is not None else Path(rec["path"])
         if not use.is_file():
@@ -70,30 +89,25 @@ class Gallery:
                 if ckpt is None
                 else f"checkpoint {use} does not exist"
             )
-        cfg, _ = load_checkpoint_config(use, list(overrides))
+        digest = sha256_file(use)
+        if digest != rec["sha256"]:
+            msg = (
+                f"checkpoint {use} (sha256 {digest[:12]}…) is not the one gallery {path} was built with "
+                f"({rec['path']}, sha256 {rec['sha256'][:12]}…)"
+            )
+            if not force:
+                raise GalleryError(msg + ": rebuild the gallery, or pass --force to search anyway")
+            print(f"warning: {msg}; searching anyway (--force)", file=sys.stderr)
+        raw = read_checkpoint(use, trust=trust)
+        cfg = checkpoint_config(raw, use, list(overrides))
         if method_of(cfg).name != manifest["method"]:
             raise GalleryError(
                 f"gallery {path} holds a '{manifest['method']}' model's features, but checkpoint {use} is a "
                 f"'{method_of(cfg).name}' model: its queries cannot be compared with this gallery"
             )
-        st = use.stat()
-        same_file = ckpt is None and int(st.st_size) == rec["size"] and int(st.st_mtime_ns) == rec["mtime_ns"]
-        if not same_file:
-            digest = sha256_file(use)
-            if digest != rec["sha256"]:
-                msg = (
-                    f"checkpoint {use} (sha256 {digest[:12]}…) is not the one gallery {path} was built with "
-                    f"({rec['path']}, sha256 {rec['sha256'][:12]}…)"
-                )
-                if not force:
-                    raise GalleryError(msg + ": rebuild the gallery, or pass --force to search anyway")
-                print(f"warning: {msg}; searching anyway (--force)", file=sys.stderr)
+        _, network, _ = load_network(use, list(overrides), ckpt=raw)
         # the gallery's own config (eval, data) with the checkpoint's weights
-        from sketchquant.app.methods import from_container
-
         cfg = from_container(manifest["config"], list(overrides))
-        _, module, _ = load_trained_module(use, list(overrides))
-        module.eval()
         data = path / manifest["data_dir"]
         indexes = {}
         for name, info in manifest["indexes"].items():
@@ -101,7 +115,7 @@ class Gallery:
                 indexes[name] = faiss.read_index(str(data / info["file"]))
             except RuntimeError as err:
                 raise GalleryError(f"gallery {path}: index {info['file']} is unreadable: {err}") from err
-        return cls(path, manifest, cfg, module, indexes)
+        return cls(path, manifest, cfg, network, indexes)
 
     @property
     def stored(self) -> dict[str, np.ndarray]:
@@ -143,10 +157,6 @@ class Gallery:
     # ---- queries
 
     def _batch(self, queries: Sequence[Any]) -> tuple[torch.Tensor, list[str]]:
-        from PIL import Image
-
-        from sketchquant.datamodules.transforms import load_rgb
-
         tensors, names = [], []
         for i, q in enumerate(queries):
             if isinstance(q, str | os.PathLike):
@@ -157,14 +167,14 @@ class Gallery:
                     img = load_rgb(str(p))
                 except Exception as err:
                     raise GalleryError(f"cannot read query image {p}: {err}") from err
-                tensors.append(self._transform(img))
+                tensors.append(self.transform(img))
                 names.append(str(q))
             elif isinstance(q, Image.Image):
-                tensors.append(self._transform(_rgb(q)))
+                tensors.append(self.transform(to_rgb(q)))
                 names.append(f"<image {i}>")
             elif isinstance(q, np.ndarray):
                 arr = q if q.dtype == np.uint8 else np.clip(q, 0, 255).astype(np.uint8)
-                tensors.append(self._transform(_rgb(Image.fromarray(arr))))
+                tensors.append(self.transform(to_rgb(Image.fromarray(arr))))
                 names.append(f"<array {i}>")
             elif isinstance(q, torch.Tensor):  # already transformed, 3 × H × W
                 if q.ndim != 3:
@@ -187,8 +197,8 @@ class Gallery:
 
     @torch.no_grad()
     def _encode_batch(self, x: torch.Tensor) -> np.ndarray:
-        out = self.module(x).cpu().numpy()
-        return out.astype(np.float32) if self.settings["query"] == "image" else _normalise(out)
+        out = self.network(x).cpu().numpy()
+        return out.astype(np.float32) if is_codes(self.settings) else normalise(out)
 
     def search(
         self, queries: Sequence[Any] | Any, k: int = 10, features: str | None = None
@@ -227,14 +237,11 @@ class Gallery:
         return results
 
     def _rank(self, q: np.ndarray, k: int, features: str) -> tuple[np.ndarray, np.ndarray]:
-        from sketchquant.core.retrieval.index import search_index
-
-        if features == "fused" and self.settings.get("fusion") == "distance":
-            from sketchquant.core.retrieval.prototypes import fused_distance_fn
-
+        if features == FUSED and self.settings.get("fusion") == "distance":
+            base = base_feature(self.settings)
             if self._proto is None:
-                self._proto = _prototypes(self.stored)
-            fn = fused_distance_fn(q, self.stored["raw"], self._proto, self.settings["fusion_lambda"])
+                self._proto = prototypes(self.stored, base)
+            fn = fused_distance_fn(q, self.stored[base], self._proto, self.settings["fusion_lambda"])
             d = fn(torch.arange(q.shape[0]))
             dist, ind = torch.sort(d, dim=1, stable=True)
             return dist[:, :k].numpy(), ind[:, :k].numpy()
@@ -254,8 +261,6 @@ def search_gallery(
 ) -> list[QueryResult]:
     """The ``search`` command: open, search, print a table per query (or one JSON object), draw a
     contact sheet when asked."""
-    import json
-
     for q in queries:  # a bad query path fails before the network is loaded
         if not Path(q).is_file():
             raise FileNotFoundError(f"query image {q} does not exist")
@@ -275,8 +280,6 @@ def search_gallery(
             )
         )
     else:
-        from sketchquant.core.report import print_table
-
         for r in results:
             print_table(
                 f"{r.query} — top {len(r.hits)} of {len(g)} ({r.features})",
@@ -290,10 +293,6 @@ def search_gallery(
 
 def contact_sheet(g: Gallery, results: list[QueryResult], out: str | os.PathLike, thumb: int = 128):
     """One row per query: the query, then its hits with rank, distance and label. Written atomically."""
-    from PIL import Image, ImageDraw
-
-    from sketchquant.core.io import atomic_save_image
-    from sketchquant.datamodules.transforms import load_rgb
 
     cols = 1 + max((len(r.hits) for r in results), default=0)
     cap = 28

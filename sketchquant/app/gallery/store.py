@@ -1,18 +1,21 @@
-"""What a gallery stores and how: settings from the checkpoint, PQ prototypes, indexes, the manifest."""
+"""What a gallery stores and how: settings from the checkpoint's method and ``eval`` section, PQ
+prototypes, FAISS indexes, the manifest. The public functions here are what :mod:`.build` and
+:mod:`.search` share."""
 
 from __future__ import annotations
 
-import hashlib
-import os
+import json
 import sys
-import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from sketchquant.app.gallery.records import (
     BAD_IMAGE_POLICIES,
@@ -22,51 +25,68 @@ from sketchquant.app.gallery.records import (
     GalleryError,
     sha256_file,
 )
+from sketchquant.app.methods import method_of
+from sketchquant.core.config import as_kwargs, config_file, list_choices
 from sketchquant.core.io import atomic_path
+from sketchquant.core.retrieval.prototypes import (
+    FUSED,
+    PROTO,
+    fit_product_quantizer,
+    fuse_features,
+    prototype_features,
+)
+from sketchquant.datamodules.transforms import build_eval_transform, image_settings
 
 # --------------------------------------------------------------------------------------------------
 # model + transform
 
 
-def _transform(cfg: Any):
-    from sketchquant.app.build import datamodule_kwargs
-    from sketchquant.datamodules.transforms import build_eval_transform
-
-    kw = datamodule_kwargs(cfg)
+def eval_transform(cfg: Any) -> tuple[Any, tuple[int, int]]:
+    """``(transform, (H, W))``: the evaluation transform of ``cfg``'s data section (no augmentation)."""
+    kw = image_settings(as_kwargs(cfg.data, drop=("kind",)), cfg.model.backbone)
     size = kw["image_size"]
     hw = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
     tf = build_eval_transform(size, kw["mean"], kw["std"], kw.get("interpolation") or "bilinear")
     return tf, hw
 
 
-def _is_codes(cfg: Any) -> bool:
-    from sketchquant.app.methods import method_of
-
-    return bool(method_of(cfg).codes)
-
-
-def _settings(cfg: Any) -> dict[str, Any]:
-    """What a gallery of ``cfg``'s method stores and how it ranks (from the ``eval`` section)."""
-    if _is_codes(cfg):
-        return {"features": ["codes"], "default": "codes", "query": "image"}
+def gallery_settings(cfg: Any) -> dict[str, Any]:
+    """What a gallery of ``cfg``'s method stores and how it ranks: the method's gallery features (the PQ
+    variants only with ``eval.prototypes``), its query domain, and the PQ and fusion settings."""
+    method = method_of(cfg)
+    names = method.features
     ev = cfg.eval
-    proto = bool(ev.get("prototypes", True))
-    return {
-        "features": ["raw", "proto", "fused"] if proto else ["raw"],
-        "default": "fused" if proto else "raw",
-        "query": "sketch",
-        "pq_m": int(ev.pq_m),
-        "pq_k": int(ev.pq_k),
-        "pq_seed": 0,
-        "pq_max_points_per_centroid": ev.get("pq_max_points_per_centroid"),
-        "fusion": str(ev.fusion),
-        "fusion_lambda": float(ev.fusion_lambda),
+    features = list(names.stored(bool(ev.prototypes)))
+    settings: dict[str, Any] = {
+        "features": features,
+        "default": names.gallery_default if names.gallery_default in features else features[0],
+        "query": method.query_domain,
+        "codes": features[0] in names.codes,
     }
+    if len(features) > 1:  # PQ prototypes of the base features
+        settings.update(
+            pq_m=int(ev.pq_m),
+            pq_k=int(ev.pq_k),
+            pq_seed=0,
+            pq_max_points_per_centroid=ev.get("pq_max_points_per_centroid"),
+            fusion=str(ev.fusion),
+            fusion_lambda=float(ev.fusion_lambda),
+        )
+    return settings
 
 
-def _normalise(f: np.ndarray) -> np.ndarray:
-    import torch.nn.functional as F
+def base_feature(settings: dict[str, Any]) -> str:
+    """The stored features every other kind derives from (``raw``, or method A's ``codes``)."""
+    return settings["features"][0]
 
+
+def is_codes(settings: dict[str, Any]) -> bool:
+    """Integer codes (stored as uint8), not float features (format-1 galleries: query domain ``image``)."""
+    return bool(settings.get("codes", settings.get("query") == "image"))
+
+
+def normalise(f: np.ndarray) -> np.ndarray:
+    """Rows L2-normalised (float32), as the evaluation normalises them."""
     return F.normalize(torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32)), dim=1).numpy()
 
 
@@ -74,14 +94,14 @@ def _normalise(f: np.ndarray) -> np.ndarray:
 # build
 
 
-def _check_policy(on_bad_image: str) -> None:
+def check_policy(on_bad_image: str) -> None:
     if on_bad_image not in BAD_IMAGE_POLICIES:
         raise GalleryError(
             f"--on-bad-image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {on_bad_image!r}"
         )
 
 
-def _report_bad(bad: list[str], total: int, policy: str) -> None:
+def report_bad(bad: list[str], total: int, policy: str) -> None:
     if not bad:
         return
     msg = f"{len(bad)} of {total} image files are unreadable: " + "; ".join(bad)
@@ -91,25 +111,21 @@ def _report_bad(bad: list[str], total: int, policy: str) -> None:
     print(f"warning: skipped {len(bad)} unreadable image file(s): {', '.join(bad)}", file=sys.stderr)
 
 
-def _index_variants(settings: dict, stored: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The arrays each index holds: ``codes``, or ``raw`` / ``proto`` / ``fused`` (feature fusion)."""
-    if "codes" in stored:
-        return {"codes": stored["codes"]}
-    out = {"raw": stored["raw"]}
-    if "proto" in settings["features"]:
-        from sketchquant.core.retrieval.prototypes import fuse_features
-
-        proto = _prototypes(stored)
-        out["proto"] = proto
+def index_variants(settings: dict, stored: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays each index holds: the base features (``raw`` or ``codes``) and, with prototypes, ``proto``
+    and (feature fusion) ``fused``; distance fusion is computed at query time."""
+    base = base_feature(settings)
+    out = {base: stored[base]}
+    if PROTO in settings["features"]:
+        proto = prototypes(stored, base)
+        out[PROTO] = proto
         if settings["fusion"] == "feature":
-            out["fused"] = fuse_features(stored["raw"], proto, settings["fusion_lambda"])
+            out[FUSED] = fuse_features(stored[base], proto, settings["fusion_lambda"])
     return out
 
 
-def _fit_pq(settings: dict, raw: np.ndarray) -> tuple[np.ndarray, int]:
+def fit_pq(settings: dict, raw: np.ndarray) -> tuple[np.ndarray, int]:
     """The codebook (``pq.centroids``) and K actually used (capped at the gallery size, power of 2)."""
-    from sketchquant.core.retrieval.prototypes import fit_product_quantizer
-
     k = int(settings["pq_k"])
     n = raw.shape[0]
     if k > n:
@@ -123,41 +139,34 @@ def _fit_pq(settings: dict, raw: np.ndarray) -> tuple[np.ndarray, int]:
         seed=int(settings["pq_seed"]),
         max_points_per_centroid=settings.get("pq_max_points_per_centroid"),
     )
-    import faiss
-
     return faiss.vector_to_array(pq.centroids).astype(np.float32), k
 
 
-def _pq_from(stored: dict[str, np.ndarray]):
-    import faiss
-
-    d = stored["raw"].shape[1]
+def pq_from(stored: dict[str, np.ndarray], base: str) -> faiss.ProductQuantizer:
+    """The product quantiser stored with the features (``pq_centroids``, ``pq_m``, ``pq_k``)."""
+    d = stored[base].shape[1]
     m, k = int(stored["pq_m"]), int(stored["pq_k"])
     pq = faiss.ProductQuantizer(d, m, int(k).bit_length() - 1)
     faiss.copy_array_to_vector(np.ascontiguousarray(stored["pq_centroids"], dtype=np.float32), pq.centroids)
     return pq
 
 
-def _prototypes(stored: dict[str, np.ndarray]) -> np.ndarray:
-    from sketchquant.core.retrieval.prototypes import prototype_features
+def prototypes(stored: dict[str, np.ndarray], base: str) -> np.ndarray:
+    """The prototype features of the stored base features."""
+    return prototype_features(pq_from(stored, base), stored[base])
 
-    return prototype_features(_pq_from(stored), stored["raw"])
 
-
-def _write_index(index: Any, path: Path) -> None:
-    import faiss
-
+def write_index(index: Any, path: Path) -> None:
     with atomic_path(path, suffix=".faiss") as tmp:
         faiss.write_index(index, str(tmp))
 
 
-def _dir_bytes(folder: Path) -> int:
+def dir_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def _read_manifest(gallery: Path) -> dict:
-    import json
-
+def read_manifest(gallery: Path) -> dict:
+    """The manifest of gallery folder ``gallery``, checked for its format version."""
     path = gallery / MANIFEST
     if not path.is_file():
         side = Path(str(gallery) + ".json")
@@ -187,7 +196,7 @@ def _read_manifest(gallery: Path) -> dict:
     return manifest
 
 
-def _checkpoint_record(ckpt: Path) -> dict[str, Any]:
+def checkpoint_record(ckpt: Path) -> dict[str, Any]:
     st = ckpt.stat()
     return {
         "path": str(ckpt.resolve()),
@@ -197,7 +206,6 @@ def _checkpoint_record(ckpt: Path) -> dict[str, Any]:
     }
 
 
-BUILD_ENV = "SKETCHQUANT_GALLERY_BUILD"
 #: the trainer settings extraction uses (``trainer=NAME`` takes these from ``configs/trainer/NAME.yaml``)
 EXTRACTION_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "precision")
 
@@ -205,10 +213,6 @@ EXTRACTION_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "precision
 def expand_trainer_choice(overrides: Sequence[str]) -> list[str]:
     """``trainer=NAME`` (a group choice, e.g. ``trainer=ddp``) as the ``trainer.KEY=VALUE`` overrides of
     its extraction settings: a checkpoint's config takes single keys only."""
-    from omegaconf import OmegaConf
-
-    from sketchquant.core.config import config_file, list_choices
-
     out: list[str] = []
     for item in overrides:
         key, _, value = str(item).partition("=")
@@ -223,18 +227,3 @@ def expand_trainer_choice(overrides: Sequence[str]) -> list[str]:
         data = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
         out += [f"trainer.{k}={v}" for k, v in data.items() if k in EXTRACTION_KEYS]
     return out
-
-
-def _build_stamp(old: dict | None) -> str:
-    """The name of this build's data folder, the same in every process of a multi-process build: the
-    first process sets it in the environment (Lightning's re-launched DDP workers inherit it); under
-    torchrun / SLURM every process derives it from the job id (and the gallery's current data folder)."""
-    from sketchquant.app.rundir import _job_id
-
-    if os.environ.get(BUILD_ENV):
-        return os.environ[BUILD_ENV]
-    job = _job_id()
-    if job:
-        prev = hashlib.sha1(str((old or {}).get("data_dir")).encode()).hexdigest()[:8]
-        return f"job{job}-{prev}"
-    return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}-{int(time.time_ns() % 10**6):06d}"

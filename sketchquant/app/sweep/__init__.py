@@ -45,6 +45,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import OmegaConf
 
 from sketchquant.app.sweep.check import check_trials
@@ -108,8 +109,6 @@ def _stop_running_trials() -> None:
 def _gpu_ids() -> list[str]:
     """Physical ids of the visible GPUs (respecting an inherited ``CUDA_VISIBLE_DEVICES``)."""
     try:
-        import torch
-
         n = torch.cuda.device_count()
     except Exception:
         return []

@@ -16,8 +16,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from sketchquant.app.build import build_callbacks, build_datamodule
-from sketchquant.app.methods import compose, method_of, module_kwargs
+from sketchquant.app.build import build_callbacks, build_datamodule, build_module
+from sketchquant.app.methods import compose
 from sketchquant.app.sweep.spec import SweepPlan, _import_sweeps, flatten_run_config, plan_grid, trial_args
 from sketchquant.core.config import ConfigError
 
@@ -55,11 +55,10 @@ def check_trials(plan: SweepPlan, sample: int = SAMPLE) -> int:
                 build_callbacks(cfg, Path(tmp), progress_bar=False)
                 key = OmegaConf.to_yaml(cfg.model) + str(size)
                 if key not in modules_built:  # trials that differ only outside the model share a build
-                    cfg.model.weights = "none"  # the architecture is what can fail, not the weights file
-                    kwargs = module_kwargs(cfg, _data_facts(size))
-                    with warnings.catch_warnings():  # e.g. "a teacher without ImageNet weights"
+                    # the architecture is what can fail, not the weights file (inference: no weights)
+                    with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        method_of(cfg).module(**kwargs)
+                        build_module(cfg, _data_facts(size), inference=True)
                     modules_built.add(key)
             except ConfigError as err:
                 raise ConfigError(f"sweep {plan.name}: trial {values}: {err}") from err

@@ -30,7 +30,7 @@ def wandb_api_key() -> str | None:
     if key:
         return key
     try:
-        import wandb
+        import wandb  # lazy: online sweeps only (2 s to import)
 
         with warnings.catch_warnings():  # wandb.api is deprecated but reads env / netrc without the network
             warnings.simplefilter("ignore")
@@ -80,7 +80,7 @@ def run_online(plan: SweepPlan, workers: int = 1, count: int | None = None) -> d
     """``wandb.sweep`` then one ``wandb agent`` subprocess per worker (GPU-pinned), each running the spec's
     command (``sketchquant train <experiment> ... ${args_no_hyphens}``) with ``WANDB_MODE=online``."""
     _check_online()
-    import wandb
+    import wandb  # lazy: online sweeps only
 
     cfg = compose(plan.experiment, plan.overrides)
     spec = online_spec(plan)

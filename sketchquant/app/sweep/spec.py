@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from sketchquant.app.methods import compose
-from sketchquant.core.config import ConfigError
+from sketchquant.core.config import ConfigError, config_file, list_choices, suggest
 
 METHODS = ("grid", "random", "bayes")
 GOALS = {"maximize": "max", "minimize": "min"}
@@ -25,8 +26,8 @@ COMMAND_HINT = "[${env}, sketchquant, train, <experiment>, ${args_no_hyphens}]"
 def _import_sweeps():
     with warnings.catch_warnings():  # sweeps' pydantic models warn about renamed v1 config keys
         warnings.simplefilter("ignore")
-        import sweeps
-        from sweeps.params import HyperParameter
+        import sweeps  # lazy: the sweeps engine (scikit-learn, scipy) only for sweeps that draw trials
+        from sweeps.params import HyperParameter  # lazy: as above
 
     return sweeps, HyperParameter
 
@@ -133,7 +134,6 @@ def _candidates(name: str, spec: Any, where: str) -> list:
         )
     ):
         return [hp.config["min"], hp.config["max"]]
-    import numpy as np
 
     return [
         v
@@ -170,8 +170,6 @@ def load_spec(spec_path: str | os.PathLike | dict) -> tuple[dict, Path | None]:
         return copy.deepcopy(spec_path), None
     path = Path(spec_path)
     if not path.is_file():
-        from sketchquant.core.config import config_file, list_choices
-
         named = config_file("sweeps", path.name) if path.suffix == "" else None
         if named is not None:  # `sketchquant sweep zs_sbir_losses`
             path = named
@@ -198,8 +196,6 @@ def validate_spec(
     where = f"sweep spec {path}" if path else "sweep spec"
     method = spec.get("method")
     if method not in METHODS:
-        from sketchquant.core.config import suggest
-
         raise ConfigError(
             f"{where}: unknown method {method!r}{suggest(method, METHODS)} allowed: {', '.join(METHODS)}"
         )

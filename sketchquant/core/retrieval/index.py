@@ -17,6 +17,7 @@ import os
 import tempfile
 import weakref
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +93,6 @@ def _kind_and_metric(index: faiss.Index) -> tuple[str, str]:
 
 def _version() -> str:
     try:
-        from importlib.metadata import version
-
         return version("sketchquant")
     except Exception:  # pragma: no cover - not installed
         return "unknown"

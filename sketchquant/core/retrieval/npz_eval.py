@@ -13,8 +13,11 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 import numpy as np
+from rich.console import Console
 
-from .metrics import hashing_metrics, sbir_metrics
+from sketchquant.core.report import print_table
+
+from .protocols import get_protocol
 
 __all__ = ["eval_features", "load_npz_features"]
 
@@ -26,18 +29,16 @@ def load_npz_features(path: str | os.PathLike, multilabel_ok: bool = False) -> t
         raise FileNotFoundError(f"{path}: no such file")
     try:
         with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):  # a plain .npy array
+                raise ValueError("it holds one array, not the fields 'features' and 'labels'")
+            arrays = {field: data[field] for field in ("features", "labels") if field in data.files}
             keys = set(data.files)
-            for field in ("features", "labels"):
-                if field not in keys:
-                    raise ValueError(
-                        f"{path}: missing field {field!r} (fields present: {sorted(keys) or 'none'})"
-                    )
-            feats = data["features"]
-            labels = data["labels"]
-    except ValueError:
-        raise
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable npz file ({exc})") from exc
+    except Exception as exc:  # not a zip, a pickle, truncated: name the file and say what was expected
+        raise ValueError(f"{path}: not a readable .npz file of features and labels ({exc})") from exc
+    for field in ("features", "labels"):
+        if field not in arrays:
+            raise ValueError(f"{path}: missing field {field!r} (fields present: {sorted(keys) or 'none'})")
+    feats, labels = arrays["features"], arrays["labels"]
     if feats.ndim != 2:
         raise ValueError(f"{path}: field 'features' must be N × d, got shape {feats.shape}")
     if feats.shape[0] == 0:
@@ -71,10 +72,6 @@ def load_npz_features(path: str | os.PathLike, multilabel_ok: bool = False) -> t
 
 
 def _print_table(result: dict[str, Any], title: str, stream: TextIO) -> None:
-    from rich.console import Console
-
-    from sketchquant.core.report import print_table
-
     print_table(title, ["metric", "value"], list(result.items()), console=Console(file=stream))
 
 
@@ -97,31 +94,26 @@ def eval_features(
 
     Returns the metrics dict with ``protocol``, ``ap``, ``query``, ``gallery``, ``num_gallery`` added.
     """
-    if protocol not in ("sbir", "hashing"):
-        raise ValueError(f"unknown protocol {protocol!r}; expected 'sbir' or 'hashing'")
+    proto = get_protocol(protocol)
     ks = [int(k) for k in ks]
     if any(k <= 0 for k in ks):
         raise ValueError(f"--k values must be positive integers, got {ks}")
     metric = metric or "l2"
-    qf, ql = load_npz_features(query_path, multilabel_ok=protocol == "hashing")
-    gf, gl = load_npz_features(gallery_path, multilabel_ok=protocol == "hashing")
+    qf, ql = load_npz_features(query_path, multilabel_ok=proto.multilabel)
+    gf, gl = load_npz_features(gallery_path, multilabel_ok=proto.multilabel)
     if qf.shape[1] != gf.shape[1]:
         raise ValueError(
             f"{os.fspath(query_path)} has feature dimension {qf.shape[1]} but "
             f"{os.fspath(gallery_path)} has {gf.shape[1]}"
         )
     source = (os.fspath(query_path), os.fspath(gallery_path))
-    if protocol == "sbir":
-        res = sbir_metrics(
-            qf, ql, gf, gl, map_at=("all", *ks), p_at=tuple(ks), ap=ap, metric=metric, source=source
-        )
-    else:
-        res = hashing_metrics(
-            qf, ql, gf, gl, map_at=("all", *ks), p_at=tuple(ks), metric=metric, source=source
-        )
+    options = {"ap": ap} if proto.ap_options else {}
+    res = proto.metrics(
+        qf, ql, gf, gl, map_at=("all", *ks), p_at=tuple(ks), metric=metric, source=source, **options
+    )
     out: dict[str, Any] = {
         "protocol": protocol,
-        "ap": ap if protocol == "sbir" else "calc_top_map",
+        "ap": ap if proto.ap_options else "calc_top_map",
         "metric": metric,
         "query": source[0],
         "gallery": source[1],

@@ -32,7 +32,13 @@ import torch.nn.functional as F
 
 from .metrics import sbir_metrics
 
+#: the names of the three gallery variants (logged as test/…, test/proto/…, test/fused/…)
+RAW, PROTO, FUSED = "raw", "proto", "fused"
+
 __all__ = [
+    "RAW",
+    "PROTO",
+    "FUSED",
     "fit_product_quantizer",
     "prototype_features",
     "fuse_features",
@@ -176,7 +182,7 @@ def prototype_retrieval_metrics(
     normalize: bool = True,
     seed: int = 0,
     max_points_per_centroid: int | None = None,
-    variants: Sequence[str] = ("raw", "proto", "fused"),
+    variants: Sequence[str] = (RAW, PROTO, FUSED),
     sync_fn: Callable[[np.ndarray], np.ndarray] | None = None,
     **metric_kwargs: Any,
 ) -> dict[str, dict[str, float]]:
@@ -203,16 +209,16 @@ def prototype_retrieval_metrics(
     if sync_fn is not None:
         xh = np.ascontiguousarray(sync_fn(xh), dtype=np.float32)
     out: dict[str, dict[str, float]] = {}
-    if "raw" in variants:
-        out["raw"] = sbir_metrics(q, q_labels, x, g_labels, normalize=False, **metric_kwargs)
-    if "proto" in variants:
-        out["proto"] = sbir_metrics(q, q_labels, xh, g_labels, normalize=False, **metric_kwargs)
-    if "fused" in variants and fusion == "feature":
-        out["fused"] = sbir_metrics(
+    if RAW in variants:
+        out[RAW] = sbir_metrics(q, q_labels, x, g_labels, normalize=False, **metric_kwargs)
+    if PROTO in variants:
+        out[PROTO] = sbir_metrics(q, q_labels, xh, g_labels, normalize=False, **metric_kwargs)
+    if FUSED in variants and fusion == "feature":
+        out[FUSED] = sbir_metrics(
             q, q_labels, fuse_features(x, xh, lam), g_labels, normalize=False, **metric_kwargs
         )
-    elif "fused" in variants:
-        out["fused"] = sbir_metrics(
+    elif FUSED in variants:
+        out[FUSED] = sbir_metrics(
             q, q_labels, x, g_labels, distance_fn=fused_distance_fn(q, x, xh, lam), **metric_kwargs
         )
     return out

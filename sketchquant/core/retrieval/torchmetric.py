@@ -23,8 +23,8 @@ from torchmetrics.utilities.data import dim_zero_cat
 
 from sketchquant.core.batch import GALLERY, QUERY
 
-from .checks import check_choice, to_tensor
-from .metrics import hashing_metrics, sbir_metrics
+from .checks import to_tensor
+from .protocols import get_protocol
 
 __all__ = ["RetrievalMetric", "all_reduce_sum", "broadcast_from_zero", "dedup_by_index", "distributed_shard"]
 
@@ -81,7 +81,7 @@ class RetrievalMetric(Metric):
 
     def __init__(self, protocol: str = "sbir", **metric_kwargs: Any) -> None:
         super().__init__()
-        self.protocol = check_choice(protocol, ("sbir", "hashing"), "protocol")
+        self.protocol = get_protocol(protocol).name
         self.metric_kwargs = metric_kwargs
         for name in ("feats", "labels", "domain", "index"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
@@ -121,8 +121,9 @@ class RetrievalMetric(Metric):
     def evaluate(self, feats: torch.Tensor, labels: torch.Tensor, domain: torch.Tensor) -> dict[str, float]:
         """The protocol's metrics for already gathered, de-duplicated samples (no state involved)."""
         qm, gm = domain == self.QUERY, domain == self.GALLERY
-        fn = sbir_metrics if self.protocol == "sbir" else hashing_metrics
-        return fn(feats[qm], labels[qm], feats[gm], labels[gm], **self.metric_kwargs, **self.shard_kwargs())
+        return get_protocol(self.protocol).metrics(
+            feats[qm], labels[qm], feats[gm], labels[gm], **self.metric_kwargs, **self.shard_kwargs()
+        )
 
     @staticmethod
     def shard_kwargs() -> dict[str, Any]:
