@@ -1,4 +1,4 @@
-"""The α(t) penalty ramp of method A's loss ``L = L_cls + α(t)·L_q`` (SPEC §A).
+"""The α(t) penalty ramp of method A's loss ``L = L_cls + α(t)·L_q`` (docs/method.md §A).
 
 **[decision: the patent's formula image is missing; its text names T1, T2 and α_f]**
 

@@ -13,7 +13,7 @@ __all__ = ["EvalConfig"]
 
 @dataclass
 class EvalConfig:
-    """Retrieval evaluation (SPEC §C) run by :class:`RetrievalEvaluator`."""
+    """Retrieval evaluation (docs/method.md §C) run by :class:`RetrievalEvaluator`."""
 
     protocol: str = choice("sbir", "hashing")
     map_at: list[Any] = field(default_factory=lambda: ["all", 200])

@@ -1,4 +1,4 @@
-"""The frozen ImageNet teacher of method B (SPEC §B formula (2)).
+"""The frozen ImageNet teacher of method B (docs/method.md §B formula (2)).
 
 At fit start the callback takes the module's teacher (:class:`~sketchquant.core.hooks.Distillable`: a copy of
 the ImageNet-initialised network with its 1000-way classifier, captured when the module was built), puts

@@ -1,4 +1,4 @@
-"""Method A as a LightningModule: ``L = L_cls + α(t)·L_q`` over per-window features (SPEC §A)."""
+"""Method A as a LightningModule: ``L = L_cls + α(t)·L_q`` over per-window features (docs/method.md §A)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Method B as a LightningModule: one backbone for sketches and photos, CE + λ_kd·KD + λ_da·DA (SPEC §B)."""
+"""Method B as a LightningModule: one backbone for sketches and photos, CE + λ_kd·KD + λ_da·DA (docs/method.md §B)."""
 
 from __future__ import annotations
 

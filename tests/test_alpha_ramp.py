@@ -21,7 +21,7 @@ def test_linear(t, expected):
 
 @pytest.mark.parametrize(
     "t, expected",
-    # x = (t - 2) / 4 clipped to [0, 1]; alpha = 4 exp(-5 (1 - x)^2); t <= T1 gives 4 e^-5 (SPEC, literally)
+    # x = (t - 2) / 4 clipped to [0, 1]; alpha = 4 exp(-5 (1 - x)^2); t <= T1 gives 4 e^-5 (docs/method.md §A, literally)
     [(0, 4 * E5), (2, 4 * E5), (4, 4 * math.exp(-1.25)), (5, 4 * math.exp(-5 * 0.0625)), (6, 4.0), (50, 4.0)],
 )
 def test_sigmoid(t, expected):

@@ -1,4 +1,4 @@
-"""Prototype (PQ) gallery features and the two fusions (SPEC §B S5)."""
+"""Prototype (PQ) gallery features and the two fusions (docs/method.md §B S5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SBIR losses (SPEC §B formulas (1)-(4))."""
+"""SBIR losses (docs/method.md §B formulas (1)-(4))."""
 
 from __future__ import annotations
 

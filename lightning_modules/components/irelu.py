@@ -1,4 +1,4 @@
-"""iReLU: turn non-negative float activations into small integer codes (SPEC §A, S400).
+"""iReLU: turn non-negative float activations into small integer codes (docs/method.md §A, S400).
 
 ``iReLU(x) = clamp(round(x), 0, 2**bits - 1)`` **[decision: the patent's formula image is missing]**.
 

@@ -1,4 +1,4 @@
-"""Method A's network (SPEC §A, S100–S500): timm backbone → window pooling → per-window FC + ReLU → iReLU.
+"""Method A's network (docs/method.md §A, S100–S500): timm backbone → window pooling → per-window FC + ReLU → iReLU.
 
 Pure torch/timm, no Lightning. Shapes (``B`` images, ``P`` windows, ``d`` dims per window, ``K`` classes):
 
@@ -105,7 +105,7 @@ class QuantizationEncoder(nn.Module):
             ``features_only`` model (its outputs are indexed with ``feature_stage``, so ``-1`` = the last
             one it returns), a classification model (``forward_intermediates(indices=[feature_stage])``,
             see ``prune_backbone``), or a module returning one ``B×C×H×W`` map (``feature_stage=-1``).
-        feature_stage: which backbone stage's feature map to pool (``-1`` = last, the SPEC default).
+        feature_stage: which backbone stage's feature map to pool (``-1`` = last, the default of docs/method.md §A).
         window, kernel, stride, num_stripes: see :class:`WindowPooling`.
         dim: ``d``, dimensions per window.
         bytes_per_image: when given, ``d = bytes_per_image / P`` instead of ``dim`` (it must divide exactly):

@@ -1,4 +1,4 @@
-"""Losses of the zero-shot SBIR method (SPEC §B, S3), pure torch.
+"""Losses of the zero-shot SBIR method (docs/method.md §B, S3), pure torch.
 
 - :func:`classification_loss`, formula (1): softmax cross-entropy over the seen classes, all samples.
 - :func:`distillation_loss`, formula (2): soft cross-entropy between the frozen ImageNet teacher's
@@ -42,7 +42,7 @@ def distillation_loss(
     ``teacher_logits``: either ``N×K`` — one row per batch sample, sketch rows are ignored and may hold
     anything (e.g. zeros) — or ``N_photo×K`` — the teacher run on the photo rows only, in batch order
     (``teacher(images[domain == PHOTO])``). When every sample is a photo the two coincide.
-    ``tau`` multiplies the teacher logits before the softmax (SPEC: ``softmax(τ·t)``, τ = 1 default).
+    ``tau`` multiplies the teacher logits before the softmax (docs/method.md §B: ``softmax(τ·t)``, τ = 1 default).
 
     A batch without photos returns ``0`` as a zero tensor still attached to the student's graph (so
     ``backward`` works and DDP sees every parameter used). The teacher side is detached.
@@ -110,7 +110,7 @@ def sbir_loss(
     z: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> dict[str, Tensor]:
-    """Total loss ``L = L_cls + λ_kd·L_kd + λ_da·L_da`` (SPEC §B.4) and its terms.
+    """Total loss ``L = L_cls + λ_kd·L_kd + λ_da·L_da`` (docs/method.md §B.3) and its terms.
 
     Returns ``{"loss", "cls", "kd", "da"}``. A term whose weight is 0 is not computed (reported as a
     detached zero); ``L_kd`` needs ``imagenet_logits`` and ``teacher_logits`` when ``lambda_kd != 0``.

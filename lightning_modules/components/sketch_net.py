@@ -1,4 +1,4 @@
-"""The zero-shot SBIR network (SPEC §B, S2), pure torch/timm.
+"""The zero-shot SBIR network (docs/method.md §B, S2), pure torch/timm.
 
 ``SketchNet``: one timm backbone shared by sketches and photos → pooled features ``g`` (``C`` wide)
 → embedding ``f = E g + e`` (``C → d``, ``d = 512``) → two heads on ``f``:

@@ -1,4 +1,4 @@
-"""Window pooling over a backbone feature map (SPEC §A, S200).
+"""Window pooling over a backbone feature map (docs/method.md §A, S200).
 
 ``WindowPooling`` maps a feature map ``B×C×H×W`` to per-window mean vectors ``B×C×P``:
 

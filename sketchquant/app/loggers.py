@@ -135,7 +135,7 @@ class AppendingCSVLogger(CSVLogger):
 def build_loggers(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> list:
     loggers: list = [AppendingCSVLogger(save_dir=str(run_dir), name="", version="", resuming=resuming)]
     if cfg.logger.name == "wandb":
-        # never wait on the network: offline unless the user asked for online (SPEC §E)
+        # never wait on the network: offline unless the user asked for online (docs/method.md §E)
         online = os.environ.get("WANDB_MODE") == "online" and cfg.logger.offline is not True
         if not online:
             os.environ["WANDB_MODE"] = "offline"

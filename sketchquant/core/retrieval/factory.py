@@ -1,5 +1,5 @@
 """FAISS index types for galleries: exact ``flat``, approximate ``ivfpq`` and ``hnsw``, or any
-``faiss.index_factory`` string (SPEC §F).
+``faiss.index_factory`` string (docs/method.md §F).
 
 - ``flat``: ``IndexFlatL2`` over float features; over uint8 codes (``codes=True``) the
   ``IndexScalarQuantizer(QT_8bit_direct)`` of :func:`~sketchquant.core.retrieval.index.build_code_index`.

@@ -3,7 +3,7 @@
 SAKE (``eval_AP_inner`` / ``VOCap`` / ``eval_precision``, mean over each class's queries then over the
 classes) and DeepHash-pytorch (``CalcTopMap``), one query at a time in numpy, with the one deliberate
 change that the sort is by (distance, gallery index) — the published code uses an unstable
-``np.argsort`` whose tie order is arbitrary (SPEC §C). Slow on purpose: the tests and
+``np.argsort`` whose tie order is arbitrary (docs/method.md §C). Slow on purpose: the tests and
 ``benchmarks/eval_speed.py`` check the fast engine against these.
 
 ``dist`` arguments are anything with ``dist[i]`` → the ``i``-th query's distance row (a ``Q × N`` array,
