@@ -122,6 +122,18 @@ class SketchquantModule(pl.LightningModule):
     #: parameter-name prefixes of the pretrained trunk; everything else is a new layer (``head_lr_mult``)
     backbone_prefixes: tuple[str, ...] = ()
 
+    def train(self, mode: bool = True):
+        """``model.freeze_bn``: the pretrained trunk's BatchNorm layers stay in eval mode while the rest
+        trains, so their ImageNet statistics are kept (small batches mixing two domains would overwrite
+        them); their affine weights still learn."""
+        super().train(mode)
+        if mode and getattr(self.config, "freeze_bn", False):
+            trunk = tuple(p.rstrip(".") for p in self.backbone_prefixes)
+            for name, module in self.named_modules():
+                if name.startswith(trunk) and isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
     def param_groups(self, head_lr_mult: float) -> list[dict]:
         trunk, new = [], []
         for name, p in self.named_parameters():

@@ -60,4 +60,5 @@ class ZeroShotModelConfig:
     lambda_da: float = 0.1
     tau: float = 1.0
     head_init: str = choice("svd", "random")
+    freeze_bn: bool = False  # keep the trunk's BatchNorm statistics (ImageNet's) while fine-tuning
     optim: OptimConfig = field(default_factory=OptimConfig)
