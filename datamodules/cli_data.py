@@ -15,9 +15,13 @@ from .glyphs import MANIFEST, make_contact_sheet
 KINDS = tuple(GENERATORS)
 
 
-def _coerce(key: str, value: Any, default: Any) -> Any:
+def _coerce(key: str, value: Any, default: Any, annotation: Any = None) -> Any:
     if not isinstance(value, str):
         return value
+    if default is None:  # an optional setting (``int | None = None``): "none" or the annotated type
+        if value.lower() in ("none", "null"):
+            return None
+        default = 0 if "int" in str(annotation) else default
     try:
         if isinstance(default, bool):
             if value.lower() in ("1", "true", "yes", "on"):
@@ -35,20 +39,27 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
 
 
 def data_make(
-    out: str | Path | None = None, kind: str = "sketch_photo", overrides: dict | None = None
+    out: str | Path | None = None,
+    kind: str = "sketch_photo",
+    overrides: dict | list[str] | None = None,
 ) -> Path:
     """Generate an embedded dataset (``kind``: one of :data:`KINDS`) and print a one-line summary.
 
-    ``overrides`` are generator keyword arguments (strings from ``key=value`` are converted to the
-    parameter's type); unknown keys raise ``ValueError`` listing the valid ones.
+    ``overrides`` are generator keyword arguments, a dict or the command line's ``key=value`` strings
+    (strings are converted to the parameter's type); unknown keys raise ``ValueError`` listing the valid ones.
     """
+    if isinstance(overrides, (list, tuple)):
+        bad = [x for x in overrides if "=" not in x]
+        if bad:
+            raise ValueError(f"generator settings are key=value, got {' '.join(bad)}")
+        overrides = dict(x.split("=", 1) for x in overrides)
     fn, _ = generator(kind)
-    params = {k: p.default for k, p in inspect.signature(fn).parameters.items() if k != "out_dir"}
+    params = {k: p for k, p in inspect.signature(fn).parameters.items() if k != "out_dir"}
     kwargs = {}
     for k, v in (overrides or {}).items():
         if k not in params:
             raise ValueError(f"unknown {kind} generator option {k!r}; valid: {', '.join(sorted(params))}")
-        kwargs[k] = _coerce(k, v, params[k])
+        kwargs[k] = _coerce(k, v, params[k].default, params[k].annotation)
     out = Path(out if out is not None else default_out(kind))
     existed = (out / MANIFEST).exists()
     t0 = time.perf_counter()

@@ -15,13 +15,14 @@ backgrounds). So the query domain is real hand drawing and the gallery a differe
 from __future__ import annotations
 
 import os
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from .glyphs.output import atomic_generate
-from .glyphs.render import background, save_png
+from .glyphs.output import make_folder_dataset, params_of
+from .glyphs.render import background
 
 CLASSES = [f"digit_{c}" for c in range(10)]
 
@@ -48,6 +49,19 @@ def _photo(digit: int, rng: np.random.Generator, size: int) -> Image.Image:
     return base.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.0, 0.8))))
 
 
+@lru_cache(maxsize=1)
+def _scans():
+    from sklearn.datasets import load_digits
+
+    return load_digits()
+
+
+def _setup(seed: int, image_size: int, c: int, domain: str):
+    if domain == "sketch":
+        return lambda i: _sketch(_scans().images[i], image_size)
+    return lambda i: _photo(c, np.random.default_rng([seed, c, i]), image_size)
+
+
 def unseen_digits(seed: int, num_unseen: int) -> list[int]:
     if not 0 < num_unseen < 10:
         raise ValueError(f"num_unseen must be in 1..9, got {num_unseen}")
@@ -62,43 +76,33 @@ def make_digit_drawings(
     sketches_per_class: int | None = None,
     image_size: int = 64,
     seed: int = 0,
+    workers: int = 1,
     overwrite: bool = False,
 ) -> Path:
     """Write the digit drawings: the scanned digits as sketches (all of them, about 180 per class, or the
     first ``sketches_per_class``) and ``photos_per_class`` printed photos per class."""
+    params = params_of(locals())
     if photos_per_class < 1:
         raise ValueError("photos_per_class must be >= 1")
-    params = {
-        "num_unseen": int(num_unseen),
-        "photos_per_class": int(photos_per_class),
-        "sketches_per_class": None if sketches_per_class is None else int(sketches_per_class),
-        "image_size": int(image_size),
-        "seed": int(seed),
-    }
-    unseen = unseen_digits(seed, num_unseen)
+    unseen = [CLASSES[c] for c in unseen_digits(seed, num_unseen)]
 
-    def build(tmp: Path) -> dict:
-        from sklearn.datasets import load_digits
+    def ids(c: int, domain: str):
+        if domain == "photo":
+            return range(photos_per_class)
+        return np.flatnonzero(_scans().target == c)[:sketches_per_class]  # the scans' own numbers
 
-        digits = load_digits()
-        counts = {"sketch": 0, "photo": 0}
-        for c, name in enumerate(CLASSES):
-            (tmp / "sketch" / name).mkdir(parents=True)
-            (tmp / "photo" / name).mkdir(parents=True)
-            for i in np.flatnonzero(digits.target == c)[:sketches_per_class]:
-                save_png(_sketch(digits.images[i], image_size), tmp / "sketch" / name / f"{i:04d}.png")
-                counts["sketch"] += 1
-            for i in range(photos_per_class):
-                rng = np.random.default_rng([seed, c, i])
-                save_png(_photo(c, rng, image_size), tmp / "photo" / name / f"{i:04d}.png")
-                counts["photo"] += 1
-        (tmp / "unseen_classes.txt").write_text("".join(f"{CLASSES[c]}\n" for c in unseen))
-        return {
-            "layout": "folder",
-            "classes": CLASSES,
-            "unseen": [CLASSES[c] for c in unseen],
+    return make_folder_dataset(
+        out_dir,
+        "digit_drawings",
+        params,
+        classes=CLASSES,
+        unseen=unseen,
+        setup=partial(_setup, seed, image_size),
+        ids=ids,
+        workers=workers,
+        overwrite=overwrite,
+        manifest={
+            "unseen": unseen,
             "source": "sklearn.datasets.load_digits (UCI handwritten digits) + Pillow's bundled font",
-            "counts": counts,
-        }
-
-    return atomic_generate(out_dir, "digit_drawings", params, overwrite, build)
+        },
+    )

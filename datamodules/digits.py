@@ -12,20 +12,21 @@ once (``seed``) so train mosaics and query/database mosaics never share a scanne
 
 from __future__ import annotations
 
-import math
 import os
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .glyphs.output import atomic_generate, run_tasks, split_bounds, write_image_lists
-from .glyphs.render import save_png
+from .glyphs.mosaics import mosaic_layout, paste_grid
+from .glyphs.output import make_csv_dataset, params_of
 
 _LABELS, _PICK = 6, 7
 TRAIN_SHARE = 0.6  # of the scanned digits feed the train mosaics; the rest the query/database mosaics
 
 
+@lru_cache(maxsize=1)
 def _digits():
     from sklearn.datasets import load_digits
 
@@ -42,30 +43,25 @@ def _pools(seed: int, targets: np.ndarray) -> dict[str, dict[int, np.ndarray]]:
 
 
 def _layout(seed: int, i: int, cells: int, lo: int, hi: int):
-    rng = np.random.default_rng([seed, _LABELS, i])
-    k = min(int(rng.integers(lo, hi + 1)), cells, 10)
-    classes = [int(c) for c in rng.choice(10, k, replace=False)]
-    tiles = [int(t) for t in rng.choice(cells, k, replace=False)]
-    return sorted(classes), dict(zip(tiles, classes))
+    return mosaic_layout(seed, i, 10, cells, lo, hi, key=_LABELS)
 
 
-def _task(args) -> int:
-    root, seed, start, stop, num_train, grid, lo, hi, image_size = args
+def _setup(seed: int, num_train: int, grid: int, lo: int, hi: int, image_size: int):
     images, targets = _digits()
     pools = _pools(seed, targets)
     tile = image_size // grid
-    for i in range(start, stop):
+
+    def draw(i: int) -> Image.Image:
         _, tiles = _layout(seed, i, grid * grid, lo, hi)
         rng = np.random.default_rng([seed, _PICK, i])
         pool = pools["train" if i < num_train else "test"]
-        canvas = Image.new("L", (tile * grid, tile * grid), 0)
-        for t, c in sorted(tiles.items()):
-            digit = Image.fromarray(images[int(rng.choice(pool[c]))], "L").resize((tile, tile), Image.BICUBIC)
-            canvas.paste(digit, ((t % grid) * tile, (t // grid) * tile))
-        if canvas.size != (image_size, image_size):
-            canvas = canvas.resize((image_size, image_size), Image.BILINEAR)
-        save_png(canvas, Path(root) / "images" / f"{i:05d}.png")
-    return stop - start
+        digits = {
+            t: Image.fromarray(images[int(rng.choice(pool[c]))], "L").resize((tile, tile), Image.BICUBIC)
+            for t, c in sorted(tiles.items())
+        }
+        return paste_grid(digits, grid, image_size, mode="L")
+
+    return draw
 
 
 def make_digit_mosaics(
@@ -83,40 +79,17 @@ def make_digit_mosaics(
     overwrite: bool = False,
 ) -> Path:
     """Write the digit mosaics (``images/``, ``{train,query,database}.csv``, ``classes.txt`` = 0..9)."""
+    params = params_of(locals())
     if not 1 <= min_objects <= max_objects <= grid * grid:
         raise ValueError(f"need 1 <= min_objects <= max_objects <= grid*grid ({grid * grid})")
-    params = {
-        "num_train": int(num_train),
-        "num_query": int(num_query),
-        "num_database": int(num_database),
-        "grid": int(grid),
-        "min_objects": int(min_objects),
-        "max_objects": int(max_objects),
-        "image_size": int(image_size),
-        "seed": int(seed),
-    }
-    total = num_train + num_query + num_database
-
-    def build(tmp: Path) -> dict:
-        (tmp / "images").mkdir()
-        chunk = max(1, math.ceil(total / max(1, workers) / 4))
-        tasks = [
-            (str(tmp), seed, s, min(s + chunk, total), num_train, grid, min_objects, max_objects, image_size)
-            for s in range(0, total, chunk)
-        ]
-        run_tasks(_task, tasks, workers)
-        names = [f"digit_{c}" for c in range(10)]
-        write_image_lists(
-            tmp,
-            names,
-            split_bounds(num_train, num_query, num_database),
-            lambda i: _layout(seed, i, grid * grid, min_objects, max_objects)[0],
-        )
-        return {
-            "layout": "csv",
-            "classes": names,
-            "source": "sklearn.datasets.load_digits (UCI optical recognition of handwritten digits)",
-            "counts": {"classes": 10, "train": num_train, "query": num_query, "database": num_database},
-        }
-
-    return atomic_generate(out_dir, "digits", params, overwrite, build)
+    return make_csv_dataset(
+        out_dir,
+        "digits",
+        params,
+        names=[f"digit_{c}" for c in range(10)],
+        setup=partial(_setup, seed, num_train, grid, min_objects, max_objects, image_size),
+        labels_of=lambda i: _layout(seed, i, grid * grid, min_objects, max_objects)[0],
+        workers=workers,
+        overwrite=overwrite,
+        manifest={"source": "sklearn.datasets.load_digits (UCI optical recognition of handwritten digits)"},
+    )

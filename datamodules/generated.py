@@ -26,6 +26,12 @@ GENERATORS: dict[str, tuple[str, str, str, str]] = {
         "folder",
         "data/digit_drawings",
     ),
+    "emoji_drawings": (
+        "sketchquant.datamodules.emoji_drawings",
+        "make_emoji_drawings",
+        "folder",
+        "data/emoji_drawings",
+    ),
 }
 
 

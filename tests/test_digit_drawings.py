@@ -7,6 +7,7 @@ import hashlib
 import numpy as np
 from PIL import Image
 
+from sketchquant.datamodules.cli_data import data_make
 from sketchquant.datamodules.digit_drawings import make_digit_drawings
 from sketchquant.datamodules.sketch_photo import SketchPhotoDataModule
 
@@ -33,3 +34,17 @@ def test_layout_counts_and_bytes_per_seed(tmp_path):
     dm.setup()
     assert dm.unseen_classes == sorted(unseen) and dm.num_seen_classes == 7
     assert dm.counts["test"] == {"sketch": 9, "photo": 6}
+
+
+def test_command_line_settings_reach_the_optional_sketch_count(tmp_path):
+    # ``sketches_per_class`` defaults to None (every scan): "2" from the command line is still a number
+    kw = dict(photos_per_class=1, sketches_per_class=2, image_size=16)
+    a = data_make(tmp_path / "a", "digit_drawings", {k: str(v) for k, v in kw.items()})
+    assert len(list((a / "sketch").rglob("*.png"))) == 20
+    assert _digest(a) == _digest(make_digit_drawings(tmp_path / "b", **kw))
+    everything = data_make(
+        tmp_path / "c",
+        "digit_drawings",
+        {"sketches_per_class": "none", "photos_per_class": "1", "image_size": "16"},
+    )
+    assert len(list((everything / "sketch").rglob("*.png"))) == 1797

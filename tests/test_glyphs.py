@@ -11,6 +11,7 @@ from PIL import Image
 
 from sketchquant.datamodules.cli_data import data_make, data_preview
 from sketchquant.datamodules.glyphs import make_contact_sheet, make_glyph_benchmark, make_glyph_scenes
+from sketchquant.datamodules.glyphs.output import params_of
 
 TINY = dict(num_classes=6, num_unseen=2, photos_per_class=3, sketches_per_class=3, image_size=32)
 
@@ -139,3 +140,46 @@ def test_digit_mosaics(tmp_path, capsys):
     pools = _pools(0, _digits()[1])
     train, test = ({int(i) for idx in pools[p].values() for i in idx} for p in ("train", "test"))
     assert len(train) + len(test) == 1797 and not train & test  # no scanned digit in both parts
+
+
+def _toy_setup(c: int, domain: str):
+    shade = 60 * c + (0 if domain == "sketch" else 30)
+    return lambda i: Image.new("L", (8, 8), shade + i)
+
+
+def test_the_shared_generator_steps(tmp_path):
+    from sketchquant.datamodules.glyphs.output import make_folder_dataset
+
+    def options(out_dir, *, n: int = 2, size: int | None = None, workers: int = 1, overwrite: bool = False):
+        return params_of(locals())
+
+    assert options("x", n=3.0) == {"n": 3, "size": None}  # out_dir, workers, overwrite leave no trace
+
+    def make(out):
+        return make_folder_dataset(
+            out,
+            "toy",
+            {"n": 2},
+            classes=["a", "b"],
+            unseen=["b"],
+            setup=_toy_setup,
+            ids=lambda c, domain: range(c + 1) if domain == "sketch" else [7],
+            class_list=True,
+            manifest={"note": "x"},
+        )
+
+    out = make(tmp_path / "t")
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
+        "photo/a/0007.png",
+        "photo/b/0007.png",
+        "sketch/a/0000.png",
+        "sketch/b/0000.png",
+        "sketch/b/0001.png",
+    ]
+    with Image.open(out / "sketch" / "b" / "0001.png") as im:
+        assert im.getpixel((0, 0)) == 61
+    assert (out / "unseen_classes.txt").read_text() == "b\n" and (out / "classes.txt").read_text() == "a\nb\n"
+    man = json.loads((out / "dataset.json").read_text())
+    assert man["counts"] == {"sketch": 3, "photo": 2} and man["note"] == "x" and man["layout"] == "folder"
+    stamp = (out / "dataset.json").stat().st_mtime_ns
+    assert make(tmp_path / "t") == out and (out / "dataset.json").stat().st_mtime_ns == stamp  # reused

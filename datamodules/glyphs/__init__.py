@@ -13,8 +13,9 @@ seed and generation can be split over processes. Output is written to ``<out>.tm
 place when complete, with a ``dataset.json`` manifest. Only PIL and numpy are used.
 
 Modules: :mod:`.shapes` (class geometry), :mod:`.render` (drawing), :mod:`.output` (atomic folders,
-manifests), the generators :mod:`.sketch_photo` (:func:`make_glyph_benchmark`, method B) and
-:mod:`.scenes` (:func:`make_glyph_scenes`, :func:`make_glyph_mosaics`, method A), :mod:`.sheet`
+manifests, and the CSV / sketch-photo folder steps every generator here and beside ``glyphs/`` shares), the
+generators :mod:`.sketch_photo` (:func:`make_glyph_benchmark`, method B), :mod:`.scenes`
+(:func:`make_glyph_scenes`) and :mod:`.mosaics` (:func:`make_glyph_mosaics`, both method A), :mod:`.sheet`
 (:func:`make_contact_sheet`).
 """
 

@@ -13,23 +13,24 @@ The layout is the one :class:`sketchquant.datamodules.ImageDataModule` reads: ``
 
 from __future__ import annotations
 
-import math
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .output import atomic_generate, run_tasks, split_bounds, write_image_lists
-from .render import background, draw_photo_object, finish_photo, save_png
+from .output import make_csv_dataset, params_of
+from .render import background, draw_photo_object, finish_photo
 from .shapes import SUPERSAMPLE, class_name, class_spec, random_transform
 
 _MOSAIC, _LABELS = 4, 5
 
 
-def _mosaic_layout(seed: int, i: int, num_classes: int, cells: int, lo: int, hi: int):
-    """``(sorted class ids, {tile: class id})`` of image ``i``; classes distinct, tiles distinct."""
-    rng = np.random.default_rng([seed, _LABELS, i])
+def mosaic_layout(seed: int, i: int, num_classes: int, cells: int, lo: int, hi: int, key: int = _LABELS):
+    """``(sorted class ids, {tile: class id})`` of image ``i``; classes distinct, tiles distinct (``key``
+    names the random stream: each kind of mosaic has its own)."""
+    rng = np.random.default_rng([seed, key, i])
     k = min(int(rng.integers(lo, hi + 1)), num_classes, cells)
     classes = [int(c) for c in rng.choice(num_classes, k, replace=False)]
     tiles = [int(t) for t in rng.choice(cells, k, replace=False)]
@@ -46,25 +47,32 @@ def render_tile(parts: list[dict] | None, rng, size: int) -> Image.Image:
     return finish_photo(draw_photo_object(img, parts, a, b, rng), rng)
 
 
-def render_mosaic(specs: list[list[dict]], tiles: dict[int, int], rng, image_size: int, grid: int):
+def paste_grid(images: dict[int, Image.Image], grid: int, image_size: int, mode: str = "RGB") -> Image.Image:
+    """``images[t]`` (``image_size // grid`` px) in tile ``t`` of a ``grid × grid`` black canvas (row-major),
+    resized to ``image_size`` where the tiles do not fill it."""
     tile = image_size // grid
-    canvas = Image.new("RGB", (tile * grid, tile * grid))
-    for t in range(grid * grid):
-        img = render_tile(specs[tiles[t]] if t in tiles else None, rng, tile)
+    canvas = Image.new(mode, (tile * grid, tile * grid))
+    for t, img in images.items():
         canvas.paste(img, ((t % grid) * tile, (t // grid) * tile))
     if canvas.size != (image_size, image_size):
         canvas = canvas.resize((image_size, image_size), Image.BILINEAR)
     return canvas
 
 
-def _mosaic_task(args) -> int:
-    root, seed, start, stop, num_classes, grid, lo, hi, image_size = args
+def render_mosaic(specs: list[list[dict]], tiles: dict[int, int], rng, image_size: int, grid: int):
+    tile = image_size // grid
+    images = {t: render_tile(specs[tiles[t]] if t in tiles else None, rng, tile) for t in range(grid * grid)}
+    return paste_grid(images, grid, image_size)
+
+
+def _mosaic_setup(seed: int, num_classes: int, grid: int, lo: int, hi: int, image_size: int):
     specs = [class_spec(seed, c) for c in range(num_classes)]
-    for i in range(start, stop):
-        _, tiles = _mosaic_layout(seed, i, num_classes, grid * grid, lo, hi)
-        rng = np.random.default_rng([seed, _MOSAIC, i])
-        save_png(render_mosaic(specs, tiles, rng, image_size, grid), Path(root) / "images" / f"{i:05d}.png")
-    return stop - start
+
+    def draw(i: int):
+        _, tiles = mosaic_layout(seed, i, num_classes, grid * grid, lo, hi)
+        return render_mosaic(specs, tiles, np.random.default_rng([seed, _MOSAIC, i]), image_size, grid)
+
+    return draw
 
 
 def make_glyph_mosaics(
@@ -86,60 +94,20 @@ def make_glyph_mosaics(
 
     An existing folder whose manifest matches is returned as it is; ``workers`` > 1 renders in parallel
     processes and gives the same bytes."""
+    params = params_of(locals())
     if grid < 1:
         raise ValueError(f"grid must be >= 1, got {grid}")
     if not 1 <= min_objects <= max_objects <= grid * grid:
         raise ValueError(f"need 1 <= min_objects <= max_objects <= grid*grid ({grid * grid})")
     if image_size < 8 * grid:
         raise ValueError(f"image_size {image_size} is too small for a {grid}x{grid} grid")
-    params = {
-        "num_classes": int(num_classes),
-        "num_train": int(num_train),
-        "num_query": int(num_query),
-        "num_database": int(num_database),
-        "grid": int(grid),
-        "min_objects": int(min_objects),
-        "max_objects": int(max_objects),
-        "image_size": int(image_size),
-        "seed": int(seed),
-    }
-    total = num_train + num_query + num_database
-    cells = grid * grid
-
-    def build(tmp: Path) -> dict:
-        (tmp / "images").mkdir()
-        chunk = max(1, math.ceil(total / max(1, workers) / 4))
-        tasks = [
-            (
-                str(tmp),
-                seed,
-                s,
-                min(s + chunk, total),
-                num_classes,
-                grid,
-                min_objects,
-                max_objects,
-                image_size,
-            )
-            for s in range(0, total, chunk)
-        ]
-        run_tasks(_mosaic_task, tasks, workers)
-        names = [class_name(c) for c in range(num_classes)]
-        write_image_lists(
-            tmp,
-            names,
-            split_bounds(num_train, num_query, num_database),
-            lambda i: _mosaic_layout(seed, i, num_classes, cells, min_objects, max_objects)[0],
-        )
-        return {
-            "layout": "csv",
-            "classes": names,
-            "counts": {
-                "classes": num_classes,
-                "train": num_train,
-                "query": num_query,
-                "database": num_database,
-            },
-        }
-
-    return atomic_generate(out_dir, "mosaics", params, overwrite, build)
+    return make_csv_dataset(
+        out_dir,
+        "mosaics",
+        params,
+        names=[class_name(c) for c in range(num_classes)],
+        setup=partial(_mosaic_setup, seed, num_classes, grid, min_objects, max_objects, image_size),
+        labels_of=lambda i: mosaic_layout(seed, i, num_classes, grid * grid, min_objects, max_objects)[0],
+        workers=workers,
+        overwrite=overwrite,
+    )

@@ -1,21 +1,38 @@
-"""Atomic output of a generated dataset folder: build in ``<out>.tmp-XXXX``, write the manifest, rename.
+"""Generated dataset folders: the steps every generator shares.
 
-A folder whose manifest (kind, generator version, parameters) matches is reused as it is.
+- :func:`atomic_generate`: build in ``<out>.tmp-XXXX``, write the ``dataset.json`` manifest, rename; a folder
+  whose manifest (kind, generator version, parameters) matches is reused as it is.
+- :func:`make_csv_dataset` (method A's multi-label sets: ``images/`` + ``{train,query,database}.csv``) and
+  :func:`make_folder_dataset` (method B's ``sketch/<class>/`` + ``photo/<class>/`` + ``unseen_classes.txt``):
+  the whole generator around a kind's drawing code, work split over processes by :func:`run_tasks`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+from .render import save_png
 
 GENERATOR_VERSION = 2
 #: the generator version at which each kind's bytes last changed (recorded in its manifest): a folder made
 #: by an older version of an unchanged kind stays valid, a changed kind is regenerated or refused
-KIND_VERSIONS = {"sketch_photo": 1, "scenes": 1, "mosaics": 2, "digits": 2, "digit_drawings": 2}
+KIND_VERSIONS = {
+    "sketch_photo": 1,
+    "scenes": 1,
+    "mosaics": 2,
+    "digits": 2,
+    "digit_drawings": 2,
+    "emoji_drawings": 2,
+}
 MANIFEST = "dataset.json"
+#: the two domains of a sketch/photo folder, in the order they are listed
+DOMAINS = ("sketch", "photo")
 
 
 def read_manifest(out: Path) -> dict | None:
@@ -85,13 +102,18 @@ def run_tasks(fn, tasks: list, workers: int) -> list:
         return pool.map(fn, tasks)
 
 
+def write_lines(path: Path, names) -> None:
+    """One name a line (``classes.txt``, ``unseen_classes.txt``)."""
+    path.write_text("".join(f"{n}\n" for n in names))
+
+
 def write_image_lists(tmp: Path, names: list[str], bounds: dict, labels_of) -> None:
     """``classes.txt`` and ``<split>.csv`` lines ``images/00000.png,name;name`` for image ids in
     ``bounds[split] = (start, stop)``; ``labels_of(i)`` gives image ``i``'s class ids."""
-    (tmp / "classes.txt").write_text("".join(n + "\n" for n in names))
+    write_lines(tmp / "classes.txt", names)
     for split, (a, b) in bounds.items():
         lines = [f"images/{i:05d}.png," + ";".join(names[c] for c in labels_of(i)) for i in range(a, b)]
-        (tmp / f"{split}.csv").write_text("".join(x + "\n" for x in lines))
+        write_lines(tmp / f"{split}.csv", lines)
 
 
 def split_bounds(num_train: int, num_query: int, num_database: int) -> dict[str, tuple[int, int]]:
@@ -101,3 +123,104 @@ def split_bounds(num_train: int, num_query: int, num_database: int) -> dict[str,
         "query": (num_train, num_train + num_query),
         "database": (num_train + num_query, num_train + num_query + num_database),
     }
+
+
+def params_of(arguments: dict) -> dict:
+    """A generator's manifest ``params``: its arguments (``locals()`` taken first thing in the function) but
+    ``out_dir``, ``workers`` and ``overwrite`` (they do not change the bytes), each an ``int`` or ``None``."""
+    skip = ("out_dir", "workers", "overwrite")
+    return {k: None if v is None else int(v) for k, v in arguments.items() if k not in skip}
+
+
+def _save_pngs(draw, ids, name_of) -> int:
+    for i in ids:
+        save_png(draw(i), name_of(i))
+    return len(ids)
+
+
+def _csv_chunk(args) -> int:
+    setup, root, start, stop = args
+    return _save_pngs(setup(), range(start, stop), lambda i: Path(root) / "images" / f"{i:05d}.png")
+
+
+def make_csv_dataset(
+    out_dir,
+    kind: str,
+    params: dict,
+    *,
+    names: list[str],
+    setup,
+    labels_of,
+    workers: int = 1,
+    overwrite: bool = False,
+    manifest: dict | None = None,
+) -> Path:
+    """A multi-label CSV dataset: ``images/00000.png`` …, ``{train,query,database}.csv``, ``classes.txt``.
+
+    ``params`` (the manifest's) hold ``num_train``, ``num_query`` and ``num_database``. ``setup()`` runs once
+    per chunk of image ids, in the process that draws them, and returns ``draw(i) -> PIL image``; it must
+    pickle (a module-level function or a ``functools.partial`` of one) when ``workers`` > 1. ``labels_of(i)``
+    gives image ``i``'s class ids (indices into ``names``); ``manifest`` adds fields to ``dataset.json``.
+    """
+    bounds = split_bounds(params["num_train"], params["num_query"], params["num_database"])
+    total = bounds["database"][1]
+
+    def build(tmp: Path) -> dict:
+        (tmp / "images").mkdir()
+        chunk = max(1, math.ceil(total / max(1, workers) / 4))  # about four chunks a worker
+        run_tasks(
+            _csv_chunk, [(setup, str(tmp), s, min(s + chunk, total)) for s in range(0, total, chunk)], workers
+        )
+        write_image_lists(tmp, names, bounds, labels_of)
+        counts = {"classes": len(names), **{split: b - a for split, (a, b) in bounds.items()}}
+        return {"layout": "csv", "classes": names, "counts": counts, **(manifest or {})}
+
+    return atomic_generate(out_dir, kind, params, overwrite, build)
+
+
+def _folder_task(args) -> int:
+    setup, root, domain, c, name, ids = args
+    folder = Path(root) / domain / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return _save_pngs(setup(c, domain), ids, lambda i: folder / f"{i:04d}.png")
+
+
+def make_folder_dataset(
+    out_dir,
+    kind: str,
+    params: dict,
+    *,
+    classes: list[str],
+    unseen: list[str],
+    setup,
+    ids,
+    workers: int = 1,
+    overwrite: bool = False,
+    manifest: dict | Callable[[], dict] | None = None,
+    class_list: bool = False,
+) -> Path:
+    """A sketch/photo folder: ``sketch/<class>/0000.png`` …, ``photo/<class>/…``, ``unseen_classes.txt``
+    (and ``classes.txt`` when ``class_list``).
+
+    ``ids(c, domain)`` lists the image ids (file names ``{id:04d}.png``) of class index ``c`` in ``domain``
+    (``"sketch"`` or ``"photo"``); ``setup(c, domain)`` runs once per class and domain, in the process that
+    draws them, and returns ``draw(id) -> PIL image`` (it must pickle when ``workers`` > 1).
+    ``dataset.json`` gets ``layout``, ``classes``, ``counts`` (images per domain) and the ``manifest`` fields
+    (a ``counts`` there replaces the default; a callable is called only when the folder is built).
+    """
+
+    def build(tmp: Path) -> dict:
+        tasks = [
+            (setup, str(tmp), d, c, name, [int(i) for i in ids(c, d)])
+            for c, name in enumerate(classes)
+            for d in DOMAINS
+        ]
+        done = run_tasks(_folder_task, tasks, workers)
+        counts = {d: sum(n for t, n in zip(tasks, done) if t[2] == d) for d in DOMAINS}
+        write_lines(tmp / "unseen_classes.txt", unseen)
+        if class_list:
+            write_lines(tmp / "classes.txt", classes)
+        extra = manifest() if callable(manifest) else manifest
+        return {"layout": "folder", "classes": classes, "counts": counts, **(extra or {})}
+
+    return atomic_generate(out_dir, kind, params, overwrite, build)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from .output import atomic_generate, run_tasks, split_bounds, write_image_lists
-from .render import render_scene, save_png
+from .output import make_csv_dataset, params_of
+from .render import render_scene
 from .shapes import class_name, class_spec
 
 _SCENE, _SPLIT = 2, 3
@@ -21,18 +21,16 @@ def _scene_labels(seed: int, i: int, num_classes: int, lo: int, hi: int) -> list
     return sorted(int(c) for c in rng.choice(num_classes, min(k, num_classes), replace=False))
 
 
-def _scene_task(args) -> int:
-    root, seed, start, stop, num_classes, lo, hi, image_size = args
+def _scene_setup(seed: int, num_classes: int, lo: int, hi: int, image_size: int):
     specs = [class_spec(seed, c) for c in range(num_classes)]
-    for i in range(start, stop):
+
+    def draw(i: int):
         labels = _scene_labels(seed, i, num_classes, lo, hi)
         rng = np.random.default_rng([seed, _SCENE, i])
         order = rng.permutation(len(labels))
-        save_png(
-            render_scene([specs[labels[j]] for j in order], rng, image_size),
-            Path(root) / "images" / f"{i:05d}.png",
-        )
-    return stop - start
+        return render_scene([specs[labels[j]] for j in order], rng, image_size)
+
+    return draw
 
 
 def make_glyph_scenes(
@@ -54,44 +52,16 @@ def make_glyph_scenes(
     CSV lines are ``images/00000.png,glyph_003;glyph_011`` (path relative to the root, labels are class
     names). The three splits are disjoint images drawn the same way.
     """
+    params = params_of(locals())
     if not 1 <= min_objects <= max_objects:
         raise ValueError("need 1 <= min_objects <= max_objects")
-    params = {
-        "num_classes": int(num_classes),
-        "num_train": int(num_train),
-        "num_query": int(num_query),
-        "num_database": int(num_database),
-        "min_objects": int(min_objects),
-        "max_objects": int(max_objects),
-        "image_size": int(image_size),
-        "seed": int(seed),
-    }
-    total = num_train + num_query + num_database
-
-    def build(tmp: Path) -> dict:
-        (tmp / "images").mkdir()
-        chunk = max(1, math.ceil(total / max(1, workers) / 4))
-        tasks = [
-            (str(tmp), seed, s, min(s + chunk, total), num_classes, min_objects, max_objects, image_size)
-            for s in range(0, total, chunk)
-        ]
-        run_tasks(_scene_task, tasks, workers)
-        names = [class_name(c) for c in range(num_classes)]
-        write_image_lists(
-            tmp,
-            names,
-            split_bounds(num_train, num_query, num_database),
-            lambda i: _scene_labels(seed, i, num_classes, min_objects, max_objects),
-        )
-        return {
-            "layout": "csv",
-            "classes": names,
-            "counts": {
-                "classes": num_classes,
-                "train": num_train,
-                "query": num_query,
-                "database": num_database,
-            },
-        }
-
-    return atomic_generate(out_dir, "scenes", params, overwrite, build)
+    return make_csv_dataset(
+        out_dir,
+        "scenes",
+        params,
+        names=[class_name(c) for c in range(num_classes)],
+        setup=partial(_scene_setup, seed, num_classes, min_objects, max_objects, image_size),
+        labels_of=lambda i: _scene_labels(seed, i, num_classes, min_objects, max_objects),
+        workers=workers,
+        overwrite=overwrite,
+    )

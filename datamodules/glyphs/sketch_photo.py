@@ -3,29 +3,22 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from .output import atomic_generate, run_tasks
-from .render import render_photo, render_sketch, save_png
+from .output import make_folder_dataset, params_of
+from .render import render_photo, render_sketch
 from .shapes import class_name, class_spec
 
 _PHOTO, _SKETCH = 0, 1
 
-# sketch / photo benchmark
 
-
-def _sp_task(args) -> int:
-    root, seed, c, domain, count, image_size = args
+def _setup(seed: int, image_size: int, c: int, domain: str):
     parts = class_spec(seed, c)
-    folder = Path(root) / ("photo" if domain == _PHOTO else "sketch") / class_name(c)
-    folder.mkdir(parents=True, exist_ok=True)
-    render = render_photo if domain == _PHOTO else render_sketch
-    for i in range(count):
-        rng = np.random.default_rng([seed, c, domain, i])
-        save_png(render(parts, rng, image_size), folder / f"{i:04d}.png")
-    return count
+    key, render = (_PHOTO, render_photo) if domain == "photo" else (_SKETCH, render_sketch)
+    return lambda i: render(parts, np.random.default_rng([seed, c, key, i]), image_size)
 
 
 def unseen_class_ids(seed: int, num_classes: int, num_unseen: int) -> list[int]:
@@ -53,32 +46,23 @@ def make_glyph_benchmark(
     raises ``FileExistsError`` unless ``overwrite``. ``workers`` > 1 renders classes in parallel processes
     and gives the same bytes.
     """
+    params = params_of(locals())
     if photos_per_class < 1 or sketches_per_class < 1:
         raise ValueError("photos_per_class and sketches_per_class must be >= 1")
-    params = {
-        "num_classes": int(num_classes),
-        "num_unseen": int(num_unseen),
-        "photos_per_class": int(photos_per_class),
-        "sketches_per_class": int(sketches_per_class),
-        "image_size": int(image_size),
-        "seed": int(seed),
-    }
-    unseen = unseen_class_ids(seed, num_classes, num_unseen)
-
-    def build(tmp: Path) -> dict:
-        tasks = [
-            (str(tmp), seed, c, d, n, image_size)
-            for c in range(num_classes)
-            for d, n in ((_SKETCH, sketches_per_class), (_PHOTO, photos_per_class))
-        ]
-        run_tasks(_sp_task, tasks, workers)
-        names = [class_name(c) for c in range(num_classes)]
-        unseen_names = [class_name(c) for c in unseen]
-        (tmp / "unseen_classes.txt").write_text("".join(n + "\n" for n in unseen_names))
-        return {
-            "layout": "folder",
-            "classes": names,
-            "unseen_classes": unseen_names,
+    unseen = [class_name(c) for c in unseen_class_ids(seed, num_classes, num_unseen)]
+    per_class = {"sketch": sketches_per_class, "photo": photos_per_class}
+    return make_folder_dataset(
+        out_dir,
+        "sketch_photo",
+        params,
+        classes=[class_name(c) for c in range(num_classes)],
+        unseen=unseen,
+        setup=partial(_setup, seed, image_size),
+        ids=lambda c, domain: range(per_class[domain]),
+        workers=workers,
+        overwrite=overwrite,
+        manifest={
+            "unseen_classes": unseen,
             "counts": {
                 "classes": num_classes,
                 "seen": num_classes - num_unseen,
@@ -86,6 +70,5 @@ def make_glyph_benchmark(
                 "sketches": num_classes * sketches_per_class,
                 "photos": num_classes * photos_per_class,
             },
-        }
-
-    return atomic_generate(out_dir, "sketch_photo", params, overwrite, build)
+        },
+    )
