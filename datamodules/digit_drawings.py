@@ -51,7 +51,7 @@ def _photo(digit: int, rng: np.random.Generator, size: int) -> Image.Image:
 
 @lru_cache(maxsize=1)
 def _scans():
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # lazy: scikit-learn takes a second; only this set needs it
 
     return load_digits()
 

@@ -28,7 +28,7 @@ TRAIN_SHARE = 0.6  # of the scanned digits feed the train mosaics; the rest the 
 
 @lru_cache(maxsize=1)
 def _digits():
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # lazy: scikit-learn takes a second; only this set needs it
 
     d = load_digits()
     return (d.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8), d.target.astype(int)

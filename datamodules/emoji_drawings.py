@@ -26,6 +26,7 @@ from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
+from fontTools.ttLib import TTFont
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 
 from .glyphs.output import make_folder_dataset, params_of
@@ -142,12 +143,6 @@ def font_paths() -> dict[str, Path]:
 def members() -> dict[str, list[int]]:
     """Each class's code points that both fonts contain; ``ValueError`` if a class keeps fewer than
     :data:`MIN_MEMBERS` (with Debian 12's fonts every class keeps all it lists)."""
-    try:
-        from fontTools.ttLib import TTFont
-    except ImportError as e:  # matplotlib brings it; a bare install may not have it
-        raise ImportError(
-            "emoji_drawings reads the fonts' cmaps with fontTools: pip install fonttools"
-        ) from e
 
     cmaps = [set(TTFont(p, lazy=True).getBestCmap()) for p in font_paths().values()]
     found = {

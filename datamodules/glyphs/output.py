@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing as mp
 import os
 import shutil
 import tempfile
@@ -96,8 +97,6 @@ def run_tasks(fn, tasks: list, workers: int) -> list:
     """``[fn(t) for t in tasks]``, over ``workers`` spawned processes when > 1 (same results either way)."""
     if workers <= 1 or len(tasks) <= 1:
         return [fn(t) for t in tasks]
-    import multiprocessing as mp
-
     with mp.get_context("spawn").Pool(min(workers, len(tasks))) as pool:
         return pool.map(fn, tasks)
 

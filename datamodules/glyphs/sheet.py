@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 from sketchquant.core.io import atomic_write
 
 from ..lists import list_images, read_class_list
+from ..rgb import load_rgb
 
 
 def _list_images(folder: Path) -> list[Path]:
@@ -17,8 +18,6 @@ def _list_images(folder: Path) -> list[Path]:
 
 
 def _thumb(path: Path, cell: int) -> Image.Image:
-    from ..transforms import load_rgb
-
     try:
         im = load_rgb(str(path))
     except Exception:
