@@ -21,10 +21,9 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import WandbLogger
 
 from sketchquant.callbacks.config import EvalConfig
-from sketchquant.callbacks.retrieval_visuals import log_dashboard, log_grid
+from sketchquant.callbacks.retrieval_visuals import draw_pictures
 from sketchquant.core.batch import DOMAIN, INDEX, LABEL, PHOTO, SKETCH, FeatureSets
 from sketchquant.core.retrieval.protocols import get_protocol
 from sketchquant.core.retrieval.prototypes import prototype_retrieval_metrics
@@ -178,24 +177,4 @@ class RetrievalEvaluator(pl.Callback):
         if not trainer.is_global_zero:
             return
 
-        c = self.config
-        if c.grid:
-            try:
-                log_grid(
-                    trainer,
-                    data,
-                    stage,
-                    key=f"emb/{self.features.unnamed or self.features.embeddings[0]}",
-                    metric=c.metric,
-                    normalize=c.normalize,
-                    queries=c.grid_queries,
-                    topk=c.grid_topk,
-                    run_dir=self.run_dir,
-                )
-            except Exception as err:  # a picture must never stop a run
-                log.warning("retrieval grid skipped: %s", err)
-        if any(isinstance(lg, WandbLogger) for lg in trainer.loggers):
-            try:
-                log_dashboard(trainer, data, stage, c.normalize, codes=self.features.codes)
-            except Exception as err:
-                log.warning("dashboard plots skipped: %s", err)
+        draw_pictures(trainer, data, stage, self.config, self.features, self.run_dir)  # never raises
