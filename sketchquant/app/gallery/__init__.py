@@ -12,12 +12,14 @@ A gallery is a folder::
 
 Reading order: :mod:`.records` (results, the photo collection), :mod:`.store` (what is stored and how:
 settings from the checkpoint, prototypes, indexes, manifest), :mod:`.extract` (``Trainer.predict`` in
-shards), :mod:`.build` (atomic build and ``--update``), :mod:`.search` (:class:`Gallery`).
+shards), :mod:`.lock` (one build at a time), :mod:`.build` (atomic build and ``--update``),
+:mod:`.search` (:class:`Gallery`), :mod:`.live` (a server's gallery that follows rebuilds).
 
 **Atomic**: a build writes a fresh ``data-<stamp>/`` folder (each file through
-:mod:`sketchquant.core.io`), then replaces ``manifest.json`` atomically, then deletes the older data
-folders. A build killed at any point leaves the previous manifest and the data it names: the previous
-gallery still opens.
+:mod:`sketchquant.core.io`), then replaces ``manifest.json`` atomically, then deletes the data folders
+older than the one it replaced (that one stays: a server may still be opening it). A build killed at
+any point leaves the previous manifest and the data it names: the previous gallery still opens. Two
+builds into one folder: the second fails at once, naming the first (``GALLERY/build.lock``).
 
 **Same ranking as evaluation** (docs/method.md §C): method B stores the L2-normalised raw features ``x``; the
 PQ prototypes ``x̂`` are fitted exactly as the evaluator fits them; ``fused`` is ``(1 − λ)x̂ + λx``
@@ -41,6 +43,9 @@ _EXPORTS = {
     "list_images": ".records",
     "sha256_file": ".records",
     "Gallery": ".search",
+    "GalleryBusyError": ".lock",
+    "GalleryGoneError": ".live",
+    "LiveGallery": ".live",
     "contact_sheet": ".search",
     "search_gallery": ".search",
     "build_gallery": ".build",  # needs Lightning's Trainer (searching does not)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -13,10 +14,12 @@ import numpy as np
 
 from sketchquant.app.checkpoints import load_network
 from sketchquant.app.gallery.extract import extract_features
+from sketchquant.app.gallery.lock import build_lock, helper_rank
 from sketchquant.app.gallery.records import (
     FORMAT_VERSION,
     MANIFEST,
     BuildReport,
+    Collection,
     GalleryError,
     list_images,
     now,
@@ -79,19 +82,52 @@ def build_gallery(
 
     ``overrides`` (``key=value``) go on top of the checkpoint's config (``eval.fusion=distance``,
     ``trainer.devices=2`` ...). Returns a :class:`BuildReport` (``None`` on helper processes of a
-    multi-process build)."""
-    t0 = time.perf_counter()
+    multi-process build). One build at a time per folder (:mod:`.lock`): a second one fails at once with
+    a message naming the first. The data folder of the gallery this build replaces is kept (a running
+    server may still be opening it); older ones are removed."""
     check_policy(on_bad_image)
     out = Path(out)
-    ckpt = Path(ckpt)
-    old = None
-    if update:
-        if not (out / MANIFEST).is_file():
-            raise GalleryError(f"--update: {out} is not a gallery yet (build it without --update first)")
-        old = read_manifest(out)
-    elif out.exists() and not out.is_dir():
+    if update and not (out / MANIFEST).is_file():
+        raise GalleryError(f"--update: {out} is not a gallery yet (build it without --update first)")
+    if out.exists() and not out.is_dir():
         raise GalleryError(f"--out {out} exists and is not a folder")
     coll = list_images(images)
+    args = dict(update=update, index_type=index_type, batch_size=batch_size, workers=workers)
+    args.update(on_bad_image=on_bad_image, pq_m=pq_m, pq_k=pq_k, overrides=overrides, quiet=quiet)
+    if os.environ.get(BUILD_ENV) or helper_rank():  # a helper process: the first one holds the lock
+        return _build(Path(ckpt), images, coll, out, trust=trust, **args)
+    with build_lock(out):
+        return _build(Path(ckpt), images, coll, out, trust=trust, **args)
+
+
+def _current_data_dir(out: Path) -> str | None:
+    """The data folder the gallery's manifest names now (``None``: no readable manifest)."""
+    try:
+        return str(json.loads((out / MANIFEST).read_text(encoding="utf-8"))["data_dir"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _build(
+    ckpt: Path,
+    images: str | os.PathLike,
+    coll: Collection,
+    out: Path,
+    *,
+    update: bool,
+    index_type: str | None,
+    batch_size: int | None,
+    workers: int | None,
+    on_bad_image: str,
+    pq_m: int | None,
+    pq_k: int | None,
+    overrides: Sequence[str],
+    quiet: bool,
+    trust: bool,
+) -> BuildReport | None:
+    t0 = time.perf_counter()
+    old = read_manifest(out) if update else None  # under the lock: no other build switches it now
+    previous = _current_data_dir(out)
     overrides = expand_trainer_choice(overrides)
     if pq_m is not None:
         overrides.append(f"eval.pq_m={int(pq_m)}")
@@ -205,8 +241,8 @@ def build_gallery(
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    for stale in out.glob("data-*"):  # older data folders (and those of killed builds)
-        if stale.name != data_dir and stale.is_dir():
+    for stale in out.glob("data-*"):  # older generations (and the data folders of killed builds)
+        if stale.name not in (data_dir, previous) and stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
     report = BuildReport(
         path=str(out),

@@ -54,6 +54,8 @@ class Gallery:
         self.labels: list[str | None] = items["labels"]
         self.transform, _ = eval_transform(cfg)
         self._proto: np.ndarray | None = None
+        self.overrides: tuple[str, ...] = ()
+        self.checkpoint_sha256: str = manifest["checkpoint"]["sha256"]
 
     # ---- construction
 
@@ -74,38 +76,26 @@ class Gallery:
         force: bool = False,
         overrides: Sequence[str] = (),
         trust: bool = False,
+        reuse: Gallery | None = None,
     ) -> Gallery:
         """Open gallery ``path``. The network comes from the manifest's checkpoint; ``ckpt`` overrides it.
         The checkpoint's sha256 is compared with the manifest's *before* the file is read at all (a
         file of the same size and time can still differ); another sha256 is refused unless ``force``,
-        and a checkpoint of another method always. ``trust``: see :mod:`sketchquant.app.checkpoints`."""
+        and a checkpoint of another method always. ``trust``: see :mod:`sketchquant.app.checkpoints`.
+
+        ``reuse``: an opened gallery (a previous generation of this one) whose network is taken as it is
+        when the manifest records the checkpoint that network came from (same sha256, method, overrides):
+        the checkpoint is then not read again. Everything a search reads is loaded here (the indexes;
+        with distance fusion the stored features and prototypes): no search reads the data folder later,
+        so a rebuild may remove it."""
         path = Path(path)
         manifest = read_manifest(path)
-        rec = manifest["checkpoint"]
-        use = Path(ckpt) if ckpt is not None else Path(rec["path"])
-        if not use.is_file():
-            raise FileNotFoundError(
-                f"checkpoint {use} (recorded in gallery {path}) does not exist: pass --ckpt"
-                if ckpt is None
-                else f"checkpoint {use} does not exist"
+        if reuse is not None and ckpt is None and _same_network(reuse, manifest, overrides):
+            network, digest = reuse.network, reuse.checkpoint_sha256
+        else:
+            network, digest = _checked_network(
+                path, manifest, ckpt, force=force, overrides=overrides, trust=trust
             )
-        digest = sha256_file(use)
-        if digest != rec["sha256"]:
-            msg = (
-                f"checkpoint {use} (sha256 {digest[:12]}…) is not the one gallery {path} was built with "
-                f"({rec['path']}, sha256 {rec['sha256'][:12]}…)"
-            )
-            if not force:
-                raise GalleryError(msg + ": rebuild the gallery, or pass --force to search anyway")
-            print(f"warning: {msg}; searching anyway (--force)", file=sys.stderr)
-        raw = read_checkpoint(use, trust=trust)
-        cfg = checkpoint_config(raw, use, list(overrides))
-        if method_of(cfg).name != manifest["method"]:
-            raise GalleryError(
-                f"gallery {path} holds a '{manifest['method']}' model's features, but checkpoint {use} is a "
-                f"'{method_of(cfg).name}' model: its queries cannot be compared with this gallery"
-            )
-        _, network, _ = load_network(use, list(overrides), ckpt=raw)
         # the gallery's own config (eval, data) with the checkpoint's weights
         cfg = from_container(manifest["config"], list(overrides))
         data = path / manifest["data_dir"]
@@ -115,16 +105,26 @@ class Gallery:
                 indexes[name] = faiss.read_index(str(data / info["file"]))
             except RuntimeError as err:
                 raise GalleryError(f"gallery {path}: index {info['file']} is unreadable: {err}") from err
-        return cls(path, manifest, cfg, network, indexes)
+        g = cls(path, manifest, cfg, network, indexes)
+        g.overrides = tuple(overrides)
+        g.checkpoint_sha256 = digest
+        if g.distance_fused:
+            g._proto = prototypes(g.stored, base_feature(g.settings))
+        return g
 
     @property
     def stored(self) -> dict[str, np.ndarray]:
-        """``features.npz``: the stored features (and PQ codebook), read on first use — searching an
-        index does not need them (distance fusion does)."""
+        """``features.npz``: the stored features (and PQ codebook). Read at open when distance fusion
+        needs them, else on first use (searching an index does not)."""
         if self._stored is None:
             with np.load(self.path / self.manifest["data_dir"] / "features.npz") as z:
                 self._stored = {k: z[k] for k in z.files}
         return self._stored
+
+    @property
+    def distance_fused(self) -> bool:
+        """``fused`` is the evaluator's distance fusion, computed at query time from the stored features."""
+        return FUSED in self.settings["features"] and self.settings.get("fusion") == "distance"
 
     # ---- facts
 
@@ -146,6 +146,19 @@ class Gallery:
     def image_path(self, i: int) -> Path:
         rel = Path(self.relpaths[i])
         return rel if rel.is_absolute() else self.root / rel
+
+    def info(self) -> dict[str, Any]:
+        """The facts a client of the search API needs (``GET /api/info``)."""
+        return {
+            "photos": len(self),
+            "method": self.method,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "index_type": self.manifest["index_type"],
+            "built": self.manifest["created"],
+            "generation": self.manifest["data_dir"],
+            "features": self.features,
+            "default_features": self.default_features,
+        }
 
     def describe(self) -> str:
         ck = self.manifest["checkpoint"]
@@ -237,7 +250,7 @@ class Gallery:
         return results
 
     def _rank(self, q: np.ndarray, k: int, features: str) -> tuple[np.ndarray, np.ndarray]:
-        if features == FUSED and self.settings.get("fusion") == "distance":
+        if features == FUSED and self.distance_fused:
             base = base_feature(self.settings)
             if self._proto is None:
                 self._proto = prototypes(self.stored, base)
@@ -246,6 +259,47 @@ class Gallery:
             dist, ind = torch.sort(d, dim=1, stable=True)
             return dist[:, :k].numpy(), ind[:, :k].numpy()
         return search_index(self.indexes[features], q, k)
+
+
+def _checked_network(
+    path: Path, manifest: dict, ckpt: str | os.PathLike | None, *, force: bool, overrides, trust: bool
+) -> tuple[Any, str]:
+    """``(network, sha256)`` of ``manifest``'s checkpoint (or ``ckpt``): its sha256 checked against the
+    manifest's before the file is read, its method against the gallery's."""
+    rec = manifest["checkpoint"]
+    use = Path(ckpt) if ckpt is not None else Path(rec["path"])
+    if not use.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {use} (recorded in gallery {path}) does not exist: pass --ckpt"
+            if ckpt is None
+            else f"checkpoint {use} does not exist"
+        )
+    digest = sha256_file(use)
+    if digest != rec["sha256"]:
+        msg = (
+            f"checkpoint {use} (sha256 {digest[:12]}…) is not the one gallery {path} was built with "
+            f"({rec['path']}, sha256 {rec['sha256'][:12]}…)"
+        )
+        if not force:
+            raise GalleryError(msg + ": rebuild the gallery, or pass --force to search anyway")
+        print(f"warning: {msg}; searching anyway (--force)", file=sys.stderr)
+    raw = read_checkpoint(use, trust=trust)
+    cfg = checkpoint_config(raw, use, list(overrides))
+    if method_of(cfg).name != manifest["method"]:
+        raise GalleryError(
+            f"gallery {path} holds a '{manifest['method']}' model's features, but checkpoint {use} is a "
+            f"'{method_of(cfg).name}' model: its queries cannot be compared with this gallery"
+        )
+    return load_network(use, list(overrides), ckpt=raw)[1], digest
+
+
+def _same_network(old: Gallery, manifest: dict, overrides: Sequence[str]) -> bool:
+    """``old``'s network is the one ``manifest`` asks for (its checkpoint, method and overrides)."""
+    return (
+        old.checkpoint_sha256 == manifest["checkpoint"]["sha256"]
+        and old.method == manifest["method"]
+        and old.overrides == tuple(overrides)
+    )
 
 
 def search_gallery(
@@ -258,13 +312,14 @@ def search_gallery(
     force: bool = False,
     as_json: bool = False,
     sheet: str | os.PathLike | None = None,
+    trust: bool = False,
 ) -> list[QueryResult]:
     """The ``search`` command: open, search, print a table per query (or one JSON object), draw a
     contact sheet when asked."""
     for q in queries:  # a bad query path fails before the network is loaded
         if not Path(q).is_file():
             raise FileNotFoundError(f"query image {q} does not exist")
-    g = Gallery.open(gallery, ckpt, force=force)
+    g = Gallery.open(gallery, ckpt, force=force, trust=trust)
     results = g.search(list(queries), k=k, features=features)
     if as_json:
         print(
