@@ -1,6 +1,7 @@
 """The drawing page (sketchquant.app.serve): messages without a browser, then the page in headless
-Chromium (Debian's ``chromium`` + ``chromium-driver``, driven by selenium): draw strokes on the canvas,
-press Search, see k gallery images; the screenshot goes to ``$SKETCHQUANT_SCREENSHOT`` (``make screenshot``
+Chromium (Debian's ``chromium`` + ``chromium-driver``, driven by selenium), served from the system temp
+folder: upload a sketch, uploads over the limits (a message each), draw strokes on the canvas, press
+Search, see k gallery images; the screenshot goes to ``$SKETCHQUANT_SCREENSHOT`` (``make screenshot``
 sets it to docs/search_page.png, the README's picture) or to the test's temporary folder: a test run
 leaves the working tree as it was.
 
@@ -139,20 +140,41 @@ def _status(http_url: str) -> int:
         return err.code
 
 
-def test_page_in_a_real_browser(gallery, tmp_path):
+def _remove_upload(driver, By) -> None:
+    for button in driver.find_elements(By.CSS_SELECTOR, '#sq-upload button[aria-label="Remove Image"]'):
+        button.click()
+
+
+def _upload(driver, By, path: Path) -> None:
+    _remove_upload(driver, By)
+    field = _wait(lambda: driver.find_elements(By.CSS_SELECTOR, "#sq-upload input[type=file]"), what="upload")
+    field[0].send_keys(str(path))
+
+
+def test_page_in_a_real_browser(gallery, tmp_path, monkeypatch):
+    """Started from the system temp folder (where Gradio keeps its uploads): a blank canvas, an upload,
+    uploads over the pixel and byte limits (a message each), then a drawing; no file served from disk,
+    nothing fetched from another host."""
+    from PIL import Image
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
     from sketchquant.app.serve import BLANK_MESSAGE, serve
     from sketchquant.core.io import atomic_write
 
+    too_many = tmp_path / "too-many-pixels.png"
+    Image.new("L", (4100, 4000), 255).save(too_many)  # 16.4 Mpx in a small file
+    too_big = tmp_path / "too-big.png"
+    too_big.write_bytes(os.urandom(10 * 2**20 + 1000))
+    near = Path(tempfile.gettempdir()) / f"sq-page-{os.getpid()}.txt"
+    near.write_text("not to be served")
+    monkeypatch.chdir(tempfile.gettempdir())
     driver = _chrome()
-    port = _free_port()
-    app, url = serve(gallery["path"], port=port, k=K, block=False)
+    srv = serve(gallery["path"], port=_free_port(), k=K, block=False)
+    url = srv.url
     try:
-        assert url == f"http://127.0.0.1:{port}/"
-        # no file outside the gallery's images: not the manifest, not the working tree, not /etc
-        for path in (gallery["path"] / "manifest.json", Path.cwd() / "pyproject.toml", Path("/etc/passwd")):
+        # no file outside Gradio's own folders: not the manifest, not the working directory, not /etc
+        for path in (gallery["path"] / "manifest.json", near, Path("/etc/passwd")):
             assert _status(f"{url}gradio_api/file={path}") in (403, 404), path
         driver.get(url)
         # Gradio renders its components one after another: wait for each one the test touches
@@ -161,11 +183,45 @@ def test_page_in_a_real_browser(gallery, tmp_path):
             for css in ("#sq-info", "#sq-search", '#sq-sketch button[aria-label="Brush"]')
         )
         assert "photos · method zs_sbir · checkpoint last.ckpt" in info.text
+
+        def status(text: str) -> str:
+            return _wait(
+                lambda: next(
+                    (e.text for e in driver.find_elements(By.CSS_SELECTOR, "#sq-status") if text in e.text),
+                    "",
+                ),
+                what=text,
+            )
+
+        def results() -> list:
+            return _wait(
+                lambda: (
+                    (found := driver.find_elements(By.CSS_SELECTOR, "#sq-results img"))
+                    and len(found) >= K
+                    and found
+                ),
+                what=f"{K} result images",
+            )
+
         search.click()  # a blank canvas: a message, no results
+        status(BLANK_MESSAGE)
+        _upload(driver, By, gallery["sketch"])  # an upload through Gradio's folder under the working dir
+        search.click()
+        assert len(results()) == K and status(f"Top {K} of ")
+        _upload(driver, By, too_many)
+        search.click()
+        assert "4100 × 4000 = 16.4 Mpx, over the limit of 16 Mpx" in status("over the limit")
+        assert not driver.find_elements(By.CSS_SELECTOR, "#sq-results img")
+        _upload(driver, By, too_big)  # refused by the page before it is sent, naming the limit
         _wait(
-            lambda: any(BLANK_MESSAGE in e.text for e in driver.find_elements(By.CSS_SELECTOR, "#sq-status")),
-            what="blank msg",
+            lambda: (
+                "exceed the maximum allowed size of 10.0 Mb" in driver.find_element(By.TAG_NAME, "body").text
+            ),
+            what="size toast",
         )
+        for close in driver.find_elements(By.CSS_SELECTOR, ".toast-close"):
+            close.click()
+        _remove_upload(driver, By)
         brush.click()
         canvas = _wait(lambda: driver.find_elements(By.CSS_SELECTOR, "#sq-sketch canvas"), what="canvas")[-1]
         for (x0, y0), (dx, dy), steps in (
@@ -178,17 +234,10 @@ def test_page_in_a_real_browser(gallery, tmp_path):
                 chain.move_by_offset(dx, dy)
             chain.release().perform()
         search.click()
-        imgs = _wait(
-            lambda: (
-                (found := driver.find_elements(By.CSS_SELECTOR, "#sq-results img"))
-                and len(found) >= K
-                and found
-            ),
-            what=f"{K} result images",
-        )
+        time.sleep(0.5)
+        imgs = results()
         assert len(imgs) == K
-        status = driver.find_element(By.CSS_SELECTOR, "#sq-status").text
-        assert status.startswith(f"Top {K} of ")
+        assert status(f"Top {K} of ").startswith(f"Top {K} of ")
         captions = driver.find_element(By.CSS_SELECTOR, "#sq-results").text
         assert "#1 glyph_" in captions  # ranks, class labels and distances
         driver.execute_script("window.scrollTo(0, 0)")
@@ -208,4 +257,5 @@ def test_page_in_a_real_browser(gallery, tmp_path):
         assert hosts <= {"127.0.0.1"}, hosts
     finally:
         driver.quit()
-        app.close()
+        srv.close()
+        near.unlink()

@@ -1,29 +1,54 @@
-"""The drawing page: draw a sketch (mouse or touch) or upload one, press Search, see the gallery's top k.
+"""The drawing page and the JSON search API on one server: draw a sketch (mouse or touch) or upload one,
+press Search, see the gallery's top k; or ``POST /api/search`` (:mod:`sketchquant.app.api`).
 
 Gradio's Sketchpad is what ML users know, it runs offline (analytics off, system fonts, no share link,
-no server-side rendering process) and it is one pip package. The page calls the same
-:class:`~sketchquant.app.gallery.Gallery` as the command line.
+no server-side rendering process) and it is one pip package. The page is mounted on a FastAPI app that
+also carries the API; both answer through the same checks and the same :meth:`Gallery.search`, from a
+:class:`~sketchquant.app.gallery.LiveGallery`: a rebuilt gallery is picked up without a restart.
 
-It binds to 127.0.0.1 by default and serves no file from disk but Gradio's own front end: results
-are sent as thumbnails made from the gallery's images (Gradio caches them in its temp folder), and
-the working directory, the gallery folder and the image root are on Gradio's blocked list.
+Files: the page serves no file from disk but Gradio's own front end, its upload folder and its cache.
+Results are thumbnails made from the gallery's images (cached by Gradio), never paths. The working
+directory, the gallery folder, the image root and the checkpoint's folder are on Gradio's blocked list,
+except one that holds Gradio's upload folder (the working directory ``/tmp`` or ``/``): blocking that
+would refuse every upload. Every other file is refused by Gradio's allow-list (``allowed_paths`` is
+empty). Uploads are checked for bytes (Gradio's ``max_file_size`` and ours), then pixels from the
+header, before they are decoded. The drawing's inputs reach the search unprocessed
+(``preprocess=False``), so no upload is decoded by Gradio and every refusal is a message on the page.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import sys
+import threading
+import time
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import uvicorn
+from fastapi import FastAPI
+from PIL import Image
+
+from sketchquant.app.api import (
+    BLANK_MESSAGE,
+    Limits,
+    UploadError,
+    add_api_routes,
+    open_image,
+    query_array,
+    run_search,
+)
+from sketchquant.app.gallery import Gallery, GalleryError, LiveGallery
+from sketchquant.datamodules.transforms import load_rgb
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-__all__ = ["ServeError", "build_app", "search_drawing", "serve", "port_free", "BLANK_MESSAGE"]
+__all__ = ["BLANK_MESSAGE", "Running", "ServeError", "build_app", "port_free", "search_drawing", "serve"]
 
-BLANK_MESSAGE = "The canvas is blank: draw a sketch (or upload one), then press Search."
 THUMB = 256
 
 
@@ -32,48 +57,73 @@ class ServeError(ValueError):
 
 
 def port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, int(port)))
-        except OSError:
-            return False
+    try:
+        _bind(host, port).close()
+    except ServeError:
+        return False
     return True
 
 
-def _composite(value: Any) -> np.ndarray | None:
-    """The drawing as an RGB uint8 array on white, or None when nothing is drawn."""
-    if value is None:
-        return None
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, int(port)))
+    except OSError as err:
+        sock.close()
+        if err.errno == 98:  # EADDRINUSE
+            raise ServeError(
+                f"port {port} on {host} is already in use: stop what runs there or pick another with --port"
+            ) from None
+        raise ServeError(f"cannot serve on {host}:{port}: {err}") from None
+    return sock
+
+
+def _gradio():
+    import gradio  # the page's toolkit: ~2 s to import, and only after GRADIO_ANALYTICS_ENABLED is set
+
+    return gradio
+
+
+# --------------------------------------------------------------------------------------------------
+# the page's search
+
+
+def _page_image(value: Any, limits: Limits, upload_dir: str | None) -> Any:
+    """What a page input holds, decoded under ``limits``: a Sketchpad value (its ``composite``), a Gradio
+    file payload (``{"path": ...}``, which must lie in Gradio's upload folder), a PIL image or an array."""
+    if isinstance(value, dict) and ("composite" in value or "layers" in value):
+        value = value.get("composite") if value.get("composite") is not None else value.get("background")
     if isinstance(value, dict):
-        img = value.get("composite")
-        if img is None:
-            img = value.get("background")
-    else:
-        img = value
-    if img is None:
-        return None
-    arr = np.asarray(img)
-    if arr.ndim == 2:
-        arr = np.stack([arr] * 3, -1)
-    if arr.shape[-1] == 4:  # transparent -> white
-        alpha = arr[..., 3:4].astype(np.float32) / 255.0
-        arr = (arr[..., :3].astype(np.float32) * alpha + 255.0 * (1 - alpha)).round().astype(np.uint8)
-    arr = arr[..., :3].astype(np.uint8)
-    if arr.size == 0 or int(arr.min()) >= 250:  # all (near) white: nothing drawn
-        return None
-    return arr
+        path = value.get("path")
+        if not path:
+            raise UploadError("the upload did not arrive (no file): upload it again")
+        real = Path(path).resolve()
+        if upload_dir is not None and not real.is_relative_to(Path(upload_dir).resolve()):
+            raise UploadError("the upload is not in this server's upload folder: upload it again")
+        return open_image(real, limits)
+    return value
 
 
-def search_drawing(gallery: Any, value: Any, k: int = 12, features: str | None = None):
-    """``(items, message)`` for the page: ``items`` = ``[(thumbnail, caption)]`` of the top ``k``."""
-    from PIL import Image
-
-    from sketchquant.datamodules.transforms import load_rgb
-
-    arr = _composite(value)
+def search_drawing(
+    gallery: Gallery | LiveGallery,
+    value: Any,
+    k: int = 12,
+    features: str | None = None,
+    *,
+    upload: Any = None,
+    limits: Limits | None = None,
+    upload_dir: str | None = None,
+):
+    """``(items, message)`` for the page: ``items`` = ``[(thumbnail, caption)]`` of the top ``k`` for the
+    drawing ``value`` (or, when it is blank, the ``upload``)."""
+    limits = limits or Limits()
+    arr = query_array(_page_image(value, limits, upload_dir), limits)
+    if arr is None and upload is not None:
+        arr = query_array(_page_image(upload, limits, upload_dir), limits)
     if arr is None:
         return [], BLANK_MESSAGE
-    res = gallery.search([arr], k=int(k), features=features or None)[0]
+    g, res = run_search(gallery, arr, k, features)
     items = []
     for h in res.hits:
         try:
@@ -83,25 +133,45 @@ def search_drawing(gallery: Any, value: Any, k: int = 12, features: str | None =
         im.thumbnail((THUMB, THUMB))
         caption = f"#{h.rank} " + (f"{h.label} · " if h.label else "") + f"{h.distance:.3f}"
         items.append((im, caption))
-    return items, f"Top {len(items)} of {len(gallery):,} ({res.features} features)."
+    return items, f"Top {len(items)} of {len(g):,} ({res.features} features)."
 
 
-def build_app(gallery: Any, k: int = 12):
+def page_search(gallery, value, upload, k, features, *, limits: Limits, upload_dir: str | None = None):
+    """:func:`search_drawing` that never raises: a refused input, a gone gallery or a failure is a line
+    of text on the page (and, for a failure, one line in the log)."""
+    try:
+        return search_drawing(
+            gallery, value, k, features, upload=upload, limits=limits, upload_dir=upload_dir
+        )
+    except (UploadError, GalleryError, FileNotFoundError) as err:
+        return [], f"**{(str(err).splitlines() or ['?'])[0]}**"
+    except Exception as err:  # noqa: BLE001 - a message on the page, never a traceback
+        line = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+        print(f"sketchquant serve: a page search failed: {line}", file=sys.stderr)
+        return [], f"Search failed: {line}"
+
+
+def build_app(gallery: Gallery | LiveGallery, k: int = 12, limits: Limits | None = None):
     """The Gradio Blocks of the page (not launched)."""
-    import gradio as gr
+    gr = _gradio()
+    limits = limits or Limits()
+    upload_dir = gr.utils.get_upload_folder()
+    g = gallery.gallery if isinstance(gallery, LiveGallery) else gallery
 
     def run(value, uploaded, k_value, feats):
-        if _composite(value) is None and uploaded is not None:
-            value = uploaded
-        try:
-            return search_drawing(gallery, value, k_value, feats)
-        except Exception as err:  # noqa: BLE001 - a message on the page, never a traceback
-            return [], f"Search failed: {err}"
+        return page_search(gallery, value, uploaded, k_value, feats, limits=limits, upload_dir=upload_dir)
 
-    sketches = gallery.settings.get("query", "sketch") == "sketch"
+    def info():
+        try:
+            current = gallery.get() if isinstance(gallery, LiveGallery) else gallery
+        except GalleryError as err:
+            return f"## {title}\n**{err}**"
+        return f"## {title}\n{current.describe()}"
+
+    sketches = g.settings.get("query", "sketch") == "sketch"
     title = "Sketch search" if sketches else "Image search (draw, or better: upload an image)"
     with gr.Blocks(title="sketchquant search", analytics_enabled=False) as app:
-        gr.Markdown(f"## {title}\n{gallery.describe()}", elem_id="sq-info")
+        info_box = gr.Markdown(f"## {title}\n{g.describe()}", elem_id="sq-info")
         with gr.Row():
             with gr.Column(scale=1):
                 pad = gr.Sketchpad(
@@ -112,22 +182,17 @@ def build_app(gallery: Any, k: int = 12):
                     elem_id="sq-sketch",
                 )
                 upload = gr.Image(
-                    label=f"…or upload {'a sketch' if sketches else 'an image'} (used when the canvas is blank)",
-                    type="numpy",
-                    image_mode="RGBA",
+                    label=f"…or upload {'a sketch' if sketches else 'an image'} (used when the canvas is "
+                    f"blank; ≤ {limits.mb}, {limits.mpx})",
+                    type="filepath",
                     sources=("upload", "clipboard"),
                     height=140,
                     elem_id="sq-upload",
                 )
                 with gr.Row():
-                    k_box = gr.Slider(
-                        1, max(1, min(100, len(gallery))), value=min(k, len(gallery)), step=1, label="k"
-                    )
+                    k_box = gr.Slider(1, max(1, min(100, len(g))), value=min(k, len(g)), step=1, label="k")
                     feats = gr.Radio(
-                        gallery.features,
-                        value=gallery.default_features,
-                        label="features",
-                        visible=len(gallery.features) > 1,
+                        g.features, value=g.default_features, label="features", visible=len(g.features) > 1
                     )
                 live = gr.Checkbox(value=False, label="search as I draw")
                 button = gr.Button("Search", variant="primary", elem_id="sq-search")
@@ -136,15 +201,58 @@ def build_app(gallery: Any, k: int = 12):
                 grid = gr.Gallery(
                     label="results", columns=4, height="auto", elem_id="sq-results", object_fit="contain"
                 )
-        button.click(run, [pad, upload, k_box, feats], [grid, status])
+        # preprocess=False: the inputs arrive as Gradio's file payloads, decoded by our checks only
+        button.click(run, [pad, upload, k_box, feats], [grid, status], preprocess=False, api_name="search")
 
         def live_run(value, uploaded, k_value, feats_value, on):
             if not on:
                 return gr.skip(), gr.skip()
             return run(value, uploaded, k_value, feats_value)
 
-        pad.change(live_run, [pad, upload, k_box, feats, live], [grid, status], show_progress="hidden")
+        pad.change(
+            live_run,
+            [pad, upload, k_box, feats, live],
+            [grid, status],
+            show_progress="hidden",
+            preprocess=False,
+            api_name=False,
+        )
+        app.load(info, None, info_box, api_name=False)
     return app
+
+
+# --------------------------------------------------------------------------------------------------
+# the server
+
+
+def blocked_paths(candidates: Sequence[str | os.PathLike], keep: Sequence[str | os.PathLike]) -> list[str]:
+    """``candidates`` (resolved) that hold none of the folders in ``keep`` (Gradio's upload folder)."""
+    keep_r = [Path(k).resolve() for k in keep]
+    out: list[str] = []
+    for c in candidates:
+        p = Path(c).resolve()
+        if not any(k.is_relative_to(p) for k in keep_r) and str(p) not in out:
+            out.append(str(p))
+    return out
+
+
+@dataclass
+class Running:
+    """A server started with ``block=False``: its ``url``, the FastAPI ``app``, the Gradio ``blocks`` and
+    the ``live`` gallery; :meth:`close` stops it."""
+
+    url: str
+    app: FastAPI
+    blocks: Any
+    live: LiveGallery
+    server: uvicorn.Server
+    thread: threading.Thread | None = None
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(timeout=30)
+        self.blocks.close()
 
 
 def serve(
@@ -155,52 +263,75 @@ def serve(
     k: int = 12,
     ckpt: str | os.PathLike | None = None,
     force: bool = False,
+    trust: bool = False,
+    max_upload_mb: float = 10.0,
+    max_pixels: float = 16e6,
     block: bool = True,
     blocked: Sequence[str] = (),
-):
-    """Open the gallery and serve the page at ``http://host:port``. Returns ``(app, url)`` when
-    ``block=False`` (tests); otherwise runs until interrupted."""
-    from sketchquant.app.gallery import Gallery
-
-    if not port_free(host, port):
-        raise ServeError(
-            f"port {port} on {host} is already in use: stop what runs there or pick another with --port"
-        )
-    g = Gallery.open(gallery, ckpt, force=force)
-    import gradio as gr
-
-    app = build_app(g, k=k)
+) -> Running:
+    """Open the gallery and serve the page and the API at ``http://host:port``. Returns a
+    :class:`Running` at once when ``block=False`` (tests); otherwise runs until interrupted."""
+    limits = Limits.of(max_upload_mb, max_pixels)
+    sock = _bind(host, port)  # a busy port fails before the gallery is opened
+    try:
+        live = LiveGallery(gallery, ckpt, force=force, trust=trust)
+        gr = _gradio()
+        blocks = build_app(live, k=k, limits=limits)
+    except BaseException:
+        sock.close()
+        raise
+    # our own pixel check runs before any decode; PIL's must not refuse (or warn about) less than it
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, limits.max_pixels)
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    g = live.gallery
+    ckpt_dir = Path(ckpt if ckpt is not None else g.manifest["checkpoint"]["path"]).parent
+    upload_dir = gr.utils.get_upload_folder()
+    block_list = blocked_paths([Path.cwd(), Path(gallery), g.root, ckpt_dir, *blocked], keep=[upload_dir])
+    app = FastAPI(title="sketchquant search", docs_url=None, redoc_url=None, openapi_url=None)
+    add_api_routes(app, live, limits, default_k=k)
     theme = gr.themes.Default(
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
     )
-    block_list = [str(Path.cwd()), str(Path(gallery).resolve()), str(g.root), *map(str, blocked)]
-    try:
-        app.launch(
-            server_name=host,
-            server_port=int(port),
-            share=False,
-            inbrowser=False,
-            prevent_thread_lock=True,
-            show_error=False,
-            quiet=not block,
-            ssr_mode=False,
-            pwa=False,
-            mcp_server=False,
-            allowed_paths=[],
-            blocked_paths=block_list,
-            footer_links=[],
-            theme=theme,
-        )
-    except OSError as err:
-        raise ServeError(f"cannot serve on {host}:{port}: {err}") from err
-    url = f"http://{host}:{port}/"
+    app = gr.mount_gradio_app(
+        app,
+        blocks,
+        path="/",
+        server_name=host,
+        server_port=int(port),
+        footer_links=[],
+        allowed_paths=[],
+        blocked_paths=block_list,
+        show_error=False,
+        max_file_size=limits.max_bytes,
+        ssr_mode=False,
+        pwa=False,
+        mcp_server=False,
+        theme=theme,
+    )
+    blocks.has_launched = True  # turns on Gradio's check that inputs name only its uploaded files
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=int(port), log_level="warning", access_log=False, lifespan="on")
+    )
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}/"
     if not block:
-        return app, url
-    print(f"sketch search on {url} — {g.describe()} (Ctrl+C stops)")
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not server.started:
+            server.should_exit = True
+            raise ServeError(f"the server on {host}:{port} did not start")
+        return Running(url, app, blocks, live, server, thread)
+    print(
+        f"sketch search on {url} (JSON API: POST {url}api/search, GET {url}api/info) — {g.describe()} "
+        "(Ctrl+C stops)"
+    )
     try:
-        app.block_thread()
+        server.run(sockets=[sock])
     except KeyboardInterrupt:  # pragma: no cover
         pass
     finally:
-        app.close()
-    return app, url
+        blocks.close()
+    return Running(url, app, blocks, live, server)
