@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from sketchquant.core.config import ConfigError
 __all__ = [
     "CONFIG_KEY",
     "UNSAFE_HINT",
+    "UnsafeCheckpointError",
     "checkpoint_problem",
     "read_checkpoint",
     "checkpoint_config",
@@ -43,7 +45,12 @@ UNSAFE_HINT = (
 
 
 class UnsafeCheckpointError(ConfigError):
-    """A checkpoint that holds more than weights-only loading builds (its pickle would run code)."""
+    """A checkpoint that holds more than weights-only loading builds (its pickle would run code).
+    ``reason``: what it needs, without the file's name and the hint."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def _open(path: Path, *, mmap: bool = False, trust: bool = False) -> tuple[dict | None, str | None]:
@@ -56,10 +63,11 @@ def _open(path: Path, *, mmap: bool = False, trust: bool = False) -> tuple[dict 
     except pickle.UnpicklingError as err:
         text = str(err)
         if "Weights only load failed" in text:
-            what = next((line.strip() for line in text.splitlines() if "GLOBAL" in line), "")
-            raise UnsafeCheckpointError(
-                f"checkpoint {path} needs arbitrary unpickling{f' ({what})' if what else ''}: {UNSAFE_HINT}"
-            ) from None
+            name = re.search(r"GLOBAL (\S+)", text)
+            reason = "needs arbitrary unpickling" + (
+                f" (it refers to {name.group(1)}, which weights-only loading does not build)" if name else ""
+            )
+            raise UnsafeCheckpointError(f"checkpoint {path} {reason}: {UNSAFE_HINT}", reason) from None
         return (
             None,
             f"truncated or not a checkpoint ({text.splitlines()[0] if text else 'unpickling failed'})",
@@ -88,8 +96,8 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
     checkpoint), or ``None``. Tensors are memory-mapped, not read: cheap also for large checkpoints."""
     try:
         ckpt, problem = _open(Path(path), mmap=True)
-    except UnsafeCheckpointError as err:
-        return str(err).split(": ", 1)[-1]
+    except UnsafeCheckpointError as err:  # resuming loads weights only: --trust-checkpoint cannot help
+        return f"it {err.reason}: loading it would run code from the file"
     if problem is not None:
         return problem
     missing = [k for k in ("state_dict", "loops", "optimizer_states") if k not in ckpt]
