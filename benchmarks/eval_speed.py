@@ -25,6 +25,9 @@ Per scale, each in its own child process (so peak memory is that scale's):
 - ``gpu``: the same on CUDA (``device="cuda"``) when a GPU is present, with its own bare product.
 - ``max_abs_diff_vs_reference``: the first ``--ref-queries`` queries against the per-query SAKE loop of
   ``sketchquant.core.retrieval.reference`` (float64 distances), with its time extrapolated.
+
+The results file also holds what every benchmark records (``benchmarks/common.py``: commit, command,
+machine, load before and after). ``--scale small --no-ddp --out /tmp/x.json`` checks the script in seconds.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import started, write_results  # noqa: E402
 
 SCALES = {
     "small": dict(n_query=700, n_gallery=9001, n_classes=30),  # a quick check of the script itself
@@ -227,7 +233,6 @@ def _child(name: str, ref_queries: int, repeats: int, queue) -> None:
 
 
 def main(argv=None) -> int:
-    from sketchquant.core.io import atomic_write_json
     from sketchquant.core.report import print_table
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -239,6 +244,7 @@ def main(argv=None) -> int:
         "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "eval_speed.json"
     )
     args = ap.parse_args(argv)
+    meta = started(None if argv is None else [sys.argv[0], *argv])
     names = ["tuberlin", "quickdraw"] if args.scale == "all" else [args.scale]
     ctx = mp.get_context("spawn")
     results = []
@@ -279,7 +285,7 @@ def main(argv=None) -> int:
             ]
         )
     print_table("exact retrieval metrics vs the bare chunked matrix product", cols, rows, digits=2)
-    atomic_write_json(args.out, {"results": results, "note": "see benchmarks/eval_speed.py docstring"})
+    write_results(args.out, meta, {"results": results, "note": "see benchmarks/eval_speed.py docstring"})
     return 0 if all("error" not in r for r in results) else 1
 
 

@@ -1,4 +1,4 @@
-"""Method A's two claims, measured on the embedded multi-label glyph mosaics (SPEC §A).
+"""Method A's two claims, measured on the embedded multi-label glyph mosaics (docs/method.md §A).
 
 1. integer iReLU codes keep *how strongly* a part responds, which a sign hash throws away:
    float features vs 8-bit / 4-bit codes vs a sign hash of the same continuous features, at equal dims
@@ -24,8 +24,10 @@ the per-dimension median of the continuous features over the *training* split (`
 Bytes per image: ``bits·P·d / 8`` (bit-packed; 8-bit codes: ``P·d``; the uint8 index stores 4-bit codes
 in one byte each, noted in the table), floats ``4·P·d``.
 
-Run: ``python benchmarks/quantization_claims.py --seeds 0 1 2`` (or ``--quick``: one seed, fewer epochs).
-Writes ``benchmarks/results/quantization_claims.json`` and ``.png`` and prints a table.
+Run: ``python benchmarks/quantization_claims.py --seeds 0 1 2`` (or ``--quick``: one seed, fewer epochs;
+``--quick --epochs 1 --data /tmp/m --out /tmp/qc.json`` checks the script). Writes
+``benchmarks/results/quantization_claims.json`` (with what every benchmark records: commit, command,
+machine, load before and after; ``benchmarks/common.py``) and ``.png``, and prints a table.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import started, write_results  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -115,19 +119,13 @@ def load_data(data_config: str, root: str | None, image_size: int):
     return dm
 
 
-def _make_trunk():
-    """``make_trunk`` (the public name) when the encoder module has it, else the older ``_make_trunk``."""
-    from sketchquant.lightning_modules.components import quant_encoder
-
-    return getattr(quant_encoder, "make_trunk", None) or quant_encoder._make_trunk
-
-
 @torch.no_grad()
 def backbone_maps(dm, image_size: int, feature_stage: int) -> dict[str, torch.Tensor]:
     from sketchquant.lightning_modules.components.backbones import create_backbone
+    from sketchquant.lightning_modules.components.quant_encoder import make_trunk
 
     trunk_model = create_backbone("tf_efficientnet_lite0", weights="efficientnet_lite0", num_classes=None)
-    trunk = _make_trunk()(
+    trunk = make_trunk(
         trunk_model, feature_stage, torch.zeros(1, 3, image_size, image_size), prune=True
     ).eval()
     out = {}
@@ -248,7 +246,7 @@ def finetune_features(v: Variant, seed: int, epochs: int, extra: list[str], work
     cfg = compose("quantization", ov + list(extra))
     res = train(cfg)
     ckpt = Path(res["run_dir"]) / "checkpoints" / "last.ckpt"
-    cfg, module, _ = load_quantization_model(ckpt)
+    cfg, encoder, _ = load_quantization_model(ckpt)  # the trained QuantizationEncoder
     dm = build_datamodule(cfg)
     dm.prepare_data()
     dm.setup("test")
@@ -257,7 +255,7 @@ def finetune_features(v: Variant, seed: int, epochs: int, extra: list[str], work
         ds = dm.eval_dataset(split)
         loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=False)
         with torch.no_grad():
-            parts = [(module.encoder.float_features(b["image"]), b["label"]) for b in loader]
+            parts = [(encoder.float_features(b["image"]), b["label"]) for b in loader]
         feats[split] = torch.cat([p[0] for p in parts])
         feats[split + "_labels"] = torch.cat([p[1] for p in parts])
     return feats
@@ -385,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS / "quantization_claims.json"))
     p.add_argument("extra", nargs="*", metavar="key=value", help="finetune mode: overrides for every run")
     args = p.parse_args(argv)
+    record = started(None if argv is None else [sys.argv[0], *argv])
     torch.set_num_threads(args.threads)
     seeds = args.seeds[:1] if args.quick else args.seeds
     epochs = args.epochs or (15 if args.quick else 40) if args.mode == "frozen" else args.epochs
@@ -495,9 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
     }
     out = Path(args.out)
-    from sketchquant.core.io import atomic_write_json
-
-    atomic_write_json(out, {"meta": meta, "rows": table}, indent=2)
+    write_results(out, record, {"meta": meta, "rows": table})
     title = (
         f"{args.data_config}, {args.mode} lite0 stage {args.feature_stage} @{args.image_size}px, "
         f"{len(seeds)} seed(s), mAP@all"

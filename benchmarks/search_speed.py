@@ -20,14 +20,16 @@ recall@10 of the approximate index types against exact ``flat``.
 - **bytes per photo**: the serialised index / N, plus the 4·d bytes of stored features every gallery keeps
   (``features.npz``, used by ``--update``).
 
-Timings depend on the machine's load: the 1-minute load average is recorded before and after. Run it
-alone (the lead runs the benchmarks at the end); ``--sizes 1000 --build-images 32 --queries 10 --tiny``
-is a seconds-long smoke run.
+Timings depend on the machine's load: the results file records it before and after, with the commit,
+the command and the machine (``benchmarks/common.py``). Run it alone (the lead runs the benchmarks at the
+end); ``--sizes 1000 --build-images 32 --queries 10 --tiny --out /tmp/x.json`` is a seconds-long smoke
+run.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import tempfile
@@ -38,6 +40,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import started, write_results  # noqa: E402
 
 
 def _checkpoint(tmp: Path, tiny: bool, image_size: int | None = None) -> tuple[Path, object]:
@@ -95,7 +99,8 @@ def bench_build(tmp: Path, args, image_size: int | None = None) -> dict:
     import torch
 
     from sketchquant.app.gallery import Gallery
-    from sketchquant.app.serve import _composite  # noqa: F401 - the page imports cleanly
+
+    importlib.import_module("sketchquant.app.serve")  # the page imports cleanly (no private name)
 
     ckpt, cfg = _checkpoint(tmp, args.tiny, image_size)
     size = 32 if args.tiny else 224
@@ -114,10 +119,10 @@ def bench_build(tmp: Path, args, image_size: int | None = None) -> dict:
     x = torch.randn(args.batch_size, 3, *hw)
     batches = max(1, args.build_images // args.batch_size)
     with torch.inference_mode():
-        g.module(x)  # warm-up
+        g.network(x)  # warm-up
         t0 = time.perf_counter()
         for _ in range(batches):
-            g.module(x)
+            g.network(x)
         fwd_s = time.perf_counter() - t0
     build_ips = rep.images / build_s
     fwd_ips = batches * args.batch_size / fwd_s
@@ -202,7 +207,7 @@ def bench_query(g, n: int, types: list[str], sketch: Path, args) -> list[dict]:
                 items={"relpaths": [f"synthetic/{i}" for i in range(n)], "labels": [None] * n},
                 settings={**g.settings, "features": ["raw"], "default": "raw"},
             )
-            big = Gallery(g.path, manifest, g.cfg, g.module, {"raw": index}, {"raw": x})
+            big = Gallery(g.path, manifest, g.cfg, g.network, {"raw": index}, {"raw": x})
             big.search([str(sketch)], k=10)  # warm-up
             e2e = []
             for _ in range(args.queries):
@@ -237,14 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/search_speed.json"))
     args = ap.parse_args(argv)
+    meta = started(None if argv is None else [sys.argv[0], *argv])
 
     import torch
     from PIL import Image, ImageDraw
 
-    from sketchquant.core.io import atomic_write_json
     from sketchquant.core.report import print_table
 
-    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         sizes = [None if s == "config" else int(s) for s in args.build_input_sizes.split(",") if s]
@@ -259,7 +263,6 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for n in [int(s) for s in args.sizes.split(",") if s]:
             rows += bench_query(g, n, [t for t in args.types.split(",") if t], sketch, args)
-    load_after = os.getloadavg()[0]
     print_table(
         "index build (images/s)",
         ["images", "input px", "batch", "build img/s", "forward img/s", "ratio"],
@@ -305,14 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     payload = {
         "args": {k: v for k, v in vars(args).items() if k != "out"},
-        "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "load_avg_1min_before_after": [load_before, load_after],
         "build": builds,
         "query": rows,
     }
-    atomic_write_json(args.out, payload)
-    print(f"-> {args.out}")
+    write_results(args.out, meta, payload)
     return 0
 
 

@@ -32,7 +32,14 @@ sampler, decoding and augmentation), after ``warmup`` batches (worker start-up e
 
 Every timing is repeated ``--repeats`` times, interleaved (bare, same-work, lightning, data, bare, ...), and
 the median is reported with the min–max spread: the machine may be shared and noisy. Results are printed as
-a table and written atomically (temp file + ``os.replace``) to ``--out``.
+a table and written atomically to ``--out`` with what every benchmark records (``benchmarks/common.py``:
+commit, command, machine, load before and after).
+
+A seconds-long smoke run of the script itself (timm's test network, 32 px, data in a temporary folder)::
+
+    python benchmarks/train_throughput.py --experiments zs_sbir --batches 1 --warmup 0 --repeats 1 \
+        --distinct-batches 1 --out /tmp/tt.json model.backbone=test_efficientnet model.weights=none \
+        data.image_size=32 data.generator.image_size=32 data.batch_size=8 data.num_workers=0 data.root=/tmp/tt
 """
 
 from __future__ import annotations
@@ -40,9 +47,7 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -52,12 +57,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "benchmarks"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
 import torch  # noqa: E402
+from common import started, write_results  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "train_throughput.json"
 TARGET_OVERHEAD_PCT = 10.0
@@ -99,10 +106,17 @@ def batch_images(batch: dict) -> int:
     return int(batch["image"].shape[0])
 
 
-def _optimizer(params, cfg) -> torch.optim.Optimizer:
+def _optimizer(params, module) -> torch.optim.Optimizer:
+    """An optimizer of the module's settings (``model.optim``) over ``params``."""
     from sketchquant.lightning_modules.base import build_optimizer
 
-    return build_optimizer([p for p in params if p.requires_grad], dict(cfg.model.optim))
+    return build_optimizer([p for p in params if p.requires_grad], module.config.optim)
+
+
+def _module_optimizer(module) -> torch.optim.Optimizer:
+    """The optimizer ``configure_optimizers`` gives (its param groups and learning rates)."""
+    opt = module.configure_optimizers()
+    return opt["optimizer"] if isinstance(opt, dict) else opt
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -136,7 +150,7 @@ def run_bare_backbone(cfg, module, batches: list[dict], warmup: int, n: int) -> 
     """Plain loop: the same backbone + a linear classifier, cross-entropy (BCE if multi-label), Adam."""
     net = _BareBackbone(module, int(module.hparams.num_classes))
     net.train()
-    opt = _optimizer(net.parameters(), cfg)
+    opt = _optimizer(net.parameters(), module)
     multi = bool(getattr(module.hparams, "multi_label", False))
     loss_fn = torch.nn.BCEWithLogitsLoss() if multi else torch.nn.CrossEntropyLoss()
 
@@ -152,15 +166,16 @@ def run_bare_backbone(cfg, module, batches: list[dict], warmup: int, n: int) -> 
 def run_same_work(cfg, module, batches: list[dict], warmup: int, n: int) -> float:
     """The module's own computation (``_common_step``) in a plain loop: no Trainer, no callbacks, no logging."""
     from sketchquant.core.batch import DOMAIN, IMAGE, PHOTO
+    from sketchquant.core.hooks import Distillable, PenaltyWeighted
 
     mod = copy.deepcopy(module)
     mod.train()
-    opt = _optimizer(mod.parameters(), cfg)
-    teacher = getattr(mod, "teacher", None) if cfg.model.name == "zs_sbir" else None
+    opt = _module_optimizer(mod)
+    teacher = mod.distillation_teacher() if isinstance(mod, Distillable) else None
     if teacher is not None:
         teacher.eval()
-    if cfg.model.name == "quantization":
-        mod.alpha = float(cfg.model.alpha.final)  # the penalty is computed either way; α only scales it
+    if isinstance(mod, PenaltyWeighted):  # what AlphaRamp does; the penalty is computed either way
+        mod.set_penalty_weight(float(getattr(getattr(mod.config, "alpha", None), "final", 1.0)))
 
     def step(batch: dict) -> None:
         if teacher is not None:  # what TeacherDistillation does before every batch
@@ -168,7 +183,7 @@ def run_same_work(cfg, module, batches: list[dict], warmup: int, n: int) -> floa
             with torch.no_grad():
                 logits = torch.zeros(images.shape[0], 1000)
                 logits[photo] = teacher(images[photo]).float()
-            batch = {**batch, "teacher_logits": logits}
+            mod.set_teacher_logits(logits)
         loss = mod._common_step(batch, "train")["loss"]
         loss.backward()
         opt.step()
@@ -342,19 +357,6 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--experiments", nargs="+", default=["zs_sbir", "quantization"])
@@ -367,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every experiment")
     args = p.parse_args(argv)
+    meta = started(None if argv is None else [sys.argv[0], *argv])
     if args.batches < 1 or args.warmup < 0 or args.repeats < 1:
         p.error("--batches and --repeats must be >= 1, --warmup >= 0")
     if args.threads:
@@ -392,8 +395,6 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table)
     payload = {
-        "benchmark": "train_throughput",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": {
             "batches": args.batches,
             "warmup": args.warmup,
@@ -402,15 +403,12 @@ def main(argv: list[str] | None = None) -> int:
             "distinct_batches": args.distinct_batches,
             "overrides": args.overrides,
         },
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
+        "environment": {
             "torch": torch.__version__,
-            "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.is_available(),
-            "load_average_before": load,
-            "load_average_after": load_after,
+            "load_average_1_5_15_before": load,
+            "load_average_1_5_15_after": load_after,
         },
         "definitions": {
             "overhead_pct": "100 * (same_work / lightning - 1); target <= 10",
@@ -420,8 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "table": table.splitlines(),
     }
-    write_json_atomic(args.out, payload)
-    print(f"\nwritten {args.out}")
+    write_results(args.out, meta, payload)
     return 0
 
 

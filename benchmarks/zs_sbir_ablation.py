@@ -11,7 +11,10 @@ full method's checkpoint (seed of the first run). Checkpoints are chosen on held
 
     python benchmarks/zs_sbir_ablation.py --seeds 0 1 2            # full (about 20 × one default run)
     python benchmarks/zs_sbir_ablation.py --quick                  # 1 seed, 1 epoch, smoke
-Writes benchmarks/results/zs_sbir_ablation.json (atomic) and prints a markdown table.
+Writes benchmarks/results/zs_sbir_ablation.json (atomic; with what every benchmark records: commit,
+command, machine, load before and after, ``benchmarks/common.py``) and prints a markdown table.
+A seconds-long check of the script: ``--quick --out /tmp/a.json --run-dir /tmp/a`` plus the tiny-run
+overrides of ``tests/conftest.py`` (``model.backbone=test_efficientnet model.weights=none ...``).
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import started, write_results  # noqa: E402
 
 from sketchquant.app.methods import compose  # noqa: E402
 from sketchquant.app.train import evaluate, train  # noqa: E402
-from sketchquant.core.io import atomic_write_text  # noqa: E402
 
 VARIANTS = {
     "floor": ["trainer.max_epochs=0"],
@@ -83,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. trainer.max_epochs=4")
     args = p.parse_args(argv)
+    meta = started(None if argv is None else [sys.argv[0], *argv])
     if args.quick:
         args.seeds, args.epochs, args.grid_m, args.grid_k = [0], 1, [2], [16, 32]
     run_dir = Path(args.collect or Path(args.run_dir) / time.strftime("%Y%m%d-%H%M%S"))
@@ -154,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
     }
     out = Path(args.out)
-    atomic_write_text(out, json.dumps(payload, indent=2))
+    write_results(out, meta, payload)
 
     cols = [f"{f}/{m}" for f, _ in FEATURES for m in METRICS]
     print(
@@ -172,7 +178,6 @@ def main(argv: list[str] | None = None) -> int:
         print("| M | K | proto | fused |\n|---|---|---|---|")
         for g in grid:
             print(f"| {g['m']} | {g['k']} | {g['proto/map_all']:.3f} | {g['fused/map_all']:.3f} |")
-    print(f"\nwrote {out}")
     return 0
 
 
