@@ -255,6 +255,21 @@ def test_file_route_serves_no_file_from_disk(setup, server, tmp_path):
     assert not any(Path(utils.get_upload_folder()).is_relative_to(p) for p in server.blocks.blocked_paths)
 
 
+def test_serve_imports_no_lightning(setup):
+    """The server's search path (gallery, network, page) is pure torch: no Lightning imported."""
+    probe = (
+        "import json, sys\n"
+        "from sketchquant.app.serve import build_app\n"
+        "from sketchquant.app.gallery import LiveGallery\n"
+        f"build_app(LiveGallery({str(setup['gallery'])!r}))\n"
+        "print(json.dumps(sorted(m.split('.')[0] for m in sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    modules = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert {"torch", "gradio", "fastapi"} <= modules
+    assert not {"pytorch_lightning", "lightning_fabric", "lightning"} & modules
+
+
 # --------------------------------------------------------------------------------------------------
 # rebuilds under a running server, the folder deleted
 

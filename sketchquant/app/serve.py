@@ -35,6 +35,7 @@ from PIL import Image
 
 from sketchquant.app.api import (
     BLANK_MESSAGE,
+    MAX_K,
     Limits,
     UploadError,
     add_api_routes,
@@ -272,6 +273,8 @@ def serve(
     """Open the gallery and serve the page and the API at ``http://host:port``. Returns a
     :class:`Running` at once when ``block=False`` (tests); otherwise runs until interrupted."""
     limits = Limits.of(max_upload_mb, max_pixels)
+    if not 1 <= int(k) <= MAX_K:
+        raise ServeError(f"--k must be from 1 to {MAX_K}, got {k}")
     sock = _bind(host, port)  # a busy port fails before the gallery is opened
     try:
         live = LiveGallery(gallery, ckpt, force=force, trust=trust)
