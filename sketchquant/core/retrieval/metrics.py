@@ -38,7 +38,8 @@ How it scales: the query × gallery matrix is never built whole; :mod:`.engine` 
 most ``chunk_size`` rows (default: as many as ``memory_budget_mb`` holds), evened out under that cap
 (:func:`.keys.even_chunk`), with keys from :mod:`.keys` and relevance from :mod:`.relevance`;
 ``device=`` picks where, ``query_shard=`` / ``reduce_fn=`` split the queries over processes
-(:mod:`.aggregate`). Input checks live in :mod:`.checks`, per-query reference implementations of the
+(:mod:`.aggregate`). ``per_query=True`` also returns the per-query values behind every number
+(:class:`.aggregate.PerQuery`; the default path does no extra work). Input checks live in :mod:`.checks`, per-query reference implementations of the
 published code in :mod:`.reference`, the torchmetrics wrapper in :mod:`.torchmetric`.
 """
 
@@ -74,6 +75,9 @@ __all__ = [
 ]
 
 Reduce = aggregate.Reduce
+PerQuery = aggregate.PerQuery
+#: a metric function's return: the numbers, or ``(numbers, per-query values)`` with ``per_query=True``
+Result = dict[str, float] | tuple[dict[str, float], PerQuery]
 
 
 def _setup(
@@ -105,7 +109,8 @@ def _sbir_run(
     chunk: int,
     query_shard: Any = None,
     reduce_fn: Reduce | None = None,
-) -> dict[str, float]:
+    per_query: bool = False,
+) -> Result:
     ql, gl = ql.to(device), gl.to(device)
     relevant, n_rel = relevance.class_relevance(ql, gl)
     # queries in class order: a chunk's rows then share few relevant-column lists
@@ -114,8 +119,9 @@ def _sbir_run(
     chunk = keys.even_chunk(queries.numel(), chunk)
     queries = aggregate.shard(queries, query_shard, chunk)
     per, _ = engine.run(fill, queries, gl.shape[0], relevant, dtype, map_ks, p_ks, ap, "sbir", chunk, device)
-    full = aggregate.full(per, queries, ql.shape[0], reduce_fn)
-    return aggregate.sbir_aggregate(dict(zip(per, full)), n_rel, ql)
+    full = dict(zip(per, aggregate.full(per, queries, ql.shape[0], reduce_fn)))
+    out = aggregate.sbir_aggregate(full, n_rel, ql)
+    return (out, aggregate.sbir_per_query(full, n_rel)) if per_query else out
 
 
 def sbir_metrics(
@@ -136,7 +142,8 @@ def sbir_metrics(
     device: str | torch.device | None = None,
     query_shard: tuple[int, int] | None = None,
     reduce_fn: Reduce | None = None,
-) -> dict[str, float]:
+    per_query: bool = False,
+) -> Result:
     """Zero-shot SBIR metrics, SAKE-compatible (see the module docstring for the exact formulas).
 
     ``query_feats`` ``Q × d`` / ``gallery_feats`` ``N × d`` (numpy or torch, any device), labels 1-D class
@@ -152,6 +159,10 @@ def sbir_metrics(
     its share of the queries against the whole gallery; ``reduce_fn`` sums the ``metrics × Q`` float64
     matrix of per-query values (zero outside the share) over the processes — e.g.
     :func:`.torchmetric.all_reduce_sum` — so every process returns exactly the one-process numbers.
+
+    ``per_query=True`` returns ``(numbers, PerQuery)``: every query's value of every metric (NaN for a
+    query left out) from which :meth:`.aggregate.PerQuery.numbers` gives the numbers bit for bit (in
+    every process when sharded).
     """
     sq, sg = sources(source)
     check_choice(ap, APS, "ap")
@@ -162,7 +173,7 @@ def sbir_metrics(
     gl = check_single_labels(gallery_labels, g.shape[0], "gallery_labels", "gallery_feats", sg)
     dev, dtype, fill = _setup(q, g, metric, normalize, distance_fn, device)
     chunk = keys.chunk_rows(g.shape[0], chunk_size, memory_budget_mb, dev)
-    return _sbir_run(fill, ql, gl, dtype, dev, map_ks, p_ks, ap, chunk, query_shard, reduce_fn)
+    return _sbir_run(fill, ql, gl, dtype, dev, map_ks, p_ks, ap, chunk, query_shard, reduce_fn, per_query)
 
 
 def sbir_metrics_from_distances(
@@ -176,9 +187,10 @@ def sbir_metrics_from_distances(
     chunk_size: int | None = None,
     memory_budget_mb: float = 512,
     source: Sequence[str] | None = None,
-) -> dict[str, float]:
+    per_query: bool = False,
+) -> Result:
     """:func:`sbir_metrics` from a precomputed ``Q × N`` distance matrix (lower = closer; float64 input
-    is ranked as float32, integer input exactly). Same names and tie rule."""
+    is ranked as float32, integer input exactly). Same names, tie rule and ``per_query``."""
     sq, sg = sources(source)
     check_choice(ap, APS, "ap")
     map_ks, p_ks = check_ks(map_at, p_at)
@@ -188,7 +200,7 @@ def sbir_metrics_from_distances(
     dtype = torch.float32 if d.is_floating_point() else torch.float64
     fill = keys.user_fill(lambda idx: d[idx], d.shape[1])
     chunk = keys.chunk_rows(d.shape[1], chunk_size, memory_budget_mb, torch.device("cpu"))
-    return _sbir_run(fill, ql, gl, dtype, torch.device("cpu"), map_ks, p_ks, ap, chunk)
+    return _sbir_run(fill, ql, gl, dtype, torch.device("cpu"), map_ks, p_ks, ap, chunk, per_query=per_query)
 
 
 def hashing_metrics(
@@ -208,7 +220,8 @@ def hashing_metrics(
     device: str | torch.device | None = None,
     query_shard: tuple[int, int] | None = None,
     reduce_fn: Reduce | None = None,
-) -> dict[str, float]:
+    per_query: bool = False,
+) -> Result:
     """Multi-label retrieval metrics, DeepHash-pytorch ``CalcTopMap``-compatible.
 
     Labels: ``N × C`` 0/1 multi-hot, or ``N`` ints (turned into one-hot). Relevant = shares ≥ 1 label.
@@ -216,7 +229,7 @@ def hashing_metrics(
     codes that is 4 × Hamming distance, the same order as ``CalcHammingDist``; uint8 codes are compared
     exactly. Returns ``map_<k>``, ``p_<k>`` (means over all queries), ``num_queries`` and
     ``num_queries_no_relevant`` (queries with no relevant gallery item; they score 0 and are kept, as in
-    ``CalcTopMap``). ``device``, ``query_shard`` and ``reduce_fn`` as in :func:`sbir_metrics`.
+    ``CalcTopMap``). ``device``, ``query_shard``, ``reduce_fn`` and ``per_query`` as in :func:`sbir_metrics`.
     """
     sq, sg = sources(source)
     check_choice(metric, METRICS, "metric")
@@ -250,7 +263,7 @@ def hashing_metrics(
     out: dict[str, float] = {name: aggregate.exact_mean(v) for name, v in zip(per, full)}
     out["num_queries"] = int(q.shape[0])
     out["num_queries_no_relevant"] = int((full[-1] == 0).sum())
-    return out
+    return (out, aggregate.mean_per_query(dict(zip(per, full)), full[-1])) if per_query else out
 
 
 def topk_neighbors(

@@ -184,8 +184,9 @@ def prototype_retrieval_metrics(
     max_points_per_centroid: int | None = None,
     variants: Sequence[str] = (RAW, PROTO, FUSED),
     sync_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+    per_query: bool = False,
     **metric_kwargs: Any,
-) -> dict[str, dict[str, float]]:
+) -> Any:
     """SBIR metrics for the ``raw``, ``proto`` and ``fused`` gallery (SPEC §B S5–S6).
 
     ``fusion="feature"``: rank by ``x̃ = (1 − λ)x̂ + λx``; ``fusion="distance"``: rank by
@@ -193,6 +194,7 @@ def prototype_retrieval_metrics(
     ``ap``, ``chunk_size``, ``query_shard`` …; Euclidean metric only). See the module docstring for
     normalisation. ``variants``: which of the three to compute (the evaluator has ``raw`` already);
     ``sync_fn(prototypes) -> prototypes`` makes every process use the same prototypes (e.g. rank 0's).
+    ``per_query=True`` returns ``(metrics, {variant: PerQuery})`` (see :func:`sbir_metrics`).
     """
     if fusion not in ("feature", "distance"):
         raise ValueError(f"unknown fusion {fusion!r}; expected 'feature' or 'distance'")
@@ -208,7 +210,8 @@ def prototype_retrieval_metrics(
     xh = prototype_features(pq, x)
     if sync_fn is not None:
         xh = np.ascontiguousarray(sync_fn(xh), dtype=np.float32)
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, Any] = {}
+    metric_kwargs["per_query"] = per_query
     if RAW in variants:
         out[RAW] = sbir_metrics(q, q_labels, x, g_labels, normalize=False, **metric_kwargs)
     if PROTO in variants:
@@ -221,4 +224,6 @@ def prototype_retrieval_metrics(
         out[FUSED] = sbir_metrics(
             q, q_labels, x, g_labels, distance_fn=fused_distance_fn(q, x, xh, lam), **metric_kwargs
         )
+    if per_query:  # each value is (metrics, PerQuery)
+        return {v: r[0] for v, r in out.items()}, {v: r[1] for v, r in out.items()}
     return out

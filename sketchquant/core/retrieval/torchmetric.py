@@ -118,11 +118,16 @@ class RetrievalMetric(Metric):
         data = self.gathered()
         return self.evaluate(data["feats"], data["labels"], data["domain"])
 
-    def evaluate(self, feats: torch.Tensor, labels: torch.Tensor, domain: torch.Tensor) -> dict[str, float]:
-        """The protocol's metrics for already gathered, de-duplicated samples (no state involved)."""
+    def evaluate(
+        self, feats: torch.Tensor, labels: torch.Tensor, domain: torch.Tensor, per_query: bool = False
+    ) -> Any:
+        """The protocol's metrics for already gathered, de-duplicated samples (no state involved);
+        ``per_query=True``: ``(metrics, PerQuery)``, the queries in sample-index order, as
+        :func:`.metrics.sbir_metrics` returns them (the same arrays on every process)."""
         qm, gm = domain == self.QUERY, domain == self.GALLERY
+        extra = {"per_query": True} if per_query else {}
         return get_protocol(self.protocol).metrics(
-            feats[qm], labels[qm], feats[gm], labels[gm], **self.metric_kwargs, **self.shard_kwargs()
+            feats[qm], labels[qm], feats[gm], labels[gm], **self.metric_kwargs, **self.shard_kwargs(), **extra
         )
 
     @staticmethod
