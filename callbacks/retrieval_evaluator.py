@@ -11,6 +11,10 @@ Logged names: ``<stage>/<metric>`` for the embedding called ``raw``, ``<stage>/<
 others (method A: ``codes`` and ``float``); on test with ``prototypes`` (method B) also
 ``test/proto/<metric>`` and ``test/fused/<metric>``. The sanity check is skipped. Pictures (retrieval
 grid, wandb dashboard) are drawn by :mod:`sketchquant.callbacks.retrieval_visuals`.
+
+On test it also keeps every query's value of every logged metric (``last_queries``: the arrays of
+:mod:`sketchquant.core.retrieval.per_query`, the same on every rank); when the app has set
+``queries_path``, rank 0 writes them there (the app names the file in ``results.json``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 from sketchquant.callbacks.config import EvalConfig
 from sketchquant.callbacks.retrieval_visuals import draw_pictures
 from sketchquant.core.batch import DOMAIN, INDEX, LABEL, PHOTO, SKETCH, FeatureSets
+from sketchquant.core.retrieval import per_query
 from sketchquant.core.retrieval.protocols import get_protocol
 from sketchquant.core.retrieval.prototypes import prototype_retrieval_metrics
 from sketchquant.core.retrieval.torchmetric import RetrievalMetric, broadcast_from_zero
@@ -54,6 +59,11 @@ class RetrievalEvaluator(pl.Callback):
         self.last_metrics: dict[str, float] = {}
         self._told_no_val_gallery = False  # said once: validation without queries or gallery
         self.last_data: dict[str, torch.Tensor] = {}
+        #: where rank 0 writes the test's per-query file (set by the app before testing; None: not written)
+        self.queries_path: str | None = None
+        self.last_queries: dict[str, Any] = {}  # the per-query file's arrays of the last test
+        self._per_query: dict[str, Any] = {}  # feature set -> (logged prefix, PerQuery), test only
+        self._chance: list[str] = []  # the logged chance-level names of that test
 
     # ---------------------------------------------------------------------------------------------
     # collection
@@ -95,6 +105,7 @@ class RetrievalEvaluator(pl.Callback):
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         if self._metrics:
             self._evaluate(trainer, pl_module, "test")
+            self._keep_queries(trainer)
 
     # ---------------------------------------------------------------------------------------------
     # evaluation
@@ -140,11 +151,15 @@ class RetrievalEvaluator(pl.Callback):
         labels = data[LABEL]
         c, names = self.config, self.features
         out = self.protocol.chance(labels[qmask], labels[gmask], tuple(c.map_at), stage)
+        keep = stage == "test"  # every query's values: test only (validation stays on the lean path)
+        self._per_query, self._chance = {}, list(out)
         metric = self._new_metric()
         for key in sorted(k for k in data if k.startswith("emb/")):
             name = key.split("/", 1)[1]
             feats = data[key]
-            res = metric.evaluate(feats, labels, domain)
+            res = metric.evaluate(feats, labels, domain, per_query=keep)
+            if keep:
+                res, self._per_query[name] = res[0], (names.prefix(stage, name), res[1])
             out.update({names.prefix(stage, name) + k: float(v) for k, v in res.items()})
             if stage == "test" and c.prototypes and names.derived and name == names.unnamed:
                 derived = prototype_retrieval_metrics(
@@ -159,12 +174,45 @@ class RetrievalEvaluator(pl.Callback):
                     fusion=c.fusion,
                     variants=names.derived,  # the unnamed one: computed once, above
                     sync_fn=broadcast_from_zero,
+                    per_query=True,
                     **{k: v for k, v in self._kwargs().items() if k != "metric"},
                     **metric.shard_kwargs(),
                 )
+                derived, per = derived
                 for variant, values in derived.items():
                     out.update({names.prefix(stage, variant) + k: float(v) for k, v in values.items()})
+                    self._per_query[variant] = (names.prefix(stage, variant), per[variant])
         return out
+
+    def queries_record(
+        self, data: dict[str, torch.Tensor], metrics: dict[str, float], dm: Any = None
+    ) -> dict:
+        """The per-query file's arrays of the last :meth:`compute` on test (``dm``: the DataModule, for the
+        queries' paths and the class names)."""
+        qmask, gmask = data[DOMAIN] == SKETCH, data[DOMAIN] == PHOTO
+        index = data[INDEX][qmask].cpu().numpy()
+        has_paths = dm is not None and hasattr(dm, "path_for_index")
+        return per_query.build(
+            protocol=self.protocol.name,
+            stage="test",
+            features=self._per_query,
+            chance={name: metrics[name] for name in self._chance},
+            logged=metrics,
+            query_index=index,
+            query_label=data[LABEL][qmask],
+            gallery_label=data[LABEL][gmask],
+            query_path=[dm.path_for_index(int(i)) if has_paths else "" for i in index],
+            class_names=list(getattr(dm, "class_names", None) or []),
+            map_at=tuple(self.config.map_at),
+        )
+
+    def _keep_queries(self, trainer: pl.Trainer) -> None:
+        """After a test: keep the per-query arrays; rank 0 writes them to ``queries_path`` (if set)."""
+        if not self._per_query:
+            return
+        self.last_queries = self.queries_record(self.last_data, self.last_metrics, trainer.datamodule)
+        if self.queries_path and trainer.is_global_zero:
+            per_query.save(self.queries_path, self.last_queries)
 
     def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         data = self.gathered()

@@ -3,7 +3,9 @@
 
 Run folder: ``<run_dir>/<experiment>/<YYYYmmdd-HHMMSS>[-<name>]/`` holding ``config.yaml`` (resolved),
 ``checkpoints/`` (``last.ckpt`` + best by ``monitor``), ``metrics.csv``, ``train.log`` and, after testing,
-``results.json``. Under torchrun/SLURM every process derives the same folder from the job id.
+``results.json`` with ``queries.npz`` beside it (every test query's value of every metric, docs/comparing.md;
+``evaluate`` writes ``eval-<time>.json`` and ``eval-<time>.queries.npz``). Under torchrun/SLURM every
+process derives the same folder from the job id.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from sketchquant.app.checkpoints import checkpoint_problem
+from sketchquant.callbacks.retrieval_evaluator import RetrievalEvaluator
 from sketchquant.core.config import ConfigError, to_yaml
 from sketchquant.core.io import atomic_write_json, atomic_write_text
 
@@ -189,6 +192,23 @@ def restore_env(name: str, value: str | None) -> None:
         os.environ[name] = value
 
 
+def queries_name(results_name: str) -> str:
+    """The per-query file beside a results file: ``results.json`` → ``queries.npz``,
+    ``eval-<time>.json`` → ``eval-<time>.queries.npz``."""
+    stem = Path(results_name).stem
+    return "queries.npz" if stem == "results" else f"{stem}.queries.npz"
+
+
+def expect_queries(trainer: pl.Trainer, path: Path) -> None:
+    """Before a test: its evaluator's rank 0 writes the per-query file to ``path`` (the evaluator runs in
+    the worker under ddp_spawn / ddp_fork, so it writes it itself); a file left by an earlier test goes."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, RetrievalEvaluator):
+            callback.queries_path = str(path)
+    if rank_zero_only.rank == 0:
+        path.unlink(missing_ok=True)
+
+
 @rank_zero_only
 def write_results(
     run_dir: Path,
@@ -197,6 +217,13 @@ def write_results(
     name: str = "results.json",
     val: dict[str, float] | None = None,
 ) -> None:
-    """``results.json``: ``{"checkpoint", "val": {monitor: best score}, "metrics": {test metrics}}``."""
-    payload = {"checkpoint": str(ckpt), "val": val or {}, "metrics": metrics}
+    """``results.json``: ``{"checkpoint", "val": {monitor: best score}, "metrics": {test metrics},
+    "queries": the per-query file beside it (its name; null when the run was not tested)}``."""
+    queries = queries_name(name)
+    payload = {
+        "checkpoint": str(ckpt),
+        "val": val or {},
+        "metrics": metrics,
+        "queries": queries if (run_dir / queries).is_file() else None,
+    }
     atomic_write_json(run_dir / name, payload)

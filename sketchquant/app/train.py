@@ -21,8 +21,10 @@ from sketchquant.app.loggers import finish_loggers
 from sketchquant.app.methods import compose, method_of
 from sketchquant.app.rundir import (
     RunFileLogging,
+    expect_queries,
     find_resume,
     new_run_dir,
+    queries_name,
     restore_env,
     setup_file_logging,
     write_config,
@@ -123,6 +125,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
         score = best_model_score(ckpt, best)
         val = {cfg.monitor: score} if score is not None else {}
+        expect_queries(trainer, run_dir / queries_name("results.json"))  # results.json is replaced too
         if cfg.test_after_fit:
             results = trainer.test(
                 module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True
@@ -166,6 +169,7 @@ def evaluate(
     module.load_state_dict(raw["state_dict"])
     eval_dir = run_dir / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
     trainer = build_trainer(cfg, eval_dir, logger=False)
+    expect_queries(trainer, run_dir / queries_name(f"{eval_dir.name}.json"))
     try:
         results = trainer.test(module, datamodule=datamodule, verbose=False)
     finally:
