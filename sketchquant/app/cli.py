@@ -106,10 +106,12 @@ def _parser() -> argparse.ArgumentParser:
     cp = command(
         "compare",
         "is run B better than run A? the difference of a metric with a paired bootstrap interval",
-        epilog="RUN: a run folder (with queries.npz beside results.json) or a queries file. Seeds: "
-        "`compare A1 A2 A3 -- B1 B2 B3`.",
+        epilog="RUN: a run folder (with queries.npz beside results.json), a results / eval-<time>.json, or "
+        "a per-query file. Seeds: `compare A1 A2 A3 -- B1 B2 B3` (or `--vs B1 B2 B3`): A_i is paired with "
+        "B_i. diff = B − A; see docs/comparing.md.",
     )
     cp.add_argument("runs", nargs="+", metavar="RUN")
+    cp.add_argument("--vs", dest="versus", nargs="+", metavar="RUN", help="the B side (what `--` starts)")
     cp.add_argument("--metric", default=None, help="a logged name, e.g. test/fused/map_all (default: all)")
     cp.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples (and permutations)")
     cp.add_argument("--seed", type=int, default=0)
@@ -212,10 +214,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare_sides(argv: list[str]) -> list[str]:
+    """``compare A1 A2 -- B1 B2``: argparse drops a bare ``--``, so it becomes ``--vs`` first."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):  # the options before the command
+        i += 2 if argv[i] == "--config-dir" else 1
+    if i < len(argv) and argv[i] == "compare" and "--" in argv[i + 1 :]:
+        j = argv.index("--", i + 1)
+        return [*argv[:j], "--vs", *argv[j + 1 :]]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_MODE", "offline")
     parser = _parser()
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(_compare_sides(list(sys.argv[1:] if argv is None else argv)))
     # key=value overrides may also come after options (e.g. `sweep SPEC --workers 2 a.b=1`)
     if extra:
         if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
