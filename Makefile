@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install train demo screenshot test test-fast lint format clean
+.PHONY: help install train demo screenshot test test-fast lint format docs clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ test: install ## run the whole test suite (slow-marked DDP/resume/sweep tests in
 
 test-fast: install ## the tests without the slow marker
 	$(BIN)/pytest -q -m "not slow"
+
+docs: install ## render docs/benchmarks.md and README's figure blocks from benchmarks/results/*.json
+	$(BIN)/python scripts/render_docs.py
 
 lint: install ## ruff check + format check + the import contract (app -> plug-in folders -> core)
 	$(BIN)/ruff check .
