@@ -42,15 +42,26 @@ def _train(experiment: str, tmp: Path, **extra) -> Path:
     return Path(out["run_dir"])
 
 
+def _trained_once(tmp_path_factory, experiment: str, **extra) -> Path:
+    """A tiny run trained once per session, also when test_compare.py imports the fixture (pytest then
+    holds two fixture objects: the run folder is found on disk the second time)."""
+    base = tmp_path_factory.getbasetemp() / f"{experiment}-run"
+    done = base / "run_dir.txt"
+    if not done.is_file():
+        base.mkdir(exist_ok=True)
+        done.write_text(str(_train(experiment, base, **extra)))
+    return Path(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def zs_run(tmp_path_factory) -> Path:
     """One tiny method-B run (raw / proto / fused), trained and tested once for both test files."""
-    return _train("zs_sbir", tmp_path_factory.mktemp("zs_run"))
+    return _trained_once(tmp_path_factory, "zs_sbir")
 
 
 @pytest.fixture(scope="session")
 def quant_run(tmp_path_factory) -> Path:
-    return _train("quantization", tmp_path_factory.mktemp("quant_run"), **QUANT_SMALL)
+    return _trained_once(tmp_path_factory, "quantization", **QUANT_SMALL)
 
 
 def _check_file(results_json: Path, losses: set[str]) -> dict:
