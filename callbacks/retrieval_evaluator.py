@@ -1,4 +1,4 @@
-"""FAISS/torch retrieval evaluation after each validation epoch and on test (SPEC §C).
+"""FAISS/torch retrieval evaluation after each validation epoch and on test (docs/method.md §C).
 
 The module's ``validation_step`` / ``test_step`` return ``{"embeddings": {name: B×d tensor}}``; this callback
 feeds them, with the batch's ``label``, ``domain`` and ``index``, to one

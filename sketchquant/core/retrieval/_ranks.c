@@ -1,4 +1,4 @@
-/* Exact ranks of each row's relevant gallery items in one pass over the row (sketchquant, SPEC §C).
+/* Exact ranks of each row's relevant gallery items in one pass over the row (sketchquant, docs/method.md §C).
  *
  * The order is (key ascending, column ascending). For a row with R relevant items sorted in that order
  * (r_0 … r_{R-1}), every item i gets p(i) = the number of relevant items strictly before it; then

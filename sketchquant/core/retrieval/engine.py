@@ -1,7 +1,7 @@
 """The one ranking engine: exact, tie-safe ranks of the relevant gallery items, query chunk by chunk.
 
 Every metric of :mod:`.metrics` needs, per query, the ascending 1-based ranks of its relevant gallery
-items under the order *(distance, gallery index)* — ties broken by the lowest gallery index (SPEC §C).
+items under the order *(distance, gallery index)* — ties broken by the lowest gallery index (docs/method.md §C).
 The query × gallery distance matrix is never built whole: queries go in chunks of rows, and for a chunk
 (``m × N`` keys, lower = closer) :func:`relevant_ranks` finds those ranks with whole-chunk torch ops on
 the keys' device:
@@ -213,7 +213,7 @@ def per_query_metrics(
     ap: str,
     protocol: str,
 ) -> dict[str, torch.Tensor]:
-    """Per-query AP@k / P@k (float64) from padded ascending ranks (SPEC §C formulas).
+    """Per-query AP@k / P@k (float64) from padded ascending ranks (docs/method.md §C formulas).
 
     The ranks ascend along a row, so at most ``k`` of them are ≤ k: a finite cut-off reads only the
     first ``k`` columns. The sums run in rank order (``cumsum``), as the compiled kernel's do."""

@@ -1,4 +1,4 @@
-"""Retrieval metrics that match the published evaluation code (SPEC §C), computed in query chunks.
+"""Retrieval metrics that match the published evaluation code (docs/method.md §C), computed in query chunks.
 
 Two protocols, pure functions (torchmetrics style):
 

@@ -1,4 +1,4 @@
-"""Prototype (product-quantised) gallery features, SPEC §B S5 (ClusterRetr subspace clustering).
+"""Prototype (product-quantised) gallery features, docs/method.md §B S5 (ClusterRetr subspace clustering).
 
 Each gallery feature ``x`` is cut into ``M`` sub-vectors; k-means with ``K`` centres per subspace
 (``faiss.ProductQuantizer``, never a hand-written k-means); every sub-vector is replaced by its
@@ -187,7 +187,7 @@ def prototype_retrieval_metrics(
     per_query: bool = False,
     **metric_kwargs: Any,
 ) -> Any:
-    """SBIR metrics for the ``raw``, ``proto`` and ``fused`` gallery (SPEC §B S5–S6).
+    """SBIR metrics for the ``raw``, ``proto`` and ``fused`` gallery (docs/method.md §B S5–S6).
 
     ``fusion="feature"``: rank by ``x̃ = (1 − λ)x̂ + λx``; ``fusion="distance"``: rank by
     ``(1 − λ)‖q − x̂‖² + λ‖q − x‖`` (ClusterRetr). ``metric_kwargs`` go to :func:`sbir_metrics` (``map_at``, ``p_at``,
