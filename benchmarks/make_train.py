@@ -1,12 +1,14 @@
 """What ``make train`` gives, over seeds: ``sketchquant train zs_sbir`` once per seed, mean ± std.
 
-    python benchmarks/make_train.py [--seeds 0 1 2] [--experiment zs_sbir] [--work DIR]
+    python benchmarks/make_train.py [--seeds 0 1 2] [--experiment zs_sbir] [--work DIR] [--no-untrained]
         [--out benchmarks/results/make_train.json] [key=value ...]
 
 The data are generated once, first (in this process, through the experiment's DataModule, so they are
 exactly what training would generate); then each seed trains and tests in its own subprocess, as a
 user runs it (``sketchquant train EXPERIMENT key=value ... seed=N run_dir=WORK/seedN``), its output in
-``WORK/seedN.log``. ``key=value`` overrides go to every run. The run folders stay under ``--work``
+``WORK/seedN.log``. Then, for reference, the same network before training: one more run with
+``trainer.max_epochs=0`` (the ImageNet-initialised network tested as it is; the first seed; skipped with
+``--no-untrained``). ``key=value`` overrides go to every run. The run folders stay under ``--work``
 (default ``runs/make_train/<time>``).
 
 The results file holds, besides what every benchmark records (``benchmarks/common.py``: commit, command,
@@ -16,7 +18,8 @@ machine, load before and after):
   and start-up), ``run_dir``, and every logged test metric (``test/fused/map_all`` …) with the best
   validation value of the monitor (``val/map_all``), as ``results.json`` holds them;
 - ``mean`` and ``std`` (sample standard deviation; 0 for one run), keyed by the logged names, over the runs;
-- ``data``: its folder and the seconds its generation took (0 when it was there already);
+- ``untrained``: the run before training, as one object of ``runs`` (absent with ``--no-untrained``);
+- ``data``: its folder and the seconds ``prepare_data`` took (about 0 when the data were there already);
 - ``settings``: the experiment's evaluation settings that label the figures (prototypes, fusion, epochs).
 
 A seconds-long check of the script (timm's test network, 32 px, one training epoch of two batches)::
@@ -69,10 +72,12 @@ def generate_data(experiment: str, overrides: list[str]) -> dict[str, Any]:
     return {"root": str(cfg.data.root), "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def run_seed(experiment: str, seed: int, overrides: list[str], work: Path) -> dict[str, Any]:
-    """One ``sketchquant train`` subprocess; its logged test metrics, best validation value and seconds."""
-    run_dir = work / f"seed{seed}"
-    log = work / f"seed{seed}.log"
+def run_seed(experiment: str, seed: int, overrides: list[str], work: Path, name: str = "") -> dict[str, Any]:
+    """One ``sketchquant train`` subprocess (in ``WORK/<name or seedN>``); its logged test metrics, best
+    validation value and seconds."""
+    name = name or f"seed{seed}"
+    run_dir = work / name
+    log = work / f"{name}.log"
     argv = [str(BIN / "sketchquant"), "train", experiment, *overrides, f"seed={seed}", f"run_dir={run_dir}"]
     env = {k: v for k, v in os.environ.items() if k != "SKETCHQUANT_RUN_DIR"}
     env.setdefault("HF_HUB_OFFLINE", "1")
@@ -123,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiment", default="zs_sbir", help="default: the default experiment (make train)")
     p.add_argument("--work", type=Path, default=None, help="run folders (default runs/make_train/<time>)")
     p.add_argument("--out", type=Path, default=RESULTS / "make_train.json")
+    p.add_argument(
+        "--no-untrained",
+        dest="untrained",
+        action="store_false",
+        help="skip the reference run before training (trainer.max_epochs=0)",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     args = p.parse_args(argv)
     meta = started(None if argv is None else [sys.argv[0], *argv])
@@ -136,6 +147,13 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(run)
         shown = ", ".join(f"{k} {run[k]:.3f}" for k in ("test/map_all", "test/fused/map_all") if k in run)
         print(f"seed {seed}: {run['seconds']:.0f} s, {shown}", flush=True)
+    untrained = None
+    if args.untrained:
+        untrained = run_seed(
+            args.experiment, args.seeds[0], [*args.overrides, "trainer.max_epochs=0"], work, "untrained"
+        )
+        shown = ", ".join(f"{k} {untrained[k]:.3f}" for k in ("test/map_all",) if k in untrained)
+        print(f"before training: {untrained['seconds']:.0f} s, {shown}", flush=True)
     mean, std = aggregate(runs)
     for key in sorted(k for k in mean if k.endswith(("/map_all", "/p_100"))):
         print(f"{key:28s} {mean[key]:.3f} ± {std[key]:.3f}")
@@ -148,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "mean": mean,
         "std": std,
+        **({"untrained": untrained} if untrained else {}),
     }
     write_results(args.out, meta, figures)
     return 0

@@ -101,6 +101,11 @@ def plural(n: Any, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+def seed_list(items: list[Any]) -> str:
+    """``seed 0`` / ``seeds 0, 1, 2``."""
+    return ("seed " if len(items) == 1 else "seeds ") + ", ".join(str(s) for s in items)
+
+
 def plain(value: Any) -> str:
     """A setting as text: lists joined, booleans as yes / no."""
     if isinstance(value, bool):
@@ -398,22 +403,30 @@ def render_cli_start(doc: Doc, path: Path) -> list[str]:
     return out
 
 
-def _train_rows(doc: Doc, with_p: bool = True) -> list[list[str]]:
+def _train_rows(doc: Doc) -> list[list[str]]:
+    """``features | mAP@all | P@100`` rows of a make_train file: chance, before training, and the mean ±
+    std of the raw, prototype and fused features over the seeds."""
     mean, std, settings = doc.get("mean") or {}, doc.get("std") or {}, doc.get("settings") or {}
     m, k, lam = settings.get("eval.pq_m"), settings.get("eval.pq_k"), settings.get("eval.fusion_lambda")
     labels = {
-        "test/": "raw",
-        "test/proto/": f"PQ prototypes (M={m}, K={k})" if m else "PQ prototypes",
-        "test/fused/": f"fused (λ={lam})" if lam is not None else "fused",
+        "test/": "trained, raw",
+        "test/proto/": f"trained, PQ prototypes (M={m}, K={k})" if m else "trained, PQ prototypes",
+        "test/fused/": f"trained, fused (λ={lam})" if lam is not None else "trained, fused",
     }
-    rows = [["chance (random ranking)", score(mean.get("test/chance_map_all"))] + ([""] if with_p else [])]
+    rows = [["chance (random ranking)", score(mean.get("test/chance_map_all")), ""]]
+    before = doc.get("untrained")
+    if before and "test/map_all" in before:
+        label = "same network before training (raw; `trainer.max_epochs=0`)"
+        rows.append([label, score(before["test/map_all"]), score(before.get("test/p_100"))])
     for prefix, label in labels.items():
-        if prefix + "map_all" not in mean:
-            continue
-        row = [label, pm(mean[prefix + "map_all"], std.get(prefix + "map_all"))]
-        if with_p:
-            row.append(pm(mean.get(prefix + "p_100"), std.get(prefix + "p_100")))
-        rows.append(row)
+        if prefix + "map_all" in mean:
+            rows.append(
+                [
+                    label,
+                    pm(mean[prefix + "map_all"], std.get(prefix + "map_all")),
+                    pm(mean.get(prefix + "p_100"), std.get(prefix + "p_100")),
+                ]
+            )
     return rows
 
 
@@ -440,7 +453,7 @@ def render_make_train(doc: Doc, path: Path) -> list[str]:
         "",
         f"`sketchquant train {doc.get('experiment', 'zs_sbir')}`"
         + (f" with `{' '.join(doc['overrides'])}`" if doc.get("overrides") else "")
-        + f", seeds {', '.join(str(r['seed']) for r in runs)}: mean ± std over the runs, on the unseen classes; "
+        + f", {seed_list([r['seed'] for r in runs])}: mean ± std over the runs, on the unseen classes; "
         f"{plural(settings.get('trainer.max_epochs', '?'), 'epoch')}, best checkpoint by `{settings.get('monitor', '?')}` "
         f"(held-out seen classes). Data generation: {sig(data.get('seconds')) or '?'} s, once.",
     ]
@@ -615,8 +628,8 @@ def block_make_train(root: Path) -> str:
     per_run = f"; {sig(sum(seconds) / len(seconds) / 60, 2)} min per run" if seconds else ""
     where = f" on {machine} CPU cores" if machine else ""
     lines = [
-        f"`sketchquant train {doc.get('experiment', 'zs_sbir')}`, seeds "
-        f"{', '.join(str(r['seed']) for r in runs)}: mean ± std on the unseen classes{per_run}{where} "
+        f"`sketchquant train {doc.get('experiment', 'zs_sbir')}`, {seed_list([r['seed'] for r in runs])}: "
+        f"mean ± std on the unseen classes{per_run}{where} "
         f"([details](docs/benchmarks.md#make_train)).",
         "",
         *table(["features", "mAP@all", "P@100"], _train_rows(doc)),
