@@ -56,6 +56,10 @@ class SketchPhotoDataConfig(RetrievalDataConfig):
     sake_photo_version: str = "all_photo"
     sake_split_dir: str | None = None
     val_fraction: float = 0.2
+    #: folder layout: the share of the seen classes held out whole for validation (at least 2): validation
+    #: then asks the zero-shot question (classes never trained on), a proxy for the unseen classes when
+    #: choosing epochs; 0 = ``val_fraction`` of every seen class's images (SAKE's held-out seen sketches)
+    val_classes: float = 0.0
     split_seed: int = 0
     batch_size: int = 48
     sketch_fraction: float = 1 / 3

@@ -134,12 +134,19 @@ class SketchPhotoDataModule(RetrievalDataModule):
     def check_options(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.val_classes < 1.0:
+            raise ValueError(f"val_classes must be in [0, 1), got {self.val_classes}")
+        if self.val_classes and self.layout != "folder":
+            raise ValueError(
+                "val_classes holds out whole classes of the folder layout; the sake layout has its own lists"
+            )
         if not 0.0 <= self.sketch_fraction <= 1.0:
             raise ValueError(f"sketch_fraction must be in [0, 1], got {self.sketch_fraction}")
         self.val_fraction = float(self.val_fraction)
         self.sketch_fraction = float(self.sketch_fraction)
         self.split_seed = int(self.split_seed)
         self.unseen_spec = self.config.unseen_classes
+        self.held_out_classes: list[str] = []
 
     def build(self) -> None:
         if self.layout == "folder":
@@ -197,6 +204,7 @@ class SketchPhotoDataModule(RetrievalDataModule):
             raise ValueError(f"the unseen class list ({source}) is empty: the test split would be empty")
         if not seen:
             raise ValueError(f"every class is unseen ({source}): the train split would be empty")
+        held = self._held_out_classes(seen)
         splits: dict[str, dict[int, list]] = {s: {SKETCH: [], PHOTO: []} for s in STAGES}
         for d, path in dirs.items():
             for cls in all_classes:
@@ -205,11 +213,28 @@ class SketchPhotoDataModule(RetrievalDataModule):
                     raise ValueError(f"class {cls!r} has no {DOMAIN_DIRS[d]} images in {path / cls}")
                 if cls in unseen:
                     splits["test"][d] += files
+                elif cls in held:
+                    splits["val"][d] += files
                 else:
                     tr, va = self._holdout(files, d)
                     splits["train"][d] += tr
                     splits["val"][d] += va
-        return splits, seen, unseen
+        # held-out classes are labelled after the trained ones (the classifier knows only those)
+        return splits, [c for c in seen if c not in held] + held, unseen
+
+    def _held_out_classes(self, seen: list[str]) -> list[str]:
+        """``val_classes`` of the seen classes, drawn with ``split_seed`` (none when it is 0)."""
+        if not self.val_classes:
+            return []
+        k = max(2, int(round(len(seen) * self.val_classes)))
+        if len(seen) - k < 2:
+            raise ValueError(
+                f"val_classes={self.val_classes} holds out {k} of the {len(seen)} seen classes: "
+                "at least 2 must stay for training"
+            )
+        pick = stable_rng(self.split_seed, "val_classes").permutation(len(seen))[:k]
+        self.held_out_classes = sorted(seen[i] for i in pick)
+        return self.held_out_classes
 
     def _scan_sake(self):
         split_dir = Path(self.sake_split_dir).expanduser() if self.sake_split_dir else self.root
@@ -297,9 +322,10 @@ class SketchPhotoDataModule(RetrievalDataModule):
                     splits[s][d] = [it for it in splits[s][d] if it[0] not in skip]
                     if not splits[s][d] and (s != "val" or self.val_fraction > 0):
                         raise ValueError(f"the {s} split has no readable {DOMAIN_DIRS[d]} images left")
-        self.seen_classes = list(seen)
+        held = self.held_out_classes
+        self.seen_classes = [c for c in seen if c not in held]
         self.unseen_classes = list(unseen)
-        self.class_names = self.seen_classes + self.unseen_classes
+        self.class_names = self.seen_classes + list(held) + self.unseen_classes
         self.num_seen_classes = len(self.seen_classes)
         self.num_classes = len(self.class_names)
         label_of = {c: i for i, c in enumerate(self.class_names)}

@@ -57,6 +57,32 @@ def test_folder_layout_splits_and_attributes(bench):
     assert Path(dm.path_for_index(s["index"])).parent.name == dm.class_names[int(s["label"])]
 
 
+def test_val_classes_hold_out_whole_seen_classes(bench):
+    """``val_classes``: validation asks the zero-shot question on seen classes never trained on."""
+    dm = SketchPhotoDataModule(str(bench), val_classes=0.5, val_fraction=0.0, **KW)
+    dm.setup("fit")
+    unseen = sorted((bench / "unseen_classes.txt").read_text().split())
+    assert len(dm.held_out_classes) == 2 and not set(dm.held_out_classes) & set(unseen)
+    assert dm.num_seen_classes == 2 and dm.class_names == dm.seen_classes + dm.held_out_classes + unseen
+    classes = {
+        stage: {dm.class_names[int(dm.datasets[stage][i]["label"])] for i in range(len(dm.datasets[stage]))}
+        for stage in ("train", "val", "test")
+    }
+    assert classes["train"] == set(dm.seen_classes) and classes["val"] == set(dm.held_out_classes)
+    assert classes["test"] == set(unseen)
+    assert dm.counts["val"] == {"sketch": 10, "photo": 10} and dm.counts["train"] == {
+        "sketch": 10,
+        "photo": 10,
+    }
+    again = SketchPhotoDataModule(str(bench), val_classes=0.5, val_fraction=0.0, **KW)
+    again.setup("fit")
+    assert again.held_out_classes == dm.held_out_classes  # drawn from split_seed
+    with pytest.raises(ValueError, match="at least 2 must stay for training"):
+        SketchPhotoDataModule(str(bench), val_classes=0.9, **KW).setup("fit")
+    with pytest.raises(ValueError, match=r"val_classes must be in \[0, 1\)"):
+        SketchPhotoDataModule(str(bench), val_classes=1.0, **KW)
+
+
 def test_zero_shot_invariant_and_unique_indices(bench):
     dm = SketchPhotoDataModule(str(bench), **KW)
     dm.setup()
