@@ -5,6 +5,7 @@ file, every repository path the docs name exists, and no file cites a specificat
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shutil
 import subprocess
@@ -55,6 +56,76 @@ def test_blocks_without_markers_and_unknown_blocks_are_left_alone(tmp_path):
     text = "# x\n\nno markers\n\n<!-- rendered:someone_elses -->\nkept\n<!-- /rendered:someone_elses -->\n"
     assert render_docs.render_readme(text, ROOT) == text
     assert render_docs.unknown_blocks(text) == ["someone_elses"]
+
+
+#: minimal results of the kinds no committed file has yet, in their scripts' formats
+SYNTHETIC = {
+    "make_train": {
+        "experiment": "zs_sbir",
+        "settings": {"trainer.max_epochs": 8, "eval.pq_m": 2, "eval.pq_k": 32, "eval.fusion_lambda": 0.2},
+        "runs": [
+            {"seed": s, "seconds": 300.0 + s, "test/map_all": 0.28 + s / 100, "test/chance_map_all": 0.067}
+            for s in (0, 1)
+        ],
+        "mean": {"test/map_all": 0.285, "test/chance_map_all": 0.067},
+        "std": {"test/map_all": 0.007, "test/chance_map_all": 0.0},
+        "untrained": {"seed": 0, "seconds": 40.0, "test/map_all": 0.137, "test/p_100": 0.108},
+    },
+    "cli_start": {
+        "baseline": "python -c 'import torch'",
+        "commands": [
+            {"name": "import torch", "command": "python -c import torch", "seconds": 2.0, "ratio": 1.0},
+            {
+                "name": "config",
+                "command": "sketchquant config zs_sbir",
+                "seconds": 1.0,
+                "ratio": 0.5,
+                "goal": 0.7,
+            },
+        ],
+    },
+    "serve_load": {
+        "setup": {"gallery": "synthetic", "photos": 600},
+        "load": {"clients": 8, "searches": 400, "errors": 0, "throughput_per_s": 61.5, "p50_ms": 120.0},
+        "rebuild": {"clients": 8, "searches": 400, "errors": 0, "rebuild_s": 30.2, "switched": True},
+        "goals_met": {"errors_load": True},
+    },
+    "some_study": {"study": "x", "value": 0.5},
+}
+
+
+def test_every_kind_renders_with_its_record(tmp_path):
+    results = tmp_path / render_docs.RESULTS
+    results.mkdir(parents=True)
+    for stem, doc in SYNTHETIC.items():
+        (results / f"{stem}.json").write_text(json.dumps(doc))
+    shutil.copy(ROOT / render_docs.RESULTS / "eval_speed.json", results)
+    md = render_docs.render_benchmarks_md(tmp_path)
+    for stem in [*SYNTHETIC, "eval_speed"]:
+        assert f'<a id="{stem}"></a>' in md, stem
+    assert "| trained, raw | 0.285 ± 0.007 |" in md
+    assert "| `config` | 1.00 | 0.50× | ≤ 0.7× |" in md
+    assert "No render function for this kind of file yet" in md  # some_study: the plain fallback
+    assert md.count("command not recorded; commit not recorded") == len(SYNTHETIC) + 1
+    headlines = render_docs.block_headlines(tmp_path)
+    assert "(docs/benchmarks.md#eval_speed)" in headlines and "61.5 searches/s" in headlines
+    assert "`config` 0.50×" in headlines
+    assert "| same network before training" in render_docs.block_make_train(tmp_path)
+    assert "not measured yet" in render_docs.block_make_train(tmp_path / "nowhere")
+
+
+def test_kind_and_number_formats():
+    assert render_docs.kind_of("search_speed_build") == "search_speed"
+    assert render_docs.kind_of("eval_speed") == "eval_speed" and render_docs.kind_of("studies_x") is None
+    assert [render_docs.sig(x) for x in (0.2471, 20.54, 1.0, 115.9, 9450.2)] == [
+        "0.247",
+        "20.5",
+        "1.00",
+        "116",
+        "9,450",
+    ]
+    assert render_docs.ratio(1.2666) == "1.27×" and render_docs.score(0.28449) == "0.284"
+    assert render_docs.pct(-7.73) == "−7.7 %"
 
 
 # ------------------------------------------------------------------------------------------------
