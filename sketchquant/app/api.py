@@ -52,7 +52,8 @@ MAX_K = 1000
 MB = 2**20  # as Gradio's own message counts them
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries, headers and the small fields beside the image
 #: searches decoding and encoding at once (each holds a decoded image of up to --max-pixels)
-SEARCH_SLOTS = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
+SEARCH_SLOTS_COUNT = max(2, os.cpu_count() or 2)
+SEARCH_SLOTS = threading.BoundedSemaphore(SEARCH_SLOTS_COUNT)
 
 
 class UploadError(ValueError):

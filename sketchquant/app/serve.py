@@ -36,6 +36,8 @@ from PIL import Image
 from sketchquant.app.api import (
     BLANK_MESSAGE,
     MAX_K,
+    SEARCH_SLOTS,
+    SEARCH_SLOTS_COUNT,
     Limits,
     UploadError,
     add_api_routes,
@@ -141,9 +143,10 @@ def page_search(gallery, value, upload, k, features, *, limits: Limits, upload_d
     """:func:`search_drawing` that never raises: a refused input, a gone gallery or a failure is a line
     of text on the page (and, for a failure, one line in the log)."""
     try:
-        return search_drawing(
-            gallery, value, k, features, upload=upload, limits=limits, upload_dir=upload_dir
-        )
+        with SEARCH_SLOTS:
+            return search_drawing(
+                gallery, value, k, features, upload=upload, limits=limits, upload_dir=upload_dir
+            )
     except (UploadError, GalleryError, FileNotFoundError) as err:
         return [], f"**{(str(err).splitlines() or ['?'])[0]}**"
     except Exception as err:  # noqa: BLE001 - a message on the page, never a traceback
@@ -203,7 +206,14 @@ def build_app(gallery: Gallery | LiveGallery, k: int = 12, limits: Limits | None
                     label="results", columns=4, height="auto", elem_id="sq-results", object_fit="contain"
                 )
         # preprocess=False: the inputs arrive as Gradio's file payloads, decoded by our checks only
-        button.click(run, [pad, upload, k_box, feats], [grid, status], preprocess=False, api_name="search")
+        button.click(
+            run,
+            [pad, upload, k_box, feats],
+            [grid, status],
+            preprocess=False,
+            api_name="search",
+            concurrency_limit=SEARCH_SLOTS_COUNT,  # Gradio's default is one search at a time
+        )
 
         def live_run(value, uploaded, k_value, feats_value, on):
             if not on:
