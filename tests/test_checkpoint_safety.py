@@ -31,14 +31,22 @@ class CodeRunner:
         return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
 
 
-def _train(experiment: str, tmp: Path) -> str:
+def tiny_run(tmp_path_factory, experiment: str) -> tuple[Path, str]:
+    """``(folder, last.ckpt)`` of one tiny training run of ``experiment`` per test session, shared by the
+    gallery, serve and checkpoint-safety tests (its data under ``folder``). It writes ``last.ckpt`` every
+    step, so its ``last.prev.ckpt`` was written inside the epoch."""
     from sketchquant.app.methods import compose
     from sketchquant.app.train import train
 
+    tmp = tmp_path_factory.getbasetemp() / f"tiny-run-{experiment}"
+    done = tmp / "checkpoint.txt"
+    if done.is_file():
+        return tmp, done.read_text()
     extra = {"trainer.enable_progress_bar": "false", "test_after_fit": "false"}
-    extra.update({"checkpoint.every_n_steps": 1, "trainer.limit_train_batches": 3})  # a mid-epoch last.ckpt
+    extra.update({"checkpoint.every_n_steps": 1, "trainer.limit_train_batches": 3})
     out = train(compose(experiment, conftest.tiny_overrides(experiment, tmp, **extra)))
-    return os.path.join(out["run_dir"], "checkpoints", "last.ckpt")
+    done.write_text(os.path.join(out["run_dir"], "checkpoints", "last.ckpt"))
+    return tmp, done.read_text()
 
 
 def _evil(ckpt: str, dest: Path, marker: Path) -> Path:
@@ -53,8 +61,9 @@ def runs(tmp_path_factory):
     from sketchquant.app.gallery import build_gallery
 
     tmp = tmp_path_factory.mktemp("safety")
-    zs, quant = _train("zs_sbir", tmp), _train("quantization", tmp)
-    root = tmp / "glyphs"
+    data, zs = tiny_run(tmp_path_factory, "zs_sbir")
+    quant_data, quant = tiny_run(tmp_path_factory, "quantization")
+    root = data / "glyphs"
     unseen = (root / "unseen_classes.txt").read_text().split()
     photos = tmp / "photos"
     for name in unseen:
@@ -75,6 +84,8 @@ def runs(tmp_path_factory):
     sketch = sorted((root / "sketch" / unseen[0]).iterdir())[0]
     return {
         "tmp": tmp,
+        "data": data,
+        "quant_data": quant_data,
         "zs": zs,
         "quant": quant,
         "photos": photos,
@@ -116,11 +127,11 @@ def _port() -> int:
 
 def _commands(runs) -> dict[str, list[str]]:
     tmp = runs["tmp"]
-    data = [f"data.root={tmp / 'glyphs'}", f"run_dir={tmp / 'runs'}"]
+    data = [f"data.root={runs['data'] / 'glyphs'}", f"run_dir={tmp / 'runs'}"]
     return {
         "evaluate": ["evaluate", "--ckpt", str(runs["evil"]), *data],
         "encode": ["encode", "--ckpt", str(runs["evil_quant"]), "--out", str(tmp / "codes.npz")]
-        + [f"data.root={tmp / 'scenes'}"],
+        + [f"data.root={runs['quant_data'] / 'scenes'}"],
         "index": [
             "index",
             "--ckpt",
@@ -266,7 +277,7 @@ def test_inference_builds_no_teacher(runs, tmp_path, capfd, monkeypatch):
         assert main(["search", "--gallery", str(tmp_path / "g"), runs["sketch"]]) == 0
         srv = serve(tmp_path / "g", port=_port(), block=False)
         srv.close()
-        data = [f"data.root={runs['tmp'] / 'glyphs'}", f"run_dir={tmp_path / 'runs'}"]
+        data = [f"data.root={runs['data'] / 'glyphs'}", f"run_dir={tmp_path / 'runs'}"]
         evaluate(runs["zs"], data)
     out = capfd.readouterr()
     assert built == []

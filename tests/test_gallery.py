@@ -14,6 +14,7 @@ import conftest
 import numpy as np
 import pytest
 import torch
+from test_checkpoint_safety import tiny_run
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -48,7 +49,7 @@ def _test_split(ckpt: str):
 @pytest.fixture(scope="module")
 def zs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gallery_zs")
-    ckpt = _train("zs_sbir", tmp)
+    _, ckpt = tiny_run(tmp_path_factory, "zs_sbir")
     cfg, qpaths, ql, gpaths, gl = _test_split(ckpt)
     lst = tmp / "photos.txt"
     lst.write_text("".join(p + "\n" for p in gpaths))
@@ -558,8 +559,9 @@ def test_trainer_group_choice_becomes_single_keys():
         expand_trainer_choice(["trainer=nope"])
 
 
-def test_search_from_the_shell_imports_no_lightning(zs, zs_gallery):
-    """``sketchquant search`` loads the network from the checkpoint directly: no Trainer, no Lightning."""
+def test_search_and_serve_from_the_shell_import_no_lightning(zs, zs_gallery):
+    """``sketchquant search`` loads the network from the checkpoint directly: no Trainer, no Lightning;
+    neither does the server's search path (its gallery and page) after it, in the same interpreter."""
     import subprocess
     import sys
 
@@ -568,10 +570,19 @@ def test_search_from_the_shell_imports_no_lightning(zs, zs_gallery):
         "from sketchquant.app.cli import main\n"
         f"code = main(['search', '--gallery', {str(zs_gallery)!r}, {zs['queries'][0]!r}, '--json'])\n"
         "print(json.dumps({'code': code, 'modules': sorted(m.split('.')[0] for m in sys.modules)}))\n"
+        "from sketchquant.app.gallery import LiveGallery\n"
+        "from sketchquant.app.serve import build_app\n"
+        f"build_app(LiveGallery({str(zs_gallery)!r}))\n"
+        "print(json.dumps(sorted(m.split('.')[0] for m in sys.modules)))\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    search = json.loads(out.stdout.strip().splitlines()[0])
+    lines = out.stdout.strip().splitlines()
+    search, result, served = json.loads(lines[0]), json.loads(lines[-2]), set(json.loads(lines[-1]))
     assert result["code"] == 0 and len(search["queries"][0]["hits"]) == 10
     assert {"torch", "faiss", "timm"} <= set(result["modules"])
     assert not {"pytorch_lightning", "lightning_fabric", "lightning", "gradio"} & set(result["modules"])
+    assert {"gradio", "fastapi"} <= served and not {
+        "pytorch_lightning",
+        "lightning_fabric",
+        "lightning",
+    } & served

@@ -18,12 +18,12 @@ import threading
 import time
 from pathlib import Path
 
-import conftest
 import httpx
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
+from test_checkpoint_safety import tiny_run
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -57,14 +57,10 @@ def _copy_photos(root: Path, dest: Path, classes: list[str], per_class: int) -> 
 def setup(tmp_path_factory):
     """A tiny method-B model and a gallery (distance fusion) of its unseen-class photos."""
     from sketchquant.app.gallery import build_gallery
-    from sketchquant.app.methods import compose
-    from sketchquant.app.train import train
 
     tmp = tmp_path_factory.mktemp("api")
-    values = {"trainer.enable_progress_bar": "false"}
-    out = train(compose("zs_sbir", conftest.tiny_overrides("zs_sbir", tmp, **values)))
-    ckpt = os.path.join(out["run_dir"], "checkpoints", "last.ckpt")
-    root = tmp / "glyphs"
+    data, ckpt = tiny_run(tmp_path_factory, "zs_sbir")
+    root = data / "glyphs"
     unseen = (root / "unseen_classes.txt").read_text().split()
     photos = _copy_photos(root, tmp / "photos", unseen, 100)
     gallery = tmp / "gallery"
@@ -253,21 +249,6 @@ def test_file_route_serves_no_file_from_disk(setup, server, tmp_path):
         near.unlink()
     assert str(setup["gallery"].resolve()) in server.blocks.blocked_paths
     assert not any(Path(utils.get_upload_folder()).is_relative_to(p) for p in server.blocks.blocked_paths)
-
-
-def test_serve_imports_no_lightning(setup):
-    """The server's search path (gallery, network, page) is pure torch: no Lightning imported."""
-    probe = (
-        "import json, sys\n"
-        "from sketchquant.app.serve import build_app\n"
-        "from sketchquant.app.gallery import LiveGallery\n"
-        f"build_app(LiveGallery({str(setup['gallery'])!r}))\n"
-        "print(json.dumps(sorted(m.split('.')[0] for m in sys.modules)))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    modules = set(json.loads(out.stdout.strip().splitlines()[-1]))
-    assert {"torch", "gradio", "fastapi"} <= modules
-    assert not {"pytorch_lightning", "lightning_fabric", "lightning"} & modules
 
 
 # --------------------------------------------------------------------------------------------------

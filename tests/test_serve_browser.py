@@ -20,9 +20,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import conftest
 import numpy as np
 import pytest
+from test_checkpoint_safety import tiny_run
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -41,17 +41,10 @@ def _free_port() -> int:
 def gallery(tmp_path_factory):
     """A tiny method-B model and a gallery of its unseen-class photos in class folders."""
     from sketchquant.app.gallery import build_gallery
-    from sketchquant.app.methods import compose
-    from sketchquant.app.train import train
 
     tmp = tmp_path_factory.mktemp("serve")
-    out = train(
-        compose(
-            "zs_sbir", conftest.tiny_overrides("zs_sbir", tmp, **{"trainer.enable_progress_bar": "false"})
-        )
-    )
-    ckpt = os.path.join(out["run_dir"], "checkpoints", "last.ckpt")
-    root = tmp / "glyphs"
+    data, ckpt = tiny_run(tmp_path_factory, "zs_sbir")
+    root = data / "glyphs"
     unseen = (root / "unseen_classes.txt").read_text().split()
     photos = tmp / "photos"
     for name in unseen:
