@@ -26,6 +26,7 @@ names; the original is not touched). Timings depend on the machine's load: the r
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
@@ -38,12 +39,23 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before timm / huggingface_hub are imported
+os.environ.setdefault("WANDB_MODE", "offline")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from common import started, write_results  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from sketchquant.app.build import build_module  # noqa: E402
+from sketchquant.app.checkpoints import CONFIG_KEY  # noqa: E402
+from sketchquant.app.methods import compose  # noqa: E402
+from sketchquant.core.config import to_container  # noqa: E402
+from sketchquant.core.report import print_table  # noqa: E402
 
 CLI = [sys.executable, "-m", "sketchquant.app.cli"]
 HOST = "127.0.0.1"  # loopback only
@@ -55,13 +67,6 @@ HOST = "127.0.0.1"  # loopback only
 
 def _checkpoint(tmp: Path, tiny: bool, fusion: str) -> Path:
     """A checkpoint of the default method-B network with random weights (speed only)."""
-    import torch
-
-    from sketchquant.app.build import build_module
-    from sketchquant.app.checkpoints import CONFIG_KEY
-    from sketchquant.app.methods import compose
-    from sketchquant.core.config import to_container
-
     over = ["model.weights=none", "data.num_workers=0", f"eval.fusion={fusion}"]
     if tiny:
         over += [
@@ -91,8 +96,6 @@ def _checkpoint(tmp: Path, tiny: bool, fusion: str) -> Path:
 
 
 def _photos(folder: Path, first: int, n: int, size: int) -> None:
-    from PIL import Image
-
     rng = np.random.default_rng(first)
     for i in range(first, first + n):
         d = folder / f"class{i % 10}"
@@ -101,10 +104,6 @@ def _photos(folder: Path, first: int, n: int, size: int) -> None:
 
 
 def _sketches(count: int = 16) -> list[bytes]:
-    import io
-
-    from PIL import Image, ImageDraw
-
     rng = np.random.default_rng(1)
     out = []
     for _ in range(count):
@@ -149,8 +148,6 @@ def run_phase(url: str, args, sketches: list[bytes], halfway=None) -> dict:
     """``args.searches`` searches from ``args.clients`` threads. With ``halfway``: once half of them are
     answered it runs (in this thread); the clients keep searching while it runs (``during``, not counted
     in ``args.searches``), then send the other half. Bounded by ``args.max_seconds``."""
-    import httpx
-
     kinds = args.features.split(",")
     half_n = args.searches // 2 if halfway is not None else args.searches
     lock, counter = threading.Lock(), {"next": 0, "done": 0, "extra": 0}
@@ -238,8 +235,6 @@ def run_phase(url: str, args, sketches: list[bytes], halfway=None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("WANDB_MODE", "offline")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--searches", type=int, default=400, help="searches per phase")
@@ -254,8 +249,6 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.clients <= 64 or not 1 <= args.searches <= 100_000:
         ap.error("--clients must be 1..64 and --searches 1..100000")
     meta = started(None if argv is None else [sys.argv[0], *argv])
-
-    from sketchquant.core.report import print_table
 
     with tempfile.TemporaryDirectory(prefix="sq-serve-load-") as tmpdir:
         tmp = Path(tmpdir)
@@ -300,8 +293,6 @@ def main(argv: list[str] | None = None) -> int:
                 stderr=subprocess.STDOUT,
             )
         try:
-            import httpx
-
             t0 = time.monotonic()
             while True:
                 try:
