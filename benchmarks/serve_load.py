@@ -170,8 +170,8 @@ def run_phase(url: str, args, sketches: list[bytes], halfway=None) -> dict:
                         tag = "before" if i < half_n and halfway is not None else "after"
                 if tag != "during" and i >= args.searches:
                     return
-                if tag == "during" and not half.is_set():
-                    time.sleep(0.01)  # the first half is still being answered
+                if tag == "during" and (not half.is_set() or i >= 10 * args.searches):
+                    time.sleep(0.01)  # the first half is still being answered, or enough sent meanwhile
                     continue
                 files = {"image": ("sketch.png", sketches[i % len(sketches)], "image/png")}
                 data = {"k": "10", "features": kinds[i % len(kinds)]}

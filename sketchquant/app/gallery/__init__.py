@@ -8,7 +8,9 @@ A gallery is a folder::
 
     GALLERY/manifest.json        format version, method, checkpoint path + sha256, resolved config,
                                  image root, items (relative path, size, mtime, label), index files
-    GALLERY/data-<stamp>/        features.npz + the FAISS index(es) the manifest names
+    GALLERY/data-<stamp>/        features.npz + the FAISS index(es) the manifest names (and the
+                                 previous generation's folder, kept for readers still opening it)
+    GALLERY/build.lock           held (flock) by the build under way; names its pid, host, start
 
 Reading order: :mod:`.records` (results, the photo collection), :mod:`.store` (what is stored and how:
 settings from the checkpoint, prototypes, indexes, manifest), :mod:`.extract` (``Trainer.predict`` in
