@@ -1,5 +1,5 @@
-"""The JSON search API of ``sketchquant serve``, and the checks every query image goes through (the page's
-uploads and drawings as well as the API's).
+"""The JSON search API of ``sketchquant serve``, the checks every query image goes through (the page's
+uploads and drawings as well as the API's), and the page's search function.
 
     POST /api/search   multipart: ``image`` (file), optional ``k`` and ``features`` (form fields)
                        -> {"results": [{"rank", "path", "label", "distance"}], "gallery": {...},
@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from sketchquant.app.gallery import Gallery, GalleryError, GalleryGoneError, LiveGallery
+from sketchquant.datamodules.transforms import load_rgb
 
 __all__ = [
     "BLANK_MESSAGE",
@@ -43,13 +44,16 @@ __all__ = [
     "UploadError",
     "add_api_routes",
     "open_image",
+    "page_search",
     "query_array",
     "run_search",
+    "search_drawing",
 ]
 
 BLANK_MESSAGE = "The canvas is blank: draw a sketch (or upload one), then press Search."
 MAX_K = 1000
 MB = 2**20  # as Gradio's own message counts them
+THUMB = 256  # the page's result thumbnails (px)
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries, headers and the small fields beside the image
 #: searches decoding and encoding at once (each holds a decoded image of up to --max-pixels)
 SEARCH_SLOTS_COUNT = max(2, os.cpu_count() or 2)
@@ -187,6 +191,73 @@ def run_search(
     if image is None:
         raise UploadError(BLANK_MESSAGE.replace("The canvas", "The image"))
     return g, g.search([image], k=k, features=features)[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# the page's search (its Gradio inputs, decoded by the checks above; thumbnails of the hits)
+
+
+def _page_image(value: Any, limits: Limits, upload_dir: str | None) -> Any:
+    """What a page input holds, decoded under ``limits``: a Sketchpad value (its ``composite``), a Gradio
+    file payload (``{"path": ...}``, which must lie in Gradio's upload folder), a PIL image or an array."""
+    if isinstance(value, dict) and ("composite" in value or "layers" in value):
+        value = value.get("composite") if value.get("composite") is not None else value.get("background")
+    if isinstance(value, dict):
+        path = value.get("path")
+        if not path:
+            raise UploadError("the upload did not arrive (no file): upload it again")
+        real = Path(path).resolve()
+        if upload_dir is not None and not real.is_relative_to(Path(upload_dir).resolve()):
+            raise UploadError("the upload is not in this server's upload folder: upload it again")
+        return open_image(real, limits)
+    return value
+
+
+def search_drawing(
+    gallery: Gallery | LiveGallery,
+    value: Any,
+    k: int = 12,
+    features: str | None = None,
+    *,
+    upload: Any = None,
+    limits: Limits | None = None,
+    upload_dir: str | None = None,
+):
+    """``(items, message)`` for the page: ``items`` = ``[(thumbnail, caption)]`` of the top ``k`` for the
+    drawing ``value`` (or, when it is blank, the ``upload``)."""
+    limits = limits or Limits()
+    arr = query_array(_page_image(value, limits, upload_dir), limits)
+    if arr is None and upload is not None:
+        arr = query_array(_page_image(upload, limits, upload_dir), limits)
+    if arr is None:
+        return [], BLANK_MESSAGE
+    g, res = run_search(gallery, arr, k, features)
+    items = []
+    for h in res.hits:
+        try:
+            im = load_rgb(h.path)
+        except Exception:  # noqa: BLE001 - a moved photo shows grey
+            im = Image.new("RGB", (THUMB, THUMB), (200, 200, 200))
+        im.thumbnail((THUMB, THUMB))
+        caption = f"#{h.rank} " + (f"{h.label} · " if h.label else "") + f"{h.distance:.3f}"
+        items.append((im, caption))
+    return items, f"Top {len(items)} of {len(g):,} ({res.features} features)."
+
+
+def page_search(gallery, value, upload, k, features, *, limits: Limits, upload_dir: str | None = None):
+    """:func:`search_drawing` that never raises: a refused input, a gone gallery or a failure is a line
+    of text on the page (and, for a failure, one line in the log)."""
+    try:
+        with SEARCH_SLOTS:
+            return search_drawing(
+                gallery, value, k, features, upload=upload, limits=limits, upload_dir=upload_dir
+            )
+    except (UploadError, GalleryError, FileNotFoundError) as err:
+        return [], f"**{(str(err).splitlines() or ['?'])[0]}**"
+    except Exception as err:  # noqa: BLE001 - a message on the page, never a traceback
+        line = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+        print(f"sketchquant serve: a page search failed: {line}", file=sys.stderr)
+        return [], f"Search failed: {line}"
 
 
 # --------------------------------------------------------------------------------------------------
