@@ -127,12 +127,21 @@ class SketchquantModule(pl.LightningModule):
         trains, so their ImageNet statistics are kept (small batches mixing two domains would overwrite
         them); their affine weights still learn."""
         super().train(mode)
-        if mode and getattr(self.config, "freeze_bn", False):
+        if mode:
+            self._freeze_trunk_bn()
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning never calls train() before the first epoch (a module is built in train mode), and
+        # after validation it restores each submodule's own mode: freeze here too
+        self._freeze_trunk_bn()
+
+    def _freeze_trunk_bn(self) -> None:
+        if getattr(getattr(self, "config", None), "freeze_bn", False):
             trunk = tuple(p.rstrip(".") for p in self.backbone_prefixes)
             for name, module in self.named_modules():
                 if name.startswith(trunk) and isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                     module.eval()
-        return self
 
     def param_groups(self, head_lr_mult: float) -> list[dict]:
         trunk, new = [], []

@@ -137,13 +137,23 @@ def test_bad_head_init():
         SketchNet(num_seen=2, backbone="test_efficientnet", weights="none", head_init="pca")
 
 
-def test_freeze_bn_keeps_the_trunks_statistics_and_trains_the_rest():
-    """``model.freeze_bn``: after a training step the trunk's BatchNorm running statistics are unchanged
-    (eval mode), while its affine weights and the new layers still move."""
+def test_freeze_bn_keeps_the_trunks_statistics_through_a_real_fit():
+    """``model.freeze_bn``: after two steps of ``Trainer.fit`` (which never calls ``train()`` before the first
+    epoch) the trunk's BatchNorm running statistics are unchanged, while its affine weights and the new
+    layers moved; without it the statistics follow the batches."""
+    import pytorch_lightning as pl
+
     from sketchquant.lightning_modules.config import OptimConfig, ZeroShotModelConfig
     from sketchquant.lightning_modules.zero_shot_sketch import ZeroShotSketchModule
 
-    def step(freeze: bool) -> tuple[ZeroShotSketchModule, dict]:
+    batch = {
+        "image": torch.randn(6, 3, 32, 32) * 3 + 1,
+        "label": torch.tensor([0, 1, 2, 0, 1, 2]),
+        "domain": torch.tensor([0, 0, 0, 1, 1, 1]),
+        "index": torch.arange(6),
+    }
+
+    def fit(freeze: bool) -> tuple[dict, dict]:
         torch.manual_seed(0)
         cfg = ZeroShotModelConfig(
             backbone="test_efficientnet",
@@ -153,36 +163,25 @@ def test_freeze_bn_keeps_the_trunks_statistics_and_trains_the_rest():
             freeze_bn=freeze,
             optim=OptimConfig(lr=1e-2, schedule="none"),
         )
-        module = ZeroShotSketchModule(cfg, num_classes=3, inference=True).train()
+        module = ZeroShotSketchModule(cfg, num_classes=3, inference=True)
         before = {k: v.clone() for k, v in module.state_dict().items()}
-        opt = module.configure_optimizers()
-        batch = {
-            "image": torch.randn(6, 3, 32, 32) * 3 + 1,
-            "label": torch.tensor([0, 1, 2, 0, 1, 2]),
-            "domain": torch.tensor([0, 0, 0, 1, 1, 1]),
-            "index": torch.arange(6),
-        }
-        loss = module._common_step(batch, "train")["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return module, before
+        trainer = pl.Trainer(
+            max_steps=2,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
+        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader([batch, batch], batch_size=None))
+        return before, module.state_dict()
 
-    module, before = step(freeze=True)
-    trunk_bn = [
-        n
-        for n, m in module.named_modules()
-        if n.startswith("net.backbone") and isinstance(m, torch.nn.BatchNorm2d)
-    ]
-    assert trunk_bn and all(not dict(module.named_modules())[n].training for n in trunk_bn)
-    after = module.state_dict()
+    before, after = fit(freeze=True)
     stats = [k for k in after if k.startswith("net.backbone") and k.endswith(("running_mean", "running_var"))]
     assert stats and all(torch.equal(after[k], before[k]) for k in stats)
     assert not torch.equal(after["net.embedding.weight"], before["net.embedding.weight"])
-    assert any(
-        not torch.equal(after[k], before[k])
-        for k in after
-        if k.startswith("net.backbone") and k.endswith("bn1.weight")
-    )
-    moving, before = step(freeze=False)  # the default: BatchNorm statistics follow the batches
-    assert any(not torch.equal(moving.state_dict()[k], before[k]) for k in stats)
+    bn_weights = [k for k in after if k.startswith("net.backbone") and k.endswith("bn1.weight")]
+    assert any(not torch.equal(after[k], before[k]) for k in bn_weights)
+    before, after = fit(freeze=False)  # the default: the statistics follow the batches
+    assert any(not torch.equal(after[k], before[k]) for k in stats)
