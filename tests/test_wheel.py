@@ -24,6 +24,7 @@ def _ignore(folder: str, names: list[str]) -> set[str]:
     top = TOP_LEVEL_OUTPUTS if Path(folder) == REPO else set()
     return {n for n in names if n in top or n == "__pycache__" or n.endswith(".egg-info")}
 
+
 pytestmark = pytest.mark.slow
 
 
