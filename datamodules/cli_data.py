@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .generated import GENERATORS, default_out, generator
+from .generated import GENERATORS, default_out, generator, settings_class
 from .glyphs import MANIFEST, make_contact_sheet
 
 #: the kinds ``sketchquant data make --kind`` accepts
@@ -45,8 +45,9 @@ def data_make(
 ) -> Path:
     """Generate an embedded dataset (``kind``: one of :data:`KINDS`) and print a one-line summary.
 
-    ``overrides`` are generator keyword arguments, a dict or the command line's ``key=value`` strings
-    (strings are converted to the parameter's type); unknown keys raise ``ValueError`` listing the valid ones.
+    ``overrides`` are the generator's settings (the fields of its settings dataclass), a dict or the command
+    line's ``key=value`` strings (strings are converted to the field's type); unknown keys raise
+    ``ValueError`` listing the valid ones.
     """
     if isinstance(overrides, (list, tuple)):
         bad = [x for x in overrides if "=" not in x]
@@ -54,12 +55,12 @@ def data_make(
             raise ValueError(f"generator settings are key=value, got {' '.join(bad)}")
         overrides = dict(x.split("=", 1) for x in overrides)
     fn, _ = generator(kind)
-    params = {k: p for k, p in inspect.signature(fn).parameters.items() if k != "out_dir"}
+    options = {f.name: f for f in fields(settings_class(kind))}
     kwargs = {}
     for k, v in (overrides or {}).items():
-        if k not in params:
-            raise ValueError(f"unknown {kind} generator option {k!r}; valid: {', '.join(sorted(params))}")
-        kwargs[k] = _coerce(k, v, params[k].default, params[k].annotation)
+        if k not in options:
+            raise ValueError(f"unknown {kind} generator option {k!r}; valid: {', '.join(sorted(options))}")
+        kwargs[k] = _coerce(k, v, options[k].default, options[k].type)
     out = Path(out if out is not None else default_out(kind))
     existed = (out / MANIFEST).exists()
     t0 = time.perf_counter()

@@ -15,13 +15,15 @@ backgrounds). So the query domain is real hand drawing and the gallery a differe
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from .glyphs.output import make_folder_dataset, params_of
+from .glyphs.output import FolderSettings, make_folder_dataset
 from .glyphs.render import background
 
 CLASSES = [f"digit_{c}" for c in range(10)]
@@ -68,39 +70,38 @@ def unseen_digits(seed: int, num_unseen: int) -> list[int]:
     return sorted(int(c) for c in np.random.default_rng([seed, 31337]).choice(10, num_unseen, replace=False))
 
 
-def make_digit_drawings(
-    out_dir: str | os.PathLike,
-    *,
-    num_unseen: int = 3,
-    photos_per_class: int = 60,
-    sketches_per_class: int | None = None,
-    image_size: int = 64,
-    seed: int = 0,
-    workers: int = 1,
-    overwrite: bool = False,
-) -> Path:
+@dataclass(frozen=True)
+class DigitDrawingSettings(FolderSettings):
+    """:func:`make_digit_drawings`' settings: ``num_unseen`` digits held out; ``sketches_per_class`` None
+    takes every scan of a digit."""
+
+    num_unseen: int = 3
+    photos_per_class: int = 60
+    sketches_per_class: int | None = None
+
+
+def make_digit_drawings(out_dir: str | os.PathLike, **settings: Any) -> Path:
     """Write the digit drawings: the scanned digits as sketches (all of them, about 180 per class, or the
-    first ``sketches_per_class``) and ``photos_per_class`` printed photos per class."""
-    params = params_of(locals())
-    if photos_per_class < 1:
+    first ``sketches_per_class``) and ``photos_per_class`` printed photos per class; ``settings``: the
+    fields of :class:`DigitDrawingSettings`."""
+    s = DigitDrawingSettings.of(settings)
+    if s.photos_per_class < 1:
         raise ValueError("photos_per_class must be >= 1")
-    unseen = [CLASSES[c] for c in unseen_digits(seed, num_unseen)]
+    unseen = [CLASSES[c] for c in unseen_digits(s.seed, s.num_unseen)]
 
     def ids(c: int, domain: str):
         if domain == "photo":
-            return range(photos_per_class)
-        return np.flatnonzero(_scans().target == c)[:sketches_per_class]  # the scans' own numbers
+            return range(s.photos_per_class)
+        return np.flatnonzero(_scans().target == c)[: s.sketches_per_class]  # the scans' own numbers
 
     return make_folder_dataset(
         out_dir,
         "digit_drawings",
-        params,
+        s,
         classes=CLASSES,
         unseen=unseen,
-        setup=partial(_setup, seed, image_size),
+        setup=partial(_setup, s.seed, s.image_size),
         ids=ids,
-        workers=workers,
-        overwrite=overwrite,
         manifest={
             "unseen": unseen,
             "source": "sklearn.datasets.load_digits (UCI handwritten digits) + Pillow's bundled font",

@@ -15,12 +15,13 @@ from __future__ import annotations
 import os
 from functools import lru_cache, partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from .glyphs.mosaics import mosaic_layout, paste_grid
-from .glyphs.output import make_csv_dataset, params_of
+from .glyphs.mosaics import MosaicSettings, mosaic_layout, paste_grid
+from .glyphs.output import make_csv_dataset
 
 _LABELS, _PICK = 6, 7
 TRAIN_SHARE = 0.6  # of the scanned digits feed the train mosaics; the rest the query/database mosaics
@@ -42,54 +43,39 @@ def _pools(seed: int, targets: np.ndarray) -> dict[str, dict[int, np.ndarray]]:
     return {p: {c: idx[targets[idx] == c] for c in range(10)} for p, idx in parts.items()}
 
 
-def _layout(seed: int, i: int, cells: int, lo: int, hi: int):
-    return mosaic_layout(seed, i, 10, cells, lo, hi, key=_LABELS)
+def _layout(s: MosaicSettings, i: int):
+    return mosaic_layout(s.seed, i, 10, s.grid * s.grid, s.min_objects, s.max_objects, key=_LABELS)
 
 
-def _setup(seed: int, num_train: int, grid: int, lo: int, hi: int, image_size: int):
+def _setup(s: MosaicSettings):
     images, targets = _digits()
-    pools = _pools(seed, targets)
-    tile = image_size // grid
+    pools = _pools(s.seed, targets)
+    tile = s.image_size // s.grid
 
     def draw(i: int) -> Image.Image:
-        _, tiles = _layout(seed, i, grid * grid, lo, hi)
-        rng = np.random.default_rng([seed, _PICK, i])
-        pool = pools["train" if i < num_train else "test"]
+        _, tiles = _layout(s, i)
+        rng = np.random.default_rng([s.seed, _PICK, i])
+        pool = pools["train" if i < s.num_train else "test"]
         digits = {
             t: Image.fromarray(images[int(rng.choice(pool[c]))], "L").resize((tile, tile), Image.BICUBIC)
             for t, c in sorted(tiles.items())
         }
-        return paste_grid(digits, grid, image_size, mode="L")
+        return paste_grid(digits, s.grid, s.image_size, mode="L")
 
     return draw
 
 
-def make_digit_mosaics(
-    out_dir: str | os.PathLike,
-    *,
-    num_train: int = 1000,
-    num_query: int = 200,
-    num_database: int = 1000,
-    grid: int = 2,
-    min_objects: int = 1,
-    max_objects: int = 2,
-    image_size: int = 64,
-    seed: int = 0,
-    workers: int = 1,
-    overwrite: bool = False,
-) -> Path:
-    """Write the digit mosaics (``images/``, ``{train,query,database}.csv``, ``classes.txt`` = 0..9)."""
-    params = params_of(locals())
-    if not 1 <= min_objects <= max_objects <= grid * grid:
-        raise ValueError(f"need 1 <= min_objects <= max_objects <= grid*grid ({grid * grid})")
+def make_digit_mosaics(out_dir: str | os.PathLike, **settings: Any) -> Path:
+    """Write the digit mosaics (``images/``, ``{train,query,database}.csv``, ``classes.txt`` = 0..9);
+    ``settings``: the fields of :class:`~.glyphs.mosaics.MosaicSettings`."""
+    s = MosaicSettings.of(settings)
+    s.check_objects()
     return make_csv_dataset(
         out_dir,
         "digits",
-        params,
+        s,
         names=[f"digit_{c}" for c in range(10)],
-        setup=partial(_setup, seed, num_train, grid, min_objects, max_objects, image_size),
-        labels_of=lambda i: _layout(seed, i, grid * grid, min_objects, max_objects)[0],
-        workers=workers,
-        overwrite=overwrite,
+        setup=partial(_setup, s),
+        labels_of=lambda i: _layout(s, i)[0],
         manifest={"source": "sklearn.datasets.load_digits (UCI optical recognition of handwritten digits)"},
     )

@@ -22,14 +22,16 @@ stable as the installed fonts and Pillow's rasteriser).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from fontTools.ttLib import TTFont
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 
-from .glyphs.output import make_folder_dataset, params_of
+from .glyphs.output import FolderSettings, make_folder_dataset
 from .glyphs.render import background, finish_photo
 
 INSTALL = "apt-get install fonts-symbola fonts-noto-color-emoji"
@@ -228,24 +230,24 @@ def _setup(seed: int, image_size: int, c: int, domain: str):
     return lambda i: draw(cps[i % len(cps)], np.random.default_rng([seed, c, key, i]), image_size)
 
 
-def make_emoji_drawings(
-    out_dir: str | os.PathLike,
-    *,
-    sketches_per_class: int = 40,
-    photos_per_class: int = 30,
-    image_size: int = 128,
-    seed: int = 0,
-    workers: int = 1,
-    overwrite: bool = False,
-) -> Path:
+@dataclass(frozen=True)
+class EmojiDrawingSettings(FolderSettings):
+    """:func:`make_emoji_drawings`' settings."""
+
+    image_size: int = 128
+    photos_per_class: int = 30
+
+
+def make_emoji_drawings(out_dir: str | os.PathLike, **settings: Any) -> Path:
     """Write the emoji drawings: ``sketches_per_class`` Symbola sketches and ``photos_per_class`` Noto
-    colour photos of each class of :data:`CLASSES` (image ``i`` of a class shows its member ``i mod n``)."""
-    params = params_of(locals())
-    if sketches_per_class < 1 or photos_per_class < 1:
+    colour photos of each class of :data:`CLASSES` (image ``i`` of a class shows its member ``i mod n``);
+    ``settings``: the fields of :class:`EmojiDrawingSettings`."""
+    s = EmojiDrawingSettings.of(settings)
+    if s.sketches_per_class < 1 or s.photos_per_class < 1:
         raise ValueError("sketches_per_class and photos_per_class must be >= 1")
-    if image_size < 16:
-        raise ValueError(f"image_size must be >= 16, got {image_size}")
-    per_class = {"sketch": sketches_per_class, "photo": photos_per_class}
+    if s.image_size < 16:
+        raise ValueError(f"image_size must be >= 16, got {s.image_size}")
+    per_class = {"sketch": s.sketches_per_class, "photo": s.photos_per_class}
 
     def manifest() -> dict:  # read at build time only: a finished folder is reused without the fonts
         fonts = font_paths()
@@ -259,13 +261,11 @@ def make_emoji_drawings(
     return make_folder_dataset(
         out_dir,
         "emoji_drawings",
-        params,
+        s,
         classes=list(CLASSES),
         unseen=UNSEEN,
-        setup=partial(_setup, seed, image_size),
+        setup=partial(_setup, s.seed, s.image_size),
         ids=lambda c, domain: range(per_class[domain]),
-        workers=workers,
-        overwrite=overwrite,
         class_list=True,
         manifest=manifest,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from PIL import Image
 
 from sketchquant.datamodules.cli_data import data_make, data_preview
 from sketchquant.datamodules.glyphs import make_contact_sheet, make_glyph_benchmark, make_glyph_scenes
-from sketchquant.datamodules.glyphs.output import params_of
+from sketchquant.datamodules.glyphs.output import OutputSettings, params_of
 
 TINY = dict(num_classes=6, num_unseen=2, photos_per_class=3, sketches_per_class=3, image_size=32)
 
@@ -147,6 +148,11 @@ def _toy_setup(c: int, domain: str):
     return lambda i: Image.new("L", (8, 8), shade + i)
 
 
+@dataclass(frozen=True)
+class _ToySettings(OutputSettings):
+    n: int = 2
+
+
 def test_the_shared_generator_steps(tmp_path):
     from sketchquant.datamodules.glyphs.output import make_folder_dataset
 
@@ -159,7 +165,7 @@ def test_the_shared_generator_steps(tmp_path):
         return make_folder_dataset(
             out,
             "toy",
-            {"n": 2},
+            _ToySettings(),
             classes=["a", "b"],
             unseen=["b"],
             setup=_toy_setup,
@@ -183,3 +189,11 @@ def test_the_shared_generator_steps(tmp_path):
     assert man["counts"] == {"sketch": 3, "photo": 2} and man["note"] == "x" and man["layout"] == "folder"
     stamp = (out / "dataset.json").stat().st_mtime_ns
     assert make(tmp_path / "t") == out and (out / "dataset.json").stat().st_mtime_ns == stamp  # reused
+
+
+def test_a_generator_names_an_unknown_setting_and_the_allowed_ones(tmp_path):
+    with pytest.raises(
+        TypeError, match=r"unknown GlyphBenchmarkSettings key\(s\) \['colour'\]; allowed: .*num_unseen"
+    ):
+        make_glyph_benchmark(tmp_path / "g", colour=1)
+    assert not (tmp_path / "g").exists()

@@ -14,13 +14,15 @@ The layout is the one :class:`sketchquant.datamodules.ImageDataModule` reads: ``
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from .output import make_csv_dataset, params_of
+from .output import CsvSettings, make_csv_dataset
 from .render import background, draw_photo_object, finish_photo
 from .shapes import SUPERSAMPLE, class_name, class_spec, random_transform
 
@@ -65,49 +67,58 @@ def render_mosaic(specs: list[list[dict]], tiles: dict[int, int], rng, image_siz
     return paste_grid(images, grid, image_size)
 
 
-def _mosaic_setup(seed: int, num_classes: int, grid: int, lo: int, hi: int, image_size: int):
-    specs = [class_spec(seed, c) for c in range(num_classes)]
+def _mosaic_setup(s: GlyphMosaicSettings):
+    specs = [class_spec(s.seed, c) for c in range(s.num_classes)]
 
     def draw(i: int):
-        _, tiles = mosaic_layout(seed, i, num_classes, grid * grid, lo, hi)
-        return render_mosaic(specs, tiles, np.random.default_rng([seed, _MOSAIC, i]), image_size, grid)
+        _, tiles = _layout(s, i)
+        return render_mosaic(specs, tiles, np.random.default_rng([s.seed, _MOSAIC, i]), s.image_size, s.grid)
 
     return draw
 
 
-def make_glyph_mosaics(
-    out_dir: str | os.PathLike,
-    *,
-    num_classes: int = 10,
-    num_train: int = 1200,
-    num_query: int = 200,
-    num_database: int = 1000,
-    grid: int = 2,
-    min_objects: int = 1,
-    max_objects: int = 2,
-    image_size: int = 64,
-    seed: int = 0,
-    workers: int = 1,
-    overwrite: bool = False,
-) -> Path:
-    """Write the multi-label glyph mosaics (``images/``, ``{train,query,database}.csv``, ``classes.txt``).
+def _layout(s: GlyphMosaicSettings, i: int):
+    return mosaic_layout(s.seed, i, s.num_classes, s.grid * s.grid, s.min_objects, s.max_objects)
+
+
+@dataclass(frozen=True)
+class MosaicSettings(CsvSettings):
+    """A mosaic set's: ``grid × grid`` tiles, ``min_objects``–``max_objects`` of them holding an object."""
+
+    grid: int = 2
+    min_objects: int = 1
+    max_objects: int = 2
+
+    def check_objects(self) -> None:
+        if not 1 <= self.min_objects <= self.max_objects <= self.grid * self.grid:
+            raise ValueError(f"need 1 <= min_objects <= max_objects <= grid*grid ({self.grid * self.grid})")
+
+
+@dataclass(frozen=True)
+class GlyphMosaicSettings(MosaicSettings):
+    """:func:`make_glyph_mosaics`' settings: ``num_classes`` glyph classes."""
+
+    num_classes: int = 10
+    num_train: int = 1200
+
+
+def make_glyph_mosaics(out_dir: str | os.PathLike, **settings: Any) -> Path:
+    """Write the multi-label glyph mosaics (``images/``, ``{train,query,database}.csv``, ``classes.txt``);
+    ``settings``: the fields of :class:`GlyphMosaicSettings`.
 
     An existing folder whose manifest matches is returned as it is; ``workers`` > 1 renders in parallel
     processes and gives the same bytes."""
-    params = params_of(locals())
-    if grid < 1:
-        raise ValueError(f"grid must be >= 1, got {grid}")
-    if not 1 <= min_objects <= max_objects <= grid * grid:
-        raise ValueError(f"need 1 <= min_objects <= max_objects <= grid*grid ({grid * grid})")
-    if image_size < 8 * grid:
-        raise ValueError(f"image_size {image_size} is too small for a {grid}x{grid} grid")
+    s = GlyphMosaicSettings.of(settings)
+    if s.grid < 1:
+        raise ValueError(f"grid must be >= 1, got {s.grid}")
+    s.check_objects()
+    if s.image_size < 8 * s.grid:
+        raise ValueError(f"image_size {s.image_size} is too small for a {s.grid}x{s.grid} grid")
     return make_csv_dataset(
         out_dir,
         "mosaics",
-        params,
-        names=[class_name(c) for c in range(num_classes)],
-        setup=partial(_mosaic_setup, seed, num_classes, grid, min_objects, max_objects, image_size),
-        labels_of=lambda i: mosaic_layout(seed, i, num_classes, grid * grid, min_objects, max_objects)[0],
-        workers=workers,
-        overwrite=overwrite,
+        s,
+        names=[class_name(c) for c in range(s.num_classes)],
+        setup=partial(_mosaic_setup, s),
+        labels_of=lambda i: _layout(s, i)[0],
     )

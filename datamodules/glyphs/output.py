@@ -5,6 +5,9 @@
 - :func:`make_csv_dataset` (method A's multi-label sets: ``images/`` + ``{train,query,database}.csv``) and
   :func:`make_folder_dataset` (method B's ``sketch/<class>/`` + ``photo/<class>/`` + ``unseen_classes.txt``):
   the whole generator around a kind's drawing code, work split over processes by :func:`run_tasks`.
+- :class:`OutputSettings` and its two layouts' bases :class:`CsvSettings` and :class:`FolderSettings`: each
+  generator's settings are a dataclass built on one of them; ``make_<kind>(out_dir, **settings)`` checks its
+  keywords with :meth:`OutputSettings.of`, and ``sketchquant data make`` reads the options from its fields.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any, Self
 
 from .render import save_png
 
@@ -125,10 +130,52 @@ def split_bounds(num_train: int, num_query: int, num_database: int) -> dict[str,
 
 
 def params_of(arguments: dict) -> dict:
-    """A generator's manifest ``params``: its arguments (``locals()`` taken first thing in the function) but
+    """A generator's manifest ``params``: its settings (a dict of them, or a function's ``locals()``) but
     ``out_dir``, ``workers`` and ``overwrite`` (they do not change the bytes), each an ``int`` or ``None``."""
     skip = ("out_dir", "workers", "overwrite")
     return {k: None if v is None else int(v) for k, v in arguments.items() if k not in skip}
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """What every generator takes: the image size and the seed (with the kind's own settings, the
+    manifest's ``params``), and ``workers`` (processes) and ``overwrite`` (they leave the bytes alone)."""
+
+    image_size: int = 64
+    seed: int = 0
+    workers: int = 1
+    overwrite: bool = False
+
+    @classmethod
+    def of(cls, settings: dict[str, Any]) -> Self:
+        """``cls(**settings)``; ``TypeError`` naming the unknown keys and the allowed ones."""
+        allowed = [f.name for f in fields(cls)]
+        unknown = sorted(set(settings) - set(allowed))
+        if unknown:
+            raise TypeError(f"unknown {cls.__name__} key(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
+        return cls(**settings)
+
+    @property
+    def params(self) -> dict:
+        """The manifest's ``params`` (:func:`params_of` the fields)."""
+        return params_of(asdict(self))
+
+
+@dataclass(frozen=True)
+class CsvSettings(OutputSettings):
+    """A CSV dataset's: the image counts of its three splits (:func:`make_csv_dataset`)."""
+
+    num_train: int = 1000
+    num_query: int = 200
+    num_database: int = 1000
+
+
+@dataclass(frozen=True)
+class FolderSettings(OutputSettings):
+    """A sketch/photo folder's: the images per class of each domain (:func:`make_folder_dataset`)."""
+
+    photos_per_class: int = 40
+    sketches_per_class: int = 40
 
 
 def _save_pngs(draw, ids, name_of) -> int:
@@ -145,22 +192,22 @@ def _csv_chunk(args) -> int:
 def make_csv_dataset(
     out_dir,
     kind: str,
-    params: dict,
+    settings: CsvSettings,
     *,
     names: list[str],
     setup,
     labels_of,
-    workers: int = 1,
-    overwrite: bool = False,
     manifest: dict | None = None,
 ) -> Path:
     """A multi-label CSV dataset: ``images/00000.png`` …, ``{train,query,database}.csv``, ``classes.txt``.
 
-    ``params`` (the manifest's) hold ``num_train``, ``num_query`` and ``num_database``. ``setup()`` runs once
-    per chunk of image ids, in the process that draws them, and returns ``draw(i) -> PIL image``; it must
-    pickle (a module-level function or a ``functools.partial`` of one) when ``workers`` > 1. ``labels_of(i)``
-    gives image ``i``'s class ids (indices into ``names``); ``manifest`` adds fields to ``dataset.json``.
+    ``settings`` give the split sizes, ``workers``, ``overwrite`` and the manifest's ``params``. ``setup()``
+    runs once per chunk of image ids, in the process that draws them, and returns ``draw(i) -> PIL image``;
+    it must pickle (a module-level function or a ``functools.partial`` of one) when ``workers`` > 1.
+    ``labels_of(i)`` gives image ``i``'s class ids (indices into ``names``); ``manifest`` adds fields to
+    ``dataset.json``.
     """
+    params, workers = settings.params, settings.workers
     bounds = split_bounds(params["num_train"], params["num_query"], params["num_database"])
     total = bounds["database"][1]
 
@@ -174,7 +221,7 @@ def make_csv_dataset(
         counts = {"classes": len(names), **{split: b - a for split, (a, b) in bounds.items()}}
         return {"layout": "csv", "classes": names, "counts": counts, **(manifest or {})}
 
-    return atomic_generate(out_dir, kind, params, overwrite, build)
+    return atomic_generate(out_dir, kind, params, settings.overwrite, build)
 
 
 def _folder_task(args) -> int:
@@ -187,19 +234,18 @@ def _folder_task(args) -> int:
 def make_folder_dataset(
     out_dir,
     kind: str,
-    params: dict,
+    settings: OutputSettings,
     *,
     classes: list[str],
     unseen: list[str],
     setup,
     ids,
-    workers: int = 1,
-    overwrite: bool = False,
     manifest: dict | Callable[[], dict] | None = None,
     class_list: bool = False,
 ) -> Path:
     """A sketch/photo folder: ``sketch/<class>/0000.png`` …, ``photo/<class>/…``, ``unseen_classes.txt``
-    (and ``classes.txt`` when ``class_list``).
+    (and ``classes.txt`` when ``class_list``); ``settings`` give ``workers``, ``overwrite`` and the
+    manifest's ``params``.
 
     ``ids(c, domain)`` lists the image ids (file names ``{id:04d}.png``) of class index ``c`` in ``domain``
     (``"sketch"`` or ``"photo"``); ``setup(c, domain)`` runs once per class and domain, in the process that
@@ -214,7 +260,7 @@ def make_folder_dataset(
             for c, name in enumerate(classes)
             for d in DOMAINS
         ]
-        done = run_tasks(_folder_task, tasks, workers)
+        done = run_tasks(_folder_task, tasks, settings.workers)
         counts = {d: sum(n for t, n in zip(tasks, done) if t[2] == d) for d in DOMAINS}
         write_lines(tmp / "unseen_classes.txt", unseen)
         if class_list:
@@ -222,4 +268,4 @@ def make_folder_dataset(
         extra = manifest() if callable(manifest) else manifest
         return {"layout": "folder", "classes": classes, "counts": counts, **(extra or {})}
 
-    return atomic_generate(out_dir, kind, params, overwrite, build)
+    return atomic_generate(out_dir, kind, settings.params, settings.overwrite, build)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .output import make_folder_dataset, params_of
+from .output import FolderSettings, make_folder_dataset
 from .render import render_photo, render_sketch
 from .shapes import class_name, class_spec
 
@@ -28,47 +30,43 @@ def unseen_class_ids(seed: int, num_classes: int, num_unseen: int) -> list[int]:
     return sorted(int(i) for i in rng.choice(num_classes, num_unseen, replace=False))
 
 
-def make_glyph_benchmark(
-    out_dir: str | os.PathLike,
-    *,
-    num_classes: int = 60,
-    num_unseen: int = 15,
-    photos_per_class: int = 40,
-    sketches_per_class: int = 40,
-    image_size: int = 64,
-    seed: int = 0,
-    workers: int = 1,
-    overwrite: bool = False,
-) -> Path:
-    """Write the sketch/photo glyph benchmark to ``out_dir`` (atomically) and return its path.
+@dataclass(frozen=True)
+class GlyphBenchmarkSettings(FolderSettings):
+    """:func:`make_glyph_benchmark`'s settings: ``num_classes`` glyph classes, ``num_unseen`` of them held out."""
+
+    num_classes: int = 60
+    num_unseen: int = 15
+
+
+def make_glyph_benchmark(out_dir: str | os.PathLike, **settings: Any) -> Path:
+    """Write the sketch/photo glyph benchmark to ``out_dir`` (atomically) and return its path; ``settings``:
+    the fields of :class:`GlyphBenchmarkSettings`.
 
     An existing folder whose manifest matches these parameters is returned as it is; a different one
     raises ``FileExistsError`` unless ``overwrite``. ``workers`` > 1 renders classes in parallel processes
     and gives the same bytes.
     """
-    params = params_of(locals())
-    if photos_per_class < 1 or sketches_per_class < 1:
+    s = GlyphBenchmarkSettings.of(settings)
+    if s.photos_per_class < 1 or s.sketches_per_class < 1:
         raise ValueError("photos_per_class and sketches_per_class must be >= 1")
-    unseen = [class_name(c) for c in unseen_class_ids(seed, num_classes, num_unseen)]
-    per_class = {"sketch": sketches_per_class, "photo": photos_per_class}
+    unseen = [class_name(c) for c in unseen_class_ids(s.seed, s.num_classes, s.num_unseen)]
+    per_class = {"sketch": s.sketches_per_class, "photo": s.photos_per_class}
     return make_folder_dataset(
         out_dir,
         "sketch_photo",
-        params,
-        classes=[class_name(c) for c in range(num_classes)],
+        s,
+        classes=[class_name(c) for c in range(s.num_classes)],
         unseen=unseen,
-        setup=partial(_setup, seed, image_size),
+        setup=partial(_setup, s.seed, s.image_size),
         ids=lambda c, domain: range(per_class[domain]),
-        workers=workers,
-        overwrite=overwrite,
         manifest={
             "unseen_classes": unseen,
             "counts": {
-                "classes": num_classes,
-                "seen": num_classes - num_unseen,
-                "unseen": num_unseen,
-                "sketches": num_classes * sketches_per_class,
-                "photos": num_classes * photos_per_class,
+                "classes": s.num_classes,
+                "seen": s.num_classes - s.num_unseen,
+                "unseen": s.num_unseen,
+                "sketches": s.num_classes * s.sketches_per_class,
+                "photos": s.num_classes * s.photos_per_class,
             },
         },
     )
