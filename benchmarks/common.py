@@ -4,6 +4,8 @@ the exact command, the machine (cores, CPU model) and the 1-minute load average 
     meta = started()          # before the measurements
     ...
     write_results(path, meta, {...figures...})   # adds load_after, writes atomically
+
+and, for the benchmarks that search, :func:`random_checkpoint` (the default method-B network, untrained).
 """
 
 from __future__ import annotations
@@ -87,4 +89,42 @@ def write_results(path: str | os.PathLike, meta: dict[str, Any], figures: dict[s
     path = Path(path)
     atomic_write_json(path, {**meta, "load_after": load(), **figures})
     print(f"results -> {path}")
+    return path
+
+
+class _Facts:
+    """The data facts the module is built from (no data is read)."""
+
+    num_classes = num_seen_classes = 10
+    multi_label = False
+    image_size = None
+
+
+def random_checkpoint(path: Path, tiny: bool, overrides: list[str] | None = None, **extra: Any) -> Path:
+    """A checkpoint at ``path`` of the default method-B network with random weights (no training and no
+    pretrained weights: speed only); ``tiny``: timm's test network at 32 px; ``overrides`` come after those;
+    ``extra`` goes to the module's constructor (``inference=True``)."""
+    import torch
+
+    from sketchquant.app.build import build_module
+    from sketchquant.app.checkpoints import CONFIG_KEY
+    from sketchquant.app.methods import compose
+    from sketchquant.core.config import to_container
+
+    over = ["model.weights=none", "data.num_workers=0"]
+    if tiny:
+        over += [
+            "model.backbone=test_efficientnet",
+            "model.embed_dim=32",
+            "data.image_size=32",
+            "eval.pq_k=4",
+        ]
+    cfg = compose("zs_sbir", [*over, *(overrides or [])])
+    module = build_module(cfg, _Facts(), **extra)
+    state = {
+        CONFIG_KEY: to_container(cfg),
+        "state_dict": module.state_dict(),
+        "hyper_parameters": dict(module.hparams),
+    }
+    torch.save(state, path)
     return path

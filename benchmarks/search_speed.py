@@ -41,47 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import started, write_results  # noqa: E402
-
-
-def _checkpoint(tmp: Path, tiny: bool, image_size: int | None = None) -> tuple[Path, object]:
-    """A checkpoint of the default method-B network with random weights (no training: speed only),
-    at ``image_size`` px input when given (default: the config's)."""
-    import torch
-
-    from sketchquant.app.build import build_module
-    from sketchquant.app.checkpoints import CONFIG_KEY
-    from sketchquant.app.methods import compose
-    from sketchquant.core.config import to_container
-
-    over = ["model.weights=none", "data.num_workers=0"]
-    if tiny:
-        over += [
-            "model.backbone=test_efficientnet",
-            "model.embed_dim=32",
-            "data.image_size=32",
-            "eval.pq_k=4",
-        ]
-    if image_size:
-        over.append(f"data.image_size={image_size}")
-    cfg = compose("zs_sbir", over)
-
-    class Facts:
-        num_classes = num_seen_classes = 10
-        multi_label = False
-        image_size = None
-
-    module = build_module(cfg, Facts())
-    path = tmp / f"bench-{image_size or 'config'}.ckpt"
-    torch.save(
-        {
-            CONFIG_KEY: to_container(cfg),
-            "state_dict": module.state_dict(),
-            "hyper_parameters": dict(module.hparams),
-        },
-        path,
-    )
-    return path, cfg
+from common import random_checkpoint, started, write_results  # noqa: E402
 
 
 def _photos(folder: Path, n: int, size: int) -> None:
@@ -102,7 +62,8 @@ def bench_build(tmp: Path, args, image_size: int | None = None) -> dict:
 
     importlib.import_module("sketchquant.app.serve")  # the page imports cleanly (no private name)
 
-    ckpt, cfg = _checkpoint(tmp, args.tiny, image_size)
+    over = [f"data.image_size={image_size}"] if image_size else []
+    ckpt = random_checkpoint(tmp / f"bench-{image_size or 'config'}.ckpt", args.tiny, over)
     size = 32 if args.tiny else 224
     if not (tmp / "photos").is_dir():
         _photos(tmp / "photos", args.build_images, size)

@@ -47,14 +47,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from common import started, write_results  # noqa: E402
+from common import random_checkpoint, started, write_results  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from sketchquant.app.build import build_module  # noqa: E402
-from sketchquant.app.checkpoints import CONFIG_KEY  # noqa: E402
-from sketchquant.app.methods import compose  # noqa: E402
-from sketchquant.core.config import to_container  # noqa: E402
 from sketchquant.core.report import print_table  # noqa: E402
 
 CLI = [sys.executable, "-m", "sketchquant.app.cli"]
@@ -63,36 +58,6 @@ HOST = "127.0.0.1"  # loopback only
 
 # --------------------------------------------------------------------------------------------------
 # setup
-
-
-def _checkpoint(tmp: Path, tiny: bool, fusion: str) -> Path:
-    """A checkpoint of the default method-B network with random weights (speed only)."""
-    over = ["model.weights=none", "data.num_workers=0", f"eval.fusion={fusion}"]
-    if tiny:
-        over += [
-            "model.backbone=test_efficientnet",
-            "model.embed_dim=32",
-            "data.image_size=32",
-            "eval.pq_k=4",
-        ]
-    cfg = compose("zs_sbir", over)
-
-    class Facts:
-        num_classes = num_seen_classes = 10
-        multi_label = False
-        image_size = None
-
-    module = build_module(cfg, Facts(), inference=True)
-    path = tmp / "bench.ckpt"
-    torch.save(
-        {
-            CONFIG_KEY: to_container(cfg),
-            "state_dict": module.state_dict(),
-            "hyper_parameters": dict(module.hparams),
-        },
-        path,
-    )
-    return path
 
 
 def _photos(folder: Path, first: int, n: int, size: int) -> None:
@@ -264,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                 overrides += [f"eval.fusion_lambda={st['fusion_lambda']}"]
             setup = {"gallery": str(args.gallery), "photos": m["count"], "method": m["method"]}
         else:
-            ckpt = str(_checkpoint(tmp, args.tiny, args.fusion))
+            over = [f"eval.fusion={args.fusion}"]
+            ckpt = str(random_checkpoint(tmp / "bench.ckpt", args.tiny, over, inference=True))
             images = tmp / "photos"
             size = 32 if args.tiny else 224
             _photos(images, 0, args.photos, size)
