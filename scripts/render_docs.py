@@ -538,6 +538,20 @@ def load(path: Path) -> Doc:
     return json.loads(path.read_text())
 
 
+def measured(root: Path, stem: str) -> Doc | None:
+    """``benchmarks/results/<stem>.json`` read, or None when that benchmark has not been run."""
+    path = root / RESULTS / f"{stem}.json"
+    return load(path) if path.is_file() else None
+
+
+def not_measured(what: str, stem: str, it: str = "it") -> str:
+    """What a README block says in place of a benchmark's figures that are not measured yet."""
+    return (
+        f"{what}: not measured yet (`python benchmarks/{stem}.py` measures {it}, "
+        f"then `make docs` renders {it} here)."
+    )
+
+
 # ------------------------------------------------------------------------------------------------
 # docs/benchmarks.md
 
@@ -615,13 +629,9 @@ def block_configs(root: Path) -> str:
 
 
 def block_make_train(root: Path) -> str:
-    path = root / RESULTS / "make_train.json"
-    if not path.is_file():
-        return (
-            "The default run over seeds: not measured yet (`python benchmarks/make_train.py` measures it, "
-            "then `make docs` renders it here)."
-        )
-    doc = load(path)
+    doc = measured(root, "make_train")
+    if doc is None:
+        return not_measured("The default run over seeds", "make_train")
     runs = doc.get("runs") or []
     seconds = [r["seconds"] for r in runs if r.get("seconds")]
     machine = (doc.get("machine") or {}).get("cores")
@@ -702,20 +712,15 @@ HEADLINES: dict[str, Callable[[Doc], str | None]] = {
 def block_headlines(root: Path) -> str:
     lines = []
     for stem, headline in HEADLINES.items():
-        path = root / RESULTS / f"{stem}.json"
-        if path.is_file() and (text := headline(load(path))):
+        if (doc := measured(root, stem)) is not None and (text := headline(doc)):
             lines.append(f"- {text} ([{stem}](docs/benchmarks.md#{stem})).")
     return "\n".join(lines) if lines else "No benchmark has been run yet (see `docs/benchmarks.md`)."
 
 
 def block_quantization_claims(root: Path) -> str:
-    path = root / RESULTS / "quantization_claims.json"
-    if not path.is_file():
-        return (
-            "Method A's claims: not measured yet (`python benchmarks/quantization_claims.py` measures them, "
-            "then `make docs` renders them here)."
-        )
-    doc = load(path)
+    doc = measured(root, "quantization_claims")
+    if doc is None:
+        return not_measured("Method A's claims", "quantization_claims", "them")
     meta = doc.get("meta") or {}
     n = len(meta.get("seeds") or [])
     rows = [
