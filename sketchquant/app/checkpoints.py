@@ -162,17 +162,20 @@ def load_network(
     need: str | None = None,
     *,
     ckpt: dict | None = None,
+    cfg: DictConfig | None = None,
     trust: bool = False,
 ) -> tuple[DictConfig, torch.nn.Module, dict]:
     """``(cfg, network, checkpoint dict)``: the method's search network (an image batch → its features or
     codes) with the checkpoint's weights, in eval mode, on the CPU. ``ckpt``: the checkpoint dict when
-    the caller has read it already (it is read once).
+    the caller has read it already (it is read once); ``cfg``: its config when the caller has checked it
+    already (with the same ``overrides``).
 
     The backbone is built without pretrained weights (the ``state_dict`` replaces every tensor) and
     without a teacher, so no weights file or network is touched."""
     if ckpt is None:
         ckpt = read_checkpoint(path, trust=trust)
-    cfg = checkpoint_config(ckpt, path, overrides, need)
+    if cfg is None:
+        cfg = checkpoint_config(ckpt, path, overrides, need)
     state = ckpt.get("state_dict")
     if not isinstance(state, dict) or not state:
         raise ConfigError(f"checkpoint {path} holds no 'state_dict' (model weights)")

@@ -53,7 +53,7 @@ def load_quantization_model(ckpt: str | os.PathLike, overrides: Sequence[str] = 
     ckpt_dict = read_checkpoint(ckpt, trust=trust)
     cfg = checkpoint_config(ckpt_dict, ckpt, list(overrides), need="codes")
     check_bits(cfg.model.bits)  # a clear error before anything is built
-    cfg, network, ckpt_dict = load_network(ckpt, list(overrides), need="codes", ckpt=ckpt_dict)
+    cfg, network, ckpt_dict = load_network(ckpt, list(overrides), need="codes", ckpt=ckpt_dict, cfg=cfg)
     return cfg, network.encoder, ckpt_dict
 
 

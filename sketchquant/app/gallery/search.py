@@ -290,7 +290,7 @@ def _checked_network(
             f"gallery {path} holds a '{manifest['method']}' model's features, but checkpoint {use} is a "
             f"'{method_of(cfg).name}' model: its queries cannot be compared with this gallery"
         )
-    return load_network(use, list(overrides), ckpt=raw)[1], digest
+    return load_network(use, list(overrides), ckpt=raw, cfg=cfg)[1], digest
 
 
 def _same_network(old: Gallery, manifest: dict, overrides: Sequence[str]) -> bool:
