@@ -7,6 +7,7 @@ torchmetrics cost seconds to import; a metric-only user needs neither).
 from sketchquant.core.lazy import lazy_exports
 
 _EXPORTS = {
+    "MetricOptions": ".metrics",
     "RetrievalMetric": ".torchmetric",
     "build_code_index": ".index",
     "build_float_index": ".index",

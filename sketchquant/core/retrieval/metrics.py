@@ -46,6 +46,7 @@ published code in :mod:`.reference`, the torchmetrics wrapper in :mod:`.torchmet
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -67,6 +68,7 @@ from .checks import (
 )
 
 __all__ = [
+    "MetricOptions",
     "sbir_metrics",
     "sbir_metrics_from_distances",
     "hashing_metrics",
@@ -80,21 +82,56 @@ PerQuery = aggregate.PerQuery
 Result = dict[str, float] | tuple[dict[str, float], PerQuery]
 
 
-def _setup(
-    q: torch.Tensor,
-    g: torch.Tensor,
-    metric: str,
-    normalize: bool,
-    distance_fn: Callable | None,
-    device: str | torch.device | None,
-) -> tuple[torch.device, torch.dtype, Callable]:
-    """``(device, key dtype, fill)``: ranking runs on ``device`` (default: the gallery features' device),
-    with the built-in distance or a user ``distance_fn`` (its values checked, copied to ``device``)."""
-    dev = torch.device(device) if device is not None else g.device
-    if distance_fn is not None:
-        return dev, torch.float32, keys.user_fill(distance_fn, g.shape[0])
-    q, g, exact = keys.prepare(q.to(dev), g.to(dev), normalize)
-    return dev, q.dtype, keys.distance_fill(q, g, metric, normalize and not exact)
+@dataclass(frozen=True)
+class MetricOptions:
+    """The keyword options :func:`sbir_metrics` and :func:`hashing_metrics` share, with their defaults.
+
+    ``metric``: ``"l2"`` or ``"ip"`` (the module docstring). ``distance_fn(query_indices: LongTensor) ->
+    (len(indices) × N)`` distances (lower = closer) replaces the built-in distance (features are then only
+    validated; ``metric``/``normalize`` unused). ``chunk_size``: query rows ranked at once (default: as many
+    as ``memory_budget_mb`` holds). ``source`` = (query name, gallery name), e.g. file paths, used in error
+    messages.
+
+    ``device``: where to rank (default: the gallery features' device; CUDA when they are there), same
+    numbers everywhere. Sharded evaluation: with ``query_shard=(rank, world)`` this process ranks only its
+    share of the queries against the whole gallery; ``reduce_fn`` sums the ``metrics × Q`` float64 matrix of
+    per-query values (zero outside the share) over the processes — e.g. :func:`.torchmetric.all_reduce_sum`
+    — so every process returns exactly the one-process numbers.
+
+    ``per_query=True`` returns ``(numbers, PerQuery)``: every query's value of every metric (NaN for a query
+    left out) from which :meth:`.aggregate.PerQuery.numbers` gives the numbers bit for bit (in every process
+    when sharded).
+    """
+
+    metric: str = "l2"
+    distance_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+    chunk_size: int | None = None
+    memory_budget_mb: float = 512
+    source: Sequence[str] | None = None
+    device: str | torch.device | None = None
+    query_shard: tuple[int, int] | None = None
+    reduce_fn: Reduce | None = None
+    per_query: bool = False
+
+    def check(self, query_feats: Any, gallery_feats: Any, map_at: Any, p_at: Any) -> tuple:
+        """``(q, g, map_ks, p_ks, query source, gallery source)``, every input checked."""
+        sq, sg = sources(self.source)
+        check_choice(self.metric, METRICS, "metric")
+        map_ks, p_ks = check_ks(map_at, p_at)
+        return (*check_pair(query_feats, gallery_feats, sq, sg), map_ks, p_ks, sq, sg)
+
+    def ranking(
+        self, q: torch.Tensor, g: torch.Tensor, normalize: bool
+    ) -> tuple[torch.device, torch.dtype, Callable, int]:
+        """``(device, key dtype, fill, chunk rows)``: ranking runs on ``device`` (default: the gallery
+        features' device), with the built-in distance or ``distance_fn`` (its values checked, copied to
+        ``device``)."""
+        dev = torch.device(self.device) if self.device is not None else g.device
+        rows = keys.chunk_rows(g.shape[0], self.chunk_size, self.memory_budget_mb, dev)
+        if self.distance_fn is not None:
+            return dev, torch.float32, keys.user_fill(self.distance_fn, g.shape[0]), rows
+        q, g, exact = keys.prepare(q.to(dev), g.to(dev), normalize)
+        return dev, q.dtype, keys.distance_fill(q, g, self.metric, normalize and not exact), rows
 
 
 def _sbir_run(
@@ -133,47 +170,28 @@ def sbir_metrics(
     map_at: Iterable[int | str] = ("all",),
     p_at: Iterable[int | str] = (100,),
     ap: str = "voc",
-    metric: str = "l2",
     normalize: bool = True,
-    distance_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    chunk_size: int | None = None,
-    memory_budget_mb: float = 512,
-    source: Sequence[str] | None = None,
-    device: str | torch.device | None = None,
-    query_shard: tuple[int, int] | None = None,
-    reduce_fn: Reduce | None = None,
-    per_query: bool = False,
+    **options: Any,
 ) -> Result:
     """Zero-shot SBIR metrics, SAKE-compatible (see the module docstring for the exact formulas).
 
     ``query_feats`` ``Q × d`` / ``gallery_feats`` ``N × d`` (numpy or torch, any device), labels 1-D class
-    ids. ``distance_fn(query_indices: LongTensor) -> (len(indices) × N)`` distances (lower = closer)
-    replaces the built-in distance (features are then only validated; ``metric``/``normalize`` unused).
-    ``source`` = (query name, gallery name), e.g. file paths, used in error messages.
+    ids. ``options``: the fields of :class:`MetricOptions` (``metric``, ``distance_fn``, ``chunk_size``,
+    ``memory_budget_mb``, ``source``, ``device``, ``query_shard``, ``reduce_fn``, ``per_query``).
 
     Returns ``map_<k>`` (``map_all`` for k="all") and ``p_<k>`` (class-mean), the same with ``_micro``
-    (query mean), ``num_queries`` and ``num_queries_no_relevant``.
-
-    ``device``: where to rank (default: the gallery features' device; CUDA when they are there), same
-    numbers everywhere. Sharded evaluation: with ``query_shard=(rank, world)`` this process ranks only
-    its share of the queries against the whole gallery; ``reduce_fn`` sums the ``metrics × Q`` float64
-    matrix of per-query values (zero outside the share) over the processes — e.g.
-    :func:`.torchmetric.all_reduce_sum` — so every process returns exactly the one-process numbers.
-
-    ``per_query=True`` returns ``(numbers, PerQuery)``: every query's value of every metric (NaN for a
-    query left out) from which :meth:`.aggregate.PerQuery.numbers` gives the numbers bit for bit (in
-    every process when sharded).
+    (query mean), ``num_queries`` and ``num_queries_no_relevant``; with ``per_query=True``
+    ``(numbers, PerQuery)``.
     """
-    sq, sg = sources(source)
+    o = MetricOptions(**options)
     check_choice(ap, APS, "ap")
-    check_choice(metric, METRICS, "metric")
-    map_ks, p_ks = check_ks(map_at, p_at)
-    q, g = check_pair(query_feats, gallery_feats, sq, sg)
+    q, g, map_ks, p_ks, sq, sg = o.check(query_feats, gallery_feats, map_at, p_at)
     ql = check_single_labels(query_labels, q.shape[0], "query_labels", "query_feats", sq)
     gl = check_single_labels(gallery_labels, g.shape[0], "gallery_labels", "gallery_feats", sg)
-    dev, dtype, fill = _setup(q, g, metric, normalize, distance_fn, device)
-    chunk = keys.chunk_rows(g.shape[0], chunk_size, memory_budget_mb, dev)
-    return _sbir_run(fill, ql, gl, dtype, dev, map_ks, p_ks, ap, chunk, query_shard, reduce_fn, per_query)
+    dev, dtype, fill, chunk = o.ranking(q, g, normalize)
+    return _sbir_run(
+        fill, ql, gl, dtype, dev, map_ks, p_ks, ap, chunk, o.query_shard, o.reduce_fn, o.per_query
+    )
 
 
 def sbir_metrics_from_distances(
@@ -211,16 +229,8 @@ def hashing_metrics(
     *,
     map_at: Iterable[int | str] = (1000,),
     p_at: Iterable[int | str] = (),
-    metric: str = "l2",
     normalize: bool = False,
-    distance_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    chunk_size: int | None = None,
-    memory_budget_mb: float = 512,
-    source: Sequence[str] | None = None,
-    device: str | torch.device | None = None,
-    query_shard: tuple[int, int] | None = None,
-    reduce_fn: Reduce | None = None,
-    per_query: bool = False,
+    **options: Any,
 ) -> Result:
     """Multi-label retrieval metrics, DeepHash-pytorch ``CalcTopMap``-compatible.
 
@@ -229,12 +239,10 @@ def hashing_metrics(
     codes that is 4 × Hamming distance, the same order as ``CalcHammingDist``; uint8 codes are compared
     exactly. Returns ``map_<k>``, ``p_<k>`` (means over all queries), ``num_queries`` and
     ``num_queries_no_relevant`` (queries with no relevant gallery item; they score 0 and are kept, as in
-    ``CalcTopMap``). ``device``, ``query_shard``, ``reduce_fn`` and ``per_query`` as in :func:`sbir_metrics`.
+    ``CalcTopMap``). ``options``: the fields of :class:`MetricOptions`, as in :func:`sbir_metrics`.
     """
-    sq, sg = sources(source)
-    check_choice(metric, METRICS, "metric")
-    map_ks, p_ks = check_ks(map_at, p_at)
-    q, g = check_pair(query_feats, gallery_feats, sq, sg)
+    o = MetricOptions(**options)
+    q, g, map_ks, p_ks, sq, sg = o.check(query_feats, gallery_feats, map_at, p_at)
     qt = to_tensor(query_labels, "query_labels", sq)
     gt = to_tensor(gallery_labels, "gallery_labels", sg)
     num_classes = None
@@ -247,23 +255,23 @@ def hashing_metrics(
             f"label widths differ: query_labels has {ql.shape[1]} classes but gallery_labels has "
             f"{gl.shape[1]}"
         )
-    dev, dtype, fill = _setup(q, g, metric, normalize, distance_fn, device)
+    dev, dtype, fill, rows = o.ranking(q, g, normalize)
     ql_d, gl_d = ql.to(dev), gl.to(dev)
     if bool((ql_d.sum(1) == 1).all()) and bool((gl_d.sum(1) == 1).all()):
         relevant, _ = relevance.class_relevance(ql_d.argmax(1), gl_d.argmax(1))  # one label each: classes
     else:
         gl_t = gl_d.T.contiguous()
         relevant = relevance.mask_relevance(lambda idx: (ql_d.index_select(0, idx) @ gl_t) > 0)
-    chunk = keys.even_chunk(q.shape[0], keys.chunk_rows(g.shape[0], chunk_size, memory_budget_mb, dev))
-    queries = aggregate.shard(torch.arange(q.shape[0], device=dev), query_shard, chunk)
+    chunk = keys.even_chunk(q.shape[0], rows)
+    queries = aggregate.shard(torch.arange(q.shape[0], device=dev), o.query_shard, chunk)
     per, tot = engine.run(
         fill, queries, g.shape[0], relevant, dtype, map_ks, p_ks, "standard", "hashing", chunk, dev
     )
-    full = aggregate.full({**per, "n_rel": tot}, queries, q.shape[0], reduce_fn)
+    full = aggregate.full({**per, "n_rel": tot}, queries, q.shape[0], o.reduce_fn)
     out: dict[str, float] = {name: aggregate.exact_mean(v) for name, v in zip(per, full)}
     out["num_queries"] = int(q.shape[0])
     out["num_queries_no_relevant"] = int((full[-1] == 0).sum())
-    return (out, aggregate.mean_per_query(dict(zip(per, full)), full[-1])) if per_query else out
+    return (out, aggregate.mean_per_query(dict(zip(per, full)), full[-1])) if o.per_query else out
 
 
 def topk_neighbors(
