@@ -63,6 +63,9 @@ class SketchPhotoDataConfig(RetrievalDataConfig):
     split_seed: int = 0
     batch_size: int = 48
     sketch_fraction: float = 1 / 3
+    #: training photos turned grey with this probability: sketches carry no colour, so matching them
+    #: must rest on shape (0 = off)
+    photo_grayscale: float = 0.0
 
 
 @dataclass

@@ -31,6 +31,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from torchvision import transforms as T
+
 from sketchquant.core.batch import PHOTO, SKETCH
 
 from .base import RetrievalDataModule
@@ -134,6 +136,8 @@ class SketchPhotoDataModule(RetrievalDataModule):
     def check_options(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.photo_grayscale <= 1.0:
+            raise ValueError(f"photo_grayscale must be in [0, 1], got {self.photo_grayscale}")
         if not 0.0 <= self.val_classes < 1.0:
             raise ValueError(f"val_classes must be in [0, 1), got {self.val_classes}")
         if self.val_classes and self.layout != "folder":
@@ -330,6 +334,8 @@ class SketchPhotoDataModule(RetrievalDataModule):
         self.num_classes = len(self.class_names)
         label_of = {c: i for i, c in enumerate(self.class_names)}
         train_tf = {d: self.train_transform(fill=255 if d == SKETCH else 0) for d in (SKETCH, PHOTO)}
+        if self.photo_grayscale:
+            train_tf[PHOTO] = T.Compose([T.RandomGrayscale(self.photo_grayscale), train_tf[PHOTO]])
         eval_tf = self.eval_transform()
         self.counts: dict[str, dict[str, int]] = {}
         for stage in STAGES:

@@ -137,11 +137,23 @@ class SketchquantModule(pl.LightningModule):
         self._freeze_trunk_bn()
 
     def _freeze_trunk_bn(self) -> None:
-        if getattr(getattr(self, "config", None), "freeze_bn", False):
-            trunk = tuple(p.rstrip(".") for p in self.backbone_prefixes)
-            for name, module in self.named_modules():
-                if name.startswith(trunk) and isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+        """Trunk BatchNorm layers in eval mode: all of them with ``freeze_bn``, else those whose weights are
+        frozen (``frozen_trunk``)."""
+        every = getattr(getattr(self, "config", None), "freeze_bn", False)
+        trunk = tuple(p.rstrip(".") for p in self.backbone_prefixes)
+        for name, module in self.named_modules():
+            if name.startswith(trunk) and isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                if every or not any(p.requires_grad for p in module.parameters()):
                     module.eval()
+
+    def freeze_trunk(self, share: float) -> None:
+        """The first ``share`` of the trunk's parameter tensors (in the network's order: from the input)
+        take no gradient."""
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"model.frozen_trunk must be in [0, 1], got {share}")
+        trunk = [p for n, p in self.named_parameters() if n.startswith(self.backbone_prefixes)]
+        for p in trunk[: int(round(len(trunk) * share))]:
+            p.requires_grad_(False)
 
     def param_groups(self, head_lr_mult: float) -> list[dict]:
         trunk, new = [], []

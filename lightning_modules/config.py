@@ -61,4 +61,7 @@ class ZeroShotModelConfig:
     tau: float = 1.0
     head_init: str = choice("svd", "random")
     freeze_bn: bool = False  # keep the trunk's BatchNorm statistics (ImageNet's) while fine-tuning
+    #: the share of the pretrained trunk's parameter tensors, from the input side, that stay as they are
+    #: (their BatchNorm statistics too): early layers are generic, so small data trains only the later ones
+    frozen_trunk: float = 0.0
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -42,6 +42,7 @@ class ZeroShotSketchModule(SketchquantModule):
         # the ImageNet head exists only to be distilled into: without KD it would get no gradient (and
         # DDP would stop on a parameter that took no part in the loss)
         self.net = build_sketch_net(self.config, num_classes, weights="none" if inference else None)
+        self.freeze_trunk(self.config.frozen_trunk)
         kd = bool(self.config.lambda_kd) and not inference
         self._teacher: tuple[FrozenTeacher, ...] = (self.net.make_teacher(),) if kd else ()
         self._teacher_logits: torch.Tensor | None = None

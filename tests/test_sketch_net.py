@@ -185,3 +185,30 @@ def test_freeze_bn_keeps_the_trunks_statistics_through_a_real_fit():
     assert any(not torch.equal(after[k], before[k]) for k in bn_weights)
     before, after = fit(freeze=False)  # the default: the statistics follow the batches
     assert any(not torch.equal(after[k], before[k]) for k in stats)
+
+
+def test_frozen_trunk_trains_only_the_later_layers():
+    from sketchquant.lightning_modules.config import ZeroShotModelConfig
+    from sketchquant.lightning_modules.zero_shot_sketch import ZeroShotSketchModule
+
+    cfg = ZeroShotModelConfig(backbone="test_efficientnet", weights="none", embed_dim=16, frozen_trunk=0.5)
+    module = ZeroShotSketchModule(cfg, num_classes=3, inference=True)
+    trunk = [p for n, p in module.named_parameters() if n.startswith("net.backbone.")]
+    frozen = [p for p in trunk if not p.requires_grad]
+    assert len(frozen) == round(len(trunk) * 0.5) and all(not p.requires_grad for p in trunk[: len(frozen)])
+    assert all(p.requires_grad for n, p in module.named_parameters() if not n.startswith("net.backbone."))
+    trained = {id(p) for g in module.param_groups(1.0) for p in g["params"]}
+    assert not trained & {id(p) for p in frozen}
+    module.train()
+    bns = [
+        m
+        for n, m in module.named_modules()
+        if n.startswith("net.backbone") and isinstance(m, torch.nn.BatchNorm2d)
+    ]
+    assert any(not m.training for m in bns) and any(
+        m.training for m in bns
+    )  # frozen ones keep their statistics
+    with pytest.raises(ValueError, match="frozen_trunk must be in"):
+        ZeroShotSketchModule(
+            ZeroShotModelConfig(backbone="test_efficientnet", weights="none", frozen_trunk=2), 3
+        )

@@ -303,3 +303,20 @@ def test_published_configs_follow_the_published_code():
         assert (cfg.eval.pq_m, cfg.eval.pq_k, cfg.eval.fusion_lambda) == (2, 32, 0.2)
         assert cfg.eval.pq_max_points_per_centroid is None
     assert compose("zs_sbir_sketchy", ["data.root=/data"]).data.val_fraction == 0.0
+
+
+def test_photo_grayscale_greys_training_photos_only(bench):
+    kw = {**KW, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "augment": False}
+    dm = SketchPhotoDataModule(str(bench), photo_grayscale=1.0, **kw)
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    photos = [train[i]["image"] for i in train.positions(PHOTO)]
+    assert all(torch.equal(x[0], x[1]) and torch.equal(x[1], x[2]) for x in photos)
+    plain = SketchPhotoDataModule(str(bench), **kw)
+    plain.setup("fit")
+    colour = [plain.datasets["train"][i]["image"] for i in plain.datasets["train"].positions(PHOTO)]
+    assert any(not torch.equal(x[0], x[1]) for x in colour)  # the glyph photos are coloured
+    val = dm.datasets["val"]
+    assert any(not torch.equal(val[i]["image"][0], val[i]["image"][1]) for i in val.positions(PHOTO))
+    with pytest.raises(ValueError, match="photo_grayscale must be in"):
+        SketchPhotoDataModule(str(bench), photo_grayscale=2.0, **KW)
