@@ -494,6 +494,55 @@ def render_serve_load(doc: Doc, path: Path) -> list[str]:
     return out
 
 
+def _study_rows(doc: Doc, metrics: list[str]) -> list[list[str]]:
+    rows = []
+    for set_name, variants in (doc.get("summary") or {}).items():
+        for variant, stats in variants.items():
+            cells = [pm(stats[m]["mean"], stats[m]["std"]) if m in stats else "" for m in metrics]
+            n = max((stats[m]["n"] for m in metrics if m in stats), default=0)
+            rows.append([set_name, f"`{variant}`", n, *cells])
+    return rows
+
+
+def _comparison_rows(doc: Doc) -> list[list[str]]:
+    rows = []
+    for c in doc.get("comparisons") or []:
+        if "error" in c:
+            rows.append([c["set"], f"`{c['metric']}`", f"`{c['b']}` − `{c['a']}`", c["error"], "", ""])
+            continue
+        interval = f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
+        rows.append(
+            [
+                c["set"],
+                f"`{c['metric']}`",
+                f"`{c['b']}` − `{c['a']}`",
+                f"{c['diff']:+.3f}",
+                interval,
+                sig(c["p_value"], 2),
+            ]
+        )
+    return rows
+
+
+def render_study(doc: Doc, path: Path) -> list[str]:
+    """A ``benchmarks/studies.py`` file: each variant's mean ± std over seeds, then the paired comparisons."""
+    metrics = list(doc.get("metrics") or [])
+    out = [doc.get("doc", ""), ""]
+    out += table(["data", "variant", "seeds", *[f"`{m}`" for m in metrics]], _study_rows(doc, metrics))
+    out += ["", "Variants (overrides of `" + doc.get("experiment", "?") + "`):", ""]
+    out += [f"- `{name}`: `{' '.join(ov) or '(none)'}`" for name, ov in (doc.get("variants") or {}).items()]
+    comparisons = _comparison_rows(doc)
+    if comparisons:
+        out += [
+            "",
+            "Paired comparisons (B − A over the same test queries, seeds paired; 95 % bootstrap interval, "
+            "sign-flip p-value; `sketchquant compare`):",
+            "",
+        ]
+        out += table(["data", "metric", "B − A", "diff", "95 % interval", "p"], comparisons)
+    return out
+
+
 def render_unknown(doc: Doc, path: Path) -> list[str]:
     """A kind without a renderer: its top-level figures that are plain numbers, strings or booleans."""
     meta = {"commit", "command", "date", "machine", "load_before", "load_after"}
@@ -518,6 +567,7 @@ RENDERERS: dict[str, tuple[str, Renderer]] = {
     "train_throughput": ("Training throughput", render_train_throughput),
     "quantization_claims": ("Method A's claims", render_quantization_claims),
     "zs_sbir_ablation": ("Method B's ablation", render_zs_sbir_ablation),
+    "study": ("A study over seeds (benchmarks/studies.py)", render_study),
 }
 
 
@@ -742,11 +792,26 @@ def block_quantization_claims(root: Path) -> str:
 
 
 #: README block name -> its rendering
+def block_folder_recipe(root: Path) -> str:
+    """The folder recipe against the untrained network on the offline real-drawing sets."""
+    doc = measured(root, "study_folder_recipe")
+    if doc is None:
+        return (
+            "The folder recipe's check: not measured yet (`python benchmarks/studies.py folder_recipe` "
+            "measures it, then `make docs` renders it here)."
+        )
+    metrics = list(doc.get("metrics") or [])
+    lines = table(["data", "variant", "seeds", *[f"`{m}`" for m in metrics]], _study_rows(doc, metrics))
+    lines += ["", *table(["data", "metric", "B − A", "diff", "95 % interval", "p"], _comparison_rows(doc))]
+    return "\n".join(lines)
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "configs": block_configs,
     "make_train": block_make_train,
     "headlines": block_headlines,
     "quantization_claims": block_quantization_claims,
+    "folder_recipe": block_folder_recipe,
 }
 
 OPEN = re.compile(r"<!-- rendered:([A-Za-z0-9_-]+) -->")

@@ -1,0 +1,184 @@
+"""Recipe and ablation studies: named variants of an experiment over data sets and seeds, each a real
+``sketchquant train`` run, then paired comparisons with ``sketchquant compare`` (per-query bootstrap
+intervals and permutation p-values; docs/comparing.md).
+
+    python benchmarks/studies.py STUDY [--seeds 0 1 2] [--runs DIR] [--only-runs] [--out PATH]
+
+Runs are kept under ``--runs`` (default ``runs/studies/<study>``): a run whose ``results.json`` exists is
+reused, so a study can be extended or resumed. The JSON under ``benchmarks/results/<study>.json`` holds
+every run's logged test (and best validation) metrics, the mean ± std per variant, and the comparisons.
+
+Studies (their settings are chosen before looking at any unseen-class result; see each docstring):
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, RESULTS, started, write_results  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class Study:
+    """``experiment`` trained on each of ``sets`` (name → overrides) for each of ``variants`` (name →
+    overrides) and seed; ``comparisons``: ``(A, B)`` variant pairs compared on ``metrics`` (B − A)."""
+
+    doc: str
+    experiment: str
+    sets: dict[str, list[str]]
+    variants: dict[str, list[str]]
+    comparisons: list[tuple[str, str]] = field(default_factory=list)
+    metrics: tuple[str, ...] = ()
+
+
+UNTRAINED = ["trainer.max_epochs=0"]
+
+STUDIES: dict[str, Study] = {
+    "quant_defaults": Study(
+        doc="Method A's two historical defaults on the embedded glyph mosaics: the one every run used "
+        "(stage -2: a 4x4 map at 64 px, 3x3 windows at stride 1 = 4 windows of d 48, alpha 0.1 from "
+        "epoch 2 to 6, cosine lr) against the old dataclass's (stage -1: a 2x2 map, 2x2 windows = 1 "
+        "window of d 64, alpha 1.0 from epoch 1 to 5, exponential lr decay to 1e-3).",
+        experiment="quantization",
+        sets={"glyph_mosaics": []},
+        variants={
+            "current": [],
+            "old_dataclass": [
+                "model.feature_stage=-1",
+                "model.kernel=[2,2]",
+                "model.dim=64",
+                "model.alpha.final=1.0",
+                "model.alpha.t1=1",
+                "model.alpha.t2=5",
+                "model.optim.schedule=exp",
+                "model.optim.final_factor=1e-3",
+            ],
+        },
+        comparisons=[("old_dataclass", "current")],
+        metrics=("test/codes/map_1000", "test/float/map_1000"),
+    ),
+}
+
+
+def run_dir(root: Path, set_name: str, variant: str, seed: int) -> Path:
+    return root / set_name / variant / f"seed{seed}"
+
+
+def train(study: Study, root: Path, set_name: str, variant: str, seed: int) -> dict:
+    """One run (reused when its results.json exists): ``{"dir", "test", "val", "seconds"}``."""
+    where = run_dir(root, set_name, variant, seed)
+    found = sorted(where.glob("*/results.json"))
+    if not found:
+        argv = [
+            str(BIN / "sketchquant"),
+            "train",
+            study.experiment,
+            *study.sets[set_name],
+            *study.variants[variant],
+            f"seed={seed}",
+            f"run_dir={where}",
+            "trainer.enable_progress_bar=false",
+        ]
+        where.mkdir(parents=True, exist_ok=True)
+        with open(where / "stdout.log", "w") as log:
+            subprocess.run(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
+        found = sorted(where.glob("*/results.json"))
+    results = json.loads(found[-1].read_text())
+    return {
+        "dir": str(found[-1].parent),
+        "test": results.get("metrics", {}),
+        "val": results.get("val", {}),
+    }
+
+
+def summarise(values: list[float]) -> dict:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
+
+
+def compare(runs_a: list[str], runs_b: list[str], metric: str, resamples: int) -> dict:
+    """``sketchquant compare A... -- B... --metric METRIC --json`` (B − A, paired over queries)."""
+    argv = [str(BIN / "sketchquant"), "compare", *runs_a, "--", *runs_b, "--metric", metric, "--json"]
+    argv += ["--resamples", str(resamples)]
+    out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "compare failed"}
+    return json.loads(out.stdout)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("study", choices=sorted(STUDIES))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--runs", type=Path, default=None)
+    ap.add_argument("--resamples", type=int, default=10000)
+    ap.add_argument("--only-runs", action="store_true", help="train what is missing, compare nothing")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    study = STUDIES[args.study]
+    root = args.runs or REPO / "runs" / "studies" / args.study
+    meta = started()
+    runs: dict = {}
+    for set_name in study.sets:
+        for variant in study.variants:
+            for seed in args.seeds:
+                print(f"{args.study}: {set_name} / {variant} / seed {seed}", flush=True)
+                runs.setdefault(set_name, {}).setdefault(variant, []).append(
+                    {"seed": seed, **train(study, root, set_name, variant, seed)}
+                )
+    if args.only_runs:
+        return
+    summary: dict = {}
+    comparisons: list = []
+    for set_name, by_variant in runs.items():
+        for variant, items in by_variant.items():
+            keys = sorted(set.intersection(*(set(r["test"]) for r in items)))
+            summary.setdefault(set_name, {})[variant] = {
+                k: summarise([r["test"][k] for r in items]) for k in keys
+            }
+        for a, b in study.comparisons:
+            for metric in study.metrics:
+                res = compare(
+                    [r["dir"] for r in by_variant[a]],
+                    [r["dir"] for r in by_variant[b]],
+                    metric,
+                    args.resamples,
+                )
+                comparisons.append({"set": set_name, "a": a, "b": b, "metric": metric, **res})
+    figures = {
+        "study": args.study,
+        "doc": study.doc,
+        "experiment": study.experiment,
+        "metrics": list(study.metrics),
+        "sets": study.sets,
+        "variants": study.variants,
+        "seeds": args.seeds,
+        "runs": runs,
+        "summary": summary,
+        "comparisons": comparisons,
+    }
+    write_results(args.out or RESULTS / f"study_{args.study}.json", meta, figures)
+    for c in comparisons:
+        if "error" in c:
+            print(f"{c['set']}: {c['metric']} {c['b']} - {c['a']}: {c['error']}")
+        else:
+            print(
+                f"{c['set']}: {c['metric']} {c['b']} - {c['a']} = {c['diff']:+.4f} "
+                f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}], p = {c['p_value']:.4f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
