@@ -41,6 +41,36 @@ class Study:
 
 
 UNTRAINED = ["trainer.max_epochs=0"]
+SPLITS = REPO / "runs" / "studies" / "_splits"
+
+
+def seen_only_split(source: str, share: float = 0.25, photos: int = 20) -> list[str]:
+    """A set's overrides for a pseudo-zero-shot split of ``data/<source>`` built from its SEEN classes only:
+    the real unseen classes are left out altogether, and the last ``share`` of the seen classes (sorted,
+    at least 2) stand in as unseen, with ``photos`` photos each (a small user's gallery: 5 classes x 20 =
+    the 100 photos PQ centres must fit). Choosing settings on it never looks at an unseen-class result.
+    The folder (symlinks) is made when the study runs."""
+    return [f"data.root={SPLITS / source}", f"+split_source={source}:{share}:{photos}"]
+
+
+def make_split(spec: str) -> None:
+    source, share, photos = spec.split(":")
+    src, dst = REPO / "data" / source, SPLITS / source
+    if (dst / "unseen_classes.txt").exists():
+        return
+    unseen = set((src / "unseen_classes.txt").read_text().split())
+    seen = sorted(p.name for p in (src / "photo").iterdir() if p.name not in unseen)
+    fake = seen[-max(2, round(len(seen) * float(share))) :]
+    for domain in ("sketch", "photo"):
+        for cls in seen:
+            files = sorted((src / domain / cls).iterdir())
+            if domain == "photo" and cls in fake:
+                files = files[: int(photos)]
+            (dst / domain / cls).mkdir(parents=True, exist_ok=True)
+            for f in files:
+                (dst / domain / cls / f.name).symlink_to(f.resolve())
+    (dst / "unseen_classes.txt").write_text("\n".join(fake) + "\n")
+
 
 STUDIES: dict[str, Study] = {
     "quant_defaults": Study(
@@ -66,6 +96,61 @@ STUDIES: dict[str, Study] = {
         comparisons=[("old_dataclass", "current")],
         metrics=("test/codes/map_1000", "test/float/map_1000"),
     ),
+    "prototype_k": Study(
+        doc="PQ centres per subspace against the gallery size, on SEEN classes only (seen_only_split: "
+        "the real unseen classes left out, a quarter of the seen classes standing in as unseen with 20 "
+        "photos each), with the untrained network of zs_sbir_folder: K = 2 ... 32, and K fitted to the "
+        "gallery (eval.pq_min_points = 39, faiss' minimum points per centre).",
+        experiment="zs_sbir_folder",
+        sets={
+            "emoji_seen": seen_only_split("emoji_drawings"),
+            "digit_seen": seen_only_split("digit_drawings"),
+        },
+        variants={
+            **{f"k{k}": [*UNTRAINED, f"eval.pq_k={k}", "eval.pq_min_points=0"] for k in (2, 4, 8, 16, 32)},
+            "fitted": UNTRAINED,
+        },
+        comparisons=[("k32", "fitted"), ("k32", "k2"), ("k32", "k8")],
+        metrics=("test/fused/map_all", "test/proto/map_all"),
+    ),
+    "folder_recipe_seen": Study(
+        doc="Candidate small-data recipes for zs_sbir_folder, chosen on SEEN classes only (seen_only_split, "
+        "as prototype_k): the untrained network against the recipe as it stood (96 px, trunk lr 3e-4 with "
+        "new layers 10x, lambda_kd 1, early stopping on held-out seen images), with the trunk's BatchNorm "
+        "statistics kept (freeze_bn), with the first half of the trunk frozen as well (frozen_half), and "
+        "with early stopping on whole held-out seen classes (val_classes).",
+        experiment="zs_sbir_folder",
+        sets={
+            "emoji_seen": seen_only_split("emoji_drawings"),
+            "digit_seen": seen_only_split("digit_drawings"),
+        },
+        variants={
+            "untrained": UNTRAINED,
+            "previous": ["model.freeze_bn=false"],
+            "freeze_bn": ["model.freeze_bn=true"],
+            "frozen_half": ["model.freeze_bn=true", "model.frozen_trunk=0.5"],
+            "val_classes": ["model.freeze_bn=true", "data.val_classes=0.25", "data.val_fraction=0"],
+            "kd5": ["model.freeze_bn=true", "model.lambda_kd=5"],
+            "slow_trunk": ["model.freeze_bn=true", "model.optim.lr=1e-4", "model.optim.head_lr_mult=30"],
+        },
+        comparisons=[
+            ("untrained", v)
+            for v in ("previous", "freeze_bn", "frozen_half", "val_classes", "kd5", "slow_trunk")
+        ],
+        metrics=("test/fused/map_all", "test/map_all"),
+    ),
+    "folder_recipe": Study(
+        doc="zs_sbir_folder as shipped against the same network untrained, on the two offline real-drawing "
+        "sets' real unseen classes (the check; the recipe was chosen on folder_recipe_seen).",
+        experiment="zs_sbir_folder",
+        sets={
+            "emoji_drawings": ["data.root=data/emoji_drawings"],
+            "digit_drawings": ["data.root=data/digit_drawings"],
+        },
+        variants={"untrained": UNTRAINED, "recipe": []},
+        comparisons=[("untrained", "recipe")],
+        metrics=("test/fused/map_all", "test/map_all", "test/proto/map_all"),
+    ),
 }
 
 
@@ -76,13 +161,17 @@ def run_dir(root: Path, set_name: str, variant: str, seed: int) -> Path:
 def train(study: Study, root: Path, set_name: str, variant: str, seed: int) -> dict:
     """One run (reused when its results.json exists): ``{"dir", "test", "val", "seconds"}``."""
     where = run_dir(root, set_name, variant, seed)
-    found = sorted(where.glob("*/results.json"))
+    overrides = [o for o in study.sets[set_name] if not o.startswith("+split_source=")]
+    for o in study.sets[set_name]:
+        if o.startswith("+split_source="):
+            make_split(o.split("=", 1)[1])
+    found = sorted(where.rglob("results.json"))
     if not found:
         argv = [
             str(BIN / "sketchquant"),
             "train",
             study.experiment,
-            *study.sets[set_name],
+            *overrides,
             *study.variants[variant],
             f"seed={seed}",
             f"run_dir={where}",
@@ -91,7 +180,7 @@ def train(study: Study, root: Path, set_name: str, variant: str, seed: int) -> d
         where.mkdir(parents=True, exist_ok=True)
         with open(where / "stdout.log", "w") as log:
             subprocess.run(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
-        found = sorted(where.glob("*/results.json"))
+        found = sorted(where.rglob("results.json"))
     results = json.loads(found[-1].read_text())
     return {
         "dir": str(found[-1].parent),

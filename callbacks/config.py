@@ -24,7 +24,10 @@ class EvalConfig:
     memory_budget_mb: int = 512
     prototypes: bool = True  # method B test: also prototype and fused gallery features
     pq_m: int = 2
-    pq_k: int = 32
+    pq_k: int = 32  # at most; fewer when the gallery is small (pq_min_points)
+    #: at least this many gallery points per PQ centre (faiss' own minimum): K is lowered to the largest
+    #: power of two the gallery supports (600 photos → 8, 100 → 2); 0 keeps pq_k (capped at the gallery)
+    pq_min_points: int = 39
     pq_max_points_per_centroid: int | None = None  # None: k-means on every gallery point
     fusion: str = choice("feature", "distance")
     fusion_lambda: float = 0.2

@@ -31,7 +31,7 @@ from sketchquant.callbacks.retrieval_visuals import draw_pictures
 from sketchquant.core.batch import DOMAIN, INDEX, LABEL, PHOTO, SKETCH, FeatureSets
 from sketchquant.core.retrieval import per_query
 from sketchquant.core.retrieval.protocols import get_protocol
-from sketchquant.core.retrieval.prototypes import prototype_retrieval_metrics
+from sketchquant.core.retrieval.prototypes import PROTO, fitted_k, prototype_retrieval_metrics
 from sketchquant.core.retrieval.torchmetric import RetrievalMetric, broadcast_from_zero
 
 log = logging.getLogger(__name__)
@@ -162,13 +162,14 @@ class RetrievalEvaluator(pl.Callback):
                 res, self._per_query[name] = res[0], (names.prefix(stage, name), res[1])
             out.update({names.prefix(stage, name) + k: float(v) for k, v in res.items()})
             if stage == "test" and c.prototypes and names.derived and name == names.unnamed:
+                k = fitted_k(int(gmask.sum()), c.pq_k, c.pq_min_points)
                 derived = prototype_retrieval_metrics(
                     feats[qmask],
                     labels[qmask],
                     feats[gmask],
                     labels[gmask],
                     m=c.pq_m,
-                    k=c.pq_k,
+                    k=k,
                     max_points_per_centroid=c.pq_max_points_per_centroid,
                     lam=c.fusion_lambda,
                     fusion=c.fusion,
@@ -179,6 +180,7 @@ class RetrievalEvaluator(pl.Callback):
                     **metric.shard_kwargs(),
                 )
                 derived, per = derived
+                out[names.prefix(stage, PROTO) + "pq_k"] = float(k)  # the centres per subspace used
                 for variant, values in derived.items():
                     out.update({names.prefix(stage, variant) + k: float(v) for k, v in values.items()})
                     self._per_query[variant] = (names.prefix(stage, variant), per[variant])

@@ -407,7 +407,9 @@ def _train_rows(doc: Doc) -> list[list[str]]:
     """``features | mAP@all | P@100`` rows of a make_train file: chance, before training, and the mean ±
     std of the raw, prototype and fused features over the seeds."""
     mean, std, settings = doc.get("mean") or {}, doc.get("std") or {}, doc.get("settings") or {}
-    m, k, lam = settings.get("eval.pq_m"), settings.get("eval.pq_k"), settings.get("eval.fusion_lambda")
+    m, lam = settings.get("eval.pq_m"), settings.get("eval.fusion_lambda")
+    k = mean.get("test/proto/pq_k", settings.get("eval.pq_k"))  # the K the gallery supported
+    k = int(k) if isinstance(k, float) and k.is_integer() else k
     labels = {
         "test/": "trained, raw",
         "test/proto/": f"trained, PQ prototypes (M={m}, K={k})" if m else "trained, PQ prototypes",

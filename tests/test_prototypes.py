@@ -11,6 +11,7 @@ from sketchquant.core.retrieval import reference
 from sketchquant.core.retrieval.metrics import sbir_metrics
 from sketchquant.core.retrieval.prototypes import (
     fit_product_quantizer,
+    fitted_k,
     fuse_features,
     fused_distance_fn,
     prototype_features,
@@ -105,6 +106,34 @@ def test_few_points_warning_says_what_it_means():
     x, _ = _data(n=64)
     with pytest.warns(UserWarning, match=r"64 gallery features for K=8 .*eval\.pq_k"):
         fit_product_quantizer(x, m=2, k=8)
+
+
+@pytest.mark.parametrize(
+    "n, k, min_points, expected",
+    [
+        (100, 32, 39, 2),  # a small folder: 100 // 39 = 2
+        (600, 32, 39, 8),  # the embedded benchmark: 600 // 39 = 15 -> 8
+        (1248, 32, 39, 32),  # 39 * 32 points: the bound itself
+        (1247, 32, 39, 16),
+        (12694, 32, 39, 32),  # Sketchy's unseen gallery keeps ClusterRetr's K
+        (50, 32, 39, 2),  # never below 2
+        (10, 32, 0, 8),  # min_points 0: pq_k capped at the gallery size
+        (600, 32, 0, 32),
+    ],
+)
+def test_fitted_k_hand_values(n, k, min_points, expected):
+    assert fitted_k(n, k, min_points) == expected
+
+
+def test_fitted_k_fits_without_warning():
+    x, _ = _data(n=600)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit_product_quantizer(x, m=2, k=fitted_k(len(x), 32))
+    with pytest.raises(ValueError, match="at least 2 gallery points, got 1"):
+        fitted_k(1, 32)
 
 
 def test_prototype_retrieval_metrics_both_fusions():

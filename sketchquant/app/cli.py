@@ -147,7 +147,13 @@ def _parser() -> argparse.ArgumentParser:
     ix.add_argument(
         "--pq-m", type=int, default=None, help="PQ subspaces (default: the checkpoint's eval.pq_m)"
     )
-    ix.add_argument("--pq-k", type=int, default=None, help="PQ centres (default: the checkpoint's eval.pq_k)")
+    ix.add_argument(
+        "--pq-k",
+        type=int,
+        default=None,
+        help="PQ centres, at most (default: the checkpoint's eval.pq_k; "
+        "fewer on a small gallery unless eval.pq_min_points=0)",
+    )
     ix.add_argument("overrides", nargs="*", metavar="key=value", default=[])
     trust(ix)
 

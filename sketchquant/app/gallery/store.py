@@ -32,6 +32,7 @@ from sketchquant.core.retrieval.prototypes import (
     FUSED,
     PROTO,
     fit_product_quantizer,
+    fitted_k,
     fuse_features,
     prototype_features,
 )
@@ -67,6 +68,7 @@ def gallery_settings(cfg: Any) -> dict[str, Any]:
         settings.update(
             pq_m=int(ev.pq_m),
             pq_k=int(ev.pq_k),
+            pq_min_points=int(ev.get("pq_min_points", 0)),
             pq_seed=0,
             pq_max_points_per_centroid=ev.get("pq_max_points_per_centroid"),
             fusion=str(ev.fusion),
@@ -128,10 +130,7 @@ def fit_pq(settings: dict, raw: np.ndarray) -> tuple[np.ndarray, int]:
     """The codebook (``pq.centroids``) and K actually used (capped at the gallery size, power of 2)."""
     k = int(settings["pq_k"])
     n = raw.shape[0]
-    if k > n:
-        k_new = 1 << (max(n, 2).bit_length() - 1)
-        print(f"warning: pq_k={k} is more than the {n} gallery photos; using pq_k={k_new}", file=sys.stderr)
-        k = k_new
+    k = fitted_k(n, k, int(settings.get("pq_min_points", 0)))  # a gallery built before it existed: 0
     pq = fit_product_quantizer(
         raw,
         m=int(settings["pq_m"]),

@@ -40,6 +40,7 @@ __all__ = [
     "PROTO",
     "FUSED",
     "fit_product_quantizer",
+    "fitted_k",
     "prototype_features",
     "fuse_features",
     "fused_distance_fn",
@@ -63,6 +64,19 @@ def _as_f32(x: Any, field: str) -> np.ndarray:
 
 #: faiss warns (on stderr, from C++) below this many points per centre; we warn once, in words, instead
 MIN_POINTS_PER_CENTROID = 39
+
+
+def fitted_k(n: int, k: int, min_points: int = MIN_POINTS_PER_CENTROID) -> int:
+    """The centres per subspace a gallery of ``n`` points supports: the largest power of two ≤ ``k`` with at
+    least ``min_points`` points per centre, and never fewer than 2 (``min_points`` 0: ``k`` capped at ``n``).
+
+    A centre fitted on a handful of points is one of those points, not a prototype: on a small gallery
+    (a user's folder of 100 photos) K = 32 centres give ~3 photos each and the fused features rank worse
+    than the raw ones (docs/method.md §B S5)."""
+    if n < 2:
+        raise ValueError(f"a product quantiser needs at least 2 gallery points, got {n}")
+    cap = min(k, n if min_points <= 0 else max(2, n // min_points))
+    return 1 << (max(cap, 2).bit_length() - 1)
 
 
 class FewPointsWarning(UserWarning):
