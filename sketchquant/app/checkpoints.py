@@ -106,6 +106,20 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
+#: settings added after checkpoints were written with them absent: such a checkpoint keeps the value that
+#: reproduces its own numbers (eval.pq_min_points: K was eval.pq_k as given)
+BEFORE_THEY_EXISTED: dict[str, Any] = {"eval.pq_min_points": 0}
+
+
+def _has(saved: dict, dotted: str) -> bool:
+    node: Any = saved
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def checkpoint_config(
     ckpt: dict, path: str | os.PathLike, overrides: list[str] | None = None, need: str | None = None
 ) -> DictConfig:
@@ -118,7 +132,8 @@ def checkpoint_config(
         raise ConfigError(
             f"checkpoint {path} was not written by sketchquant (no '{CONFIG_KEY}' config inside)"
         )
-    cfg = from_container(saved, overrides)
+    older = [f"{k}={v}" for k, v in BEFORE_THEY_EXISTED.items() if not _has(saved, k)]
+    cfg = from_container(saved, [*older, *(overrides or [])])
     method = method_of(cfg)
     if need and not getattr(method, need):
         able = " or ".join(repr(m) for m, rec in METHODS.items() if getattr(rec, need))
