@@ -802,10 +802,26 @@ def block_folder_recipe(root: Path) -> str:
             "The folder recipe's check: not measured yet (`python benchmarks/studies.py folder_recipe` "
             "measures it, then `make docs` renders it here)."
         )
-    metrics = list(doc.get("metrics") or [])
-    lines = table(["data", "variant", "seeds", *[f"`{m}`" for m in metrics]], _study_rows(doc, metrics))
-    lines += ["", *table(["data", "metric", "B − A", "diff", "95 % interval", "p"], _comparison_rows(doc))]
-    return "\n".join(lines)
+    first = (doc.get("metrics") or ["test/fused/map_all"])[0]
+    rows = []
+    for c in doc.get("comparisons") or []:
+        if c.get("metric") != first or "error" in c:
+            continue
+        side = doc["summary"][c["set"]]
+        a, b = side[c["a"]][first], side[c["b"]][first]
+        rows.append(
+            [
+                c["set"],
+                f"{score(a['mean'])} ± {score(a['std'])}",
+                f"{score(b['mean'])} ± {score(b['std'])}",
+                f"{c['diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]",
+                sig(c["p_value"], 2),
+            ]
+        )
+    seeds = ", ".join(str(x) for x in doc.get("seeds") or [])
+    head = [f"unseen `{first}`, seeds {seeds}", "untrained", "recipe", "diff [95 % interval]", "p"]
+    link = "[all metrics](docs/benchmarks.md#study_folder_recipe)"
+    return "\n".join([*table(head, rows), "", f"Mean ± std over seeds; paired over queries and seeds ({link})."])
 
 
 BLOCKS: dict[str, Callable[[Path], str]] = {

@@ -29,8 +29,8 @@ QUANT_SMALL = {
     "data.generator.num_query": 40,
     "data.generator.num_database": 101,
 }
-#: what the LightningModules log at test themselves (losses, not retrieval metrics)
-MODULE_LOSSES = {"zs_sbir": set(), "quantization": {"test/loss", "test/cls", "test/quant"}}
+#: what is logged at test besides retrieval metrics: the modules' losses, the PQ centres K used (a setting)
+MODULE_LOSSES = {"zs_sbir": {"test/proto/pq_k"}, "quantization": {"test/loss", "test/cls", "test/quant"}}
 
 
 def _train(experiment: str, tmp: Path, **extra) -> Path:
