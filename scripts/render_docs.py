@@ -821,7 +821,9 @@ def block_folder_recipe(root: Path) -> str:
     seeds = ", ".join(str(x) for x in doc.get("seeds") or [])
     head = [f"unseen `{first}`, seeds {seeds}", "untrained", "recipe", "diff [95 % interval]", "p"]
     link = "[all metrics](docs/benchmarks.md#study_folder_recipe)"
-    return "\n".join([*table(head, rows), "", f"Mean ± std over seeds; paired over queries and seeds ({link})."])
+    return "\n".join(
+        [*table(head, rows), "", f"Mean ± std over seeds; paired over queries and seeds ({link})."]
+    )
 
 
 BLOCKS: dict[str, Callable[[Path], str]] = {
