@@ -1,7 +1,5 @@
 """python -m sketchquant: the command line."""
 
-import sys
+from sketchquant.app.cli import entry
 
-from sketchquant.app.cli import main
-
-sys.exit(main())
+entry()

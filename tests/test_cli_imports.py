@@ -121,3 +121,36 @@ def test_legacy_forms_choose_the_legacy_functions():
         "export:search"
     )
     assert cli.target(parser.parse_args(["search", "--gallery", "g", "q"])).endswith("search:search_gallery")
+
+
+def test_a_command_is_imported_with_the_collector_paused_and_runs_with_it_on(monkeypatch):
+    """``load_command`` pauses the cyclic collector while the command's modules load (start-up), and leaves
+    it as it found it: on for the command itself, off when the caller had it off."""
+    import gc
+
+    from sketchquant.app import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "load_object", lambda name: seen.append((name, gc.isenabled())) or print)
+    was = gc.isenabled()
+    try:
+        gc.enable()
+        assert cli.load_command("a:b") is print and gc.isenabled()
+        gc.disable()
+        cli.load_command("c:d")
+        assert not gc.isenabled()
+    finally:
+        (gc.enable if was else gc.disable)()
+    assert seen == [("a:b", False), ("c:d", False)]
+
+
+@pytest.mark.parametrize("argv, code", [(["config", "zs_sbir"], 0), (["config", "no_such_experiment"], 2)])
+def test_the_console_script_exits_with_the_commands_code(argv, code):
+    """``python -m sketchquant`` (and the console script: both call ``cli.entry``) exits with what the
+    command returned, its output flushed although the interpreter's last collection is skipped."""
+    out = subprocess.run([sys.executable, "-m", "sketchquant", *argv], capture_output=True, text=True)
+    assert out.returncode == code
+    if code == 0:
+        assert out.stdout.startswith("experiment: zs_sbir\n") and "\nmodel:\n" in out.stdout
+    else:
+        assert out.stderr.count("\n") == 1 and "no_such_experiment" in out.stderr
