@@ -122,6 +122,20 @@ def aggregate(runs: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, f
     return mean, std
 
 
+def figures(args: argparse.Namespace, data: dict, runs: list[dict], mean: dict, std: dict) -> dict:
+    """The results file's own part (see the module's docstring)."""
+    return {
+        "experiment": args.experiment,
+        "seeds": args.seeds,
+        "overrides": args.overrides,
+        "settings": settings_of(runs[0]["run_dir"]),
+        "data": data,
+        "runs": runs,
+        "mean": mean,
+        "std": std,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -157,18 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     mean, std = aggregate(runs)
     for key in sorted(k for k in mean if k.endswith(("/map_all", "/p_100"))):
         print(f"{key:28s} {mean[key]:.3f} ± {std[key]:.3f}")
-    figures = {
-        "experiment": args.experiment,
-        "seeds": args.seeds,
-        "overrides": args.overrides,
-        "settings": settings_of(runs[0]["run_dir"]),
-        "data": data,
-        "runs": runs,
-        "mean": mean,
-        "std": std,
-        **({"untrained": untrained} if untrained else {}),
-    }
-    write_results(args.out, meta, figures)
+    extra = {"untrained": untrained} if untrained else {}
+    write_results(args.out, meta, dict(figures(args, data, runs, mean, std), **extra))
     return 0
 
 

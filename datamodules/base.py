@@ -33,6 +33,9 @@ from .config import RetrievalDataConfig
 from .generated import generator
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform
 
+#: the data settings that are build_train_transform's augmentation keywords, under the same names
+AUGMENT_SETTINGS = ("augment", "hflip", "affine_degrees", "affine_translate", "affine_scale", "augmentation")
+
 log = logging.getLogger("sketchquant.data")
 
 
@@ -168,18 +171,9 @@ class RetrievalDataModule(pl.LightningDataModule):
 
     def train_transform(self, fill: int = 0):
         """Resize + (``augment``) flip and affine; ``fill`` paints what the affine uncovers."""
+        augment = {key: getattr(self, key) for key in AUGMENT_SETTINGS}
         return build_train_transform(
-            self.image_size,
-            self.mean,
-            self.std,
-            self.interpolation,
-            augment=self.augment,
-            hflip=self.hflip,
-            affine_degrees=self.affine_degrees,
-            affine_translate=self.affine_translate,
-            affine_scale=self.affine_scale,
-            fill=fill,
-            augmentation=self.augmentation,
+            self.image_size, self.mean, self.std, self.interpolation, fill=fill, **augment
         )
 
     def eval_transform(self):
