@@ -18,6 +18,7 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,14 @@ class Study:
     variants: dict[str, list[str]]
     comparisons: list[tuple[str, str]] = field(default_factory=list)
     metrics: tuple[str, ...] = ()
+    #: evaluation-only variants: name → (trained variant, ``evaluate`` overrides) — the same weights
+    #: tested another way (``sketchquant evaluate --ckpt <its best> key=value``), so the pair differs in
+    #: nothing else
+    evaluations: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
+    #: a set trained with another experiment than ``experiment`` (set → experiment)
+    set_experiments: dict[str, str] = field(default_factory=dict)
+    #: a variant's overrides replaced on one set (set → variant → overrides)
+    per_set: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
 
 UNTRAINED = ["trainer.max_epochs=0"]
@@ -152,6 +161,37 @@ STUDIES: dict[str, Study] = {
         comparisons=[("untrained", "recipe")],
         metrics=("test/fused/map_all", "test/map_all", "test/proto/map_all"),
     ),
+    "components": Study(
+        doc="Each component of method B against the recipe without it, on the two offline real-drawing "
+        "sets (zs_sbir_folder) and the embedded glyphs (zs_sbir, the default run): distillation "
+        "(model.lambda_kd=0), distribution alignment (model.lambda_da=0), the PQ prototypes (the same "
+        "weights with eval.fusion_lambda=1: the fused features are then the raw ones), distance against "
+        "feature fusion (the same weights with eval.fusion=distance) and the image size (64 px instead of "
+        "96 on the real sets, 48 instead of 64 on the glyphs). B - A is recipe - variant: what the "
+        "component adds. Settings fixed before any run; no choice is made from it.",
+        experiment="zs_sbir_folder",
+        sets={
+            "emoji_drawings": ["data.root=data/emoji_drawings"],
+            "digit_drawings": ["data.root=data/digit_drawings"],
+            "glyphs": [],
+        },
+        set_experiments={"glyphs": "zs_sbir"},
+        variants={
+            "recipe": [],
+            "no_kd": ["model.lambda_kd=0"],
+            "no_da": ["model.lambda_da=0"],
+            "smaller_images": ["data.image_size=64"],
+        },
+        per_set={"glyphs": {"smaller_images": ["data.image_size=48"]}},
+        evaluations={
+            "no_prototypes": ("recipe", ["eval.fusion_lambda=1.0"]),
+            "distance_fusion": ("recipe", ["eval.fusion=distance"]),
+        },
+        comparisons=[
+            (v, "recipe") for v in ("no_kd", "no_da", "no_prototypes", "distance_fusion", "smaller_images")
+        ],
+        metrics=("test/fused/map_all", "test/map_all"),
+    ),
 }
 
 
@@ -160,8 +200,11 @@ def run_dir(root: Path, set_name: str, variant: str, seed: int) -> Path:
 
 
 def train(study: Study, root: Path, set_name: str, variant: str, seed: int) -> dict:
-    """One run (reused when its results.json exists): ``{"dir", "test", "val", "seconds"}``."""
+    """One run (reused when its results.json exists): ``{"dir", "test", "val"}``."""
+    if variant in study.evaluations:
+        return evaluation(study, root, set_name, variant, seed)
     where = run_dir(root, set_name, variant, seed)
+    variant_overrides = study.per_set.get(set_name, {}).get(variant, study.variants[variant])
     overrides = [o for o in study.sets[set_name] if not o.startswith("+split_source=")]
     for o in study.sets[set_name]:
         if o.startswith("+split_source="):
@@ -171,9 +214,9 @@ def train(study: Study, root: Path, set_name: str, variant: str, seed: int) -> d
         argv = [
             str(BIN / "sketchquant"),
             "train",
-            study.experiment,
+            study.set_experiments.get(set_name, study.experiment),
             *overrides,
-            *study.variants[variant],
+            *variant_overrides,
             f"seed={seed}",
             f"run_dir={where}",
             "trainer.enable_progress_bar=false",
@@ -188,6 +231,25 @@ def train(study: Study, root: Path, set_name: str, variant: str, seed: int) -> d
         "test": results.get("metrics", {}),
         "val": results.get("val", {}),
     }
+
+
+def evaluation(study: Study, root: Path, set_name: str, name: str, seed: int) -> dict:
+    """An evaluation-only variant: the trained variant's best checkpoint tested with other settings
+    (reused when done: ``eval_<name>.txt`` in the run folder names its ``eval-<time>.json``)."""
+    trained, overrides = study.evaluations[name]
+    base = train(study, root, set_name, trained, seed)
+    marker = Path(base["dir"]) / f"eval_{name}.txt"
+    if not marker.is_file():
+        results = json.loads((Path(base["dir"]) / "results.json").read_text())
+        before = set(Path(base["dir"]).glob("eval-*.json"))
+        time.sleep(1.05)  # evaluation files are named by the second
+        argv = [str(BIN / "sketchquant"), "evaluate", "--ckpt", results["checkpoint"], *overrides]
+        with open(Path(base["dir"]) / f"eval_{name}.log", "w") as log:
+            subprocess.run(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
+        (written,) = set(Path(base["dir"]).glob("eval-*.json")) - before
+        marker.write_text(written.name + "\n")
+    path = Path(base["dir"]) / marker.read_text().strip()
+    return {"dir": str(path), "test": json.loads(path.read_text()).get("metrics", {}), "val": base["val"]}
 
 
 def summarise(values: list[float]) -> dict:
@@ -222,7 +284,7 @@ def main() -> None:
     meta = started()
     runs: dict = {}
     for set_name in study.sets:
-        for variant in study.variants:
+        for variant in [*study.variants, *study.evaluations]:
             for seed in args.seeds:
                 print(f"{args.study}: {set_name} / {variant} / seed {seed}", flush=True)
                 runs.setdefault(set_name, {}).setdefault(variant, []).append(
@@ -254,6 +316,9 @@ def main() -> None:
         "metrics": list(study.metrics),
         "sets": study.sets,
         "variants": study.variants,
+        "evaluations": study.evaluations,
+        "per_set": study.per_set,
+        "set_experiments": study.set_experiments,
         "seeds": args.seeds,
         "runs": runs,
         "summary": summary,

@@ -533,6 +533,16 @@ def render_study(doc: Doc, path: Path) -> list[str]:
     out += table(["data", "variant", "seeds", *[f"`{m}`" for m in metrics]], _study_rows(doc, metrics))
     out += ["", "Variants (overrides of `" + doc.get("experiment", "?") + "`):", ""]
     out += [f"- `{name}`: `{' '.join(ov) or '(none)'}`" for name, ov in (doc.get("variants") or {}).items()]
+    out += [
+        f"- `{name}`: `{trained}`'s best checkpoint tested with `{' '.join(ov)}` (`sketchquant evaluate`)"
+        for name, (trained, ov) in (doc.get("evaluations") or {}).items()
+    ]
+    out += [
+        f"- on `{set_name}`, `{name}` is `{' '.join(ov)}`"
+        for set_name, by_variant in (doc.get("per_set") or {}).items()
+        for name, ov in by_variant.items()
+    ]
+    out += [f"- `{s}` is trained with `{e}`" for s, e in (doc.get("set_experiments") or {}).items()]
     comparisons = _comparison_rows(doc)
     if comparisons:
         out += [
