@@ -15,8 +15,9 @@ What it renders:
 - named blocks of ``README.md``, between ``<!-- rendered:NAME -->`` and ``<!-- /rendered:NAME -->``
   (:data:`BLOCKS`): ``configs`` (every choice under ``configs/``, per group, with the first comment line of
   its file), ``make_train`` (the default run's mean ± std, from ``make_train.json``),
-  ``quantization_claims`` (method A's claims table) and ``headlines`` (one line per headline figure, each
-  only if its results file exists, linking into ``docs/benchmarks.md``). A block whose markers are
+  ``quantization_claims`` (method A's claims table), ``folder_recipe`` and ``components`` (the studies
+  of method B on small real data, from ``study_*.json``) and ``headlines`` (one line per headline figure,
+  each only if its results file exists, linking into ``docs/benchmarks.md``). A block whose markers are
   absent is not written; a marked block with a name not in :data:`BLOCKS` is left as it is (``--check``
   notes it); a marker opened and not closed is an error.
 
@@ -836,7 +837,52 @@ def block_folder_recipe(root: Path) -> str:
     )
 
 
+#: the components study's variants, as the README names what each one takes away
+COMPONENTS = {
+    "no_kd": "distillation (λ_kd 1 vs 0)",
+    "no_da": "distribution alignment (λ_da 0.1 vs 0)",
+    "no_prototypes": "PQ prototypes (fused vs raw, same weights)",
+    "distance_fusion": "feature vs distance fusion (same weights)",
+    "smaller_images": "image size (96 vs 64 px; glyphs 64 vs 48)",
+}
+
+
+def block_components(root: Path) -> str:
+    """What each component of method B adds (recipe − the variant without it), one column per data set."""
+    doc = measured(root, "study_components")
+    if doc is None:
+        return (
+            "Each component's effect: not measured yet (`python benchmarks/studies.py components` "
+            "measures it, then `make docs` renders it here)."
+        )
+    first = (doc.get("metrics") or ["test/fused/map_all"])[0]
+    sets = list(doc.get("sets") or {})
+    cells: dict[str, dict[str, str]] = {}
+    for c in doc.get("comparisons") or []:
+        if c.get("metric") == first and "error" not in c:
+            p = sig(c["p_value"], 2)
+            cells.setdefault(c["a"], {})[c["set"]] = (
+                f"{c['diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] p {p}"
+            )
+    recipe = {
+        s: score(doc["summary"][s]["recipe"][first]["mean"]) for s in sets if "recipe" in doc["summary"][s]
+    }
+    rows = [["the recipe itself", *[recipe.get(s, "") for s in sets]]]
+    rows += [[COMPONENTS.get(a, a), *[by_set.get(s, "") for s in sets]] for a, by_set in cells.items()]
+    seeds = seed_list(doc.get("seeds") or [])
+    link = "[all metrics and the raw features](docs/benchmarks.md#study_components)"
+    return "\n".join(
+        [
+            *table([f"unseen `{first}`: what it adds ({seeds})", *sets], rows),
+            "",
+            f"Recipe − recipe without it, paired over the same test queries: 95 % bootstrap interval and "
+            f"sign-flip p-value ({link}).",
+        ]
+    )
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
+    "components": block_components,
     "configs": block_configs,
     "make_train": block_make_train,
     "headlines": block_headlines,
