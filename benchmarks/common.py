@@ -32,7 +32,9 @@ def _commit() -> str:
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            # results files and rendered docs are what benchmarks write, not code: they do not make it dirty
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no", "--", "."]
+            + [":(exclude)benchmarks/results", ":(exclude)docs", ":(exclude)README.md"],
             capture_output=True,
             text=True,
         ).stdout.strip()
