@@ -804,16 +804,22 @@ def block_quantization_claims(root: Path) -> str:
     )
 
 
-#: README block name -> its rendering
+def study_block(root: Path, study: str) -> tuple[Doc | None, str]:
+    """``(study_<study>.json, its first metric)``, or ``(None, the line saying how to measure it)``."""
+    doc = measured(root, f"study_{study}")
+    if doc is None:
+        return None, (
+            f"Study `{study}`: not measured yet (`python benchmarks/studies.py {study}` measures it, then "
+            "`make docs` renders it here)."
+        )
+    return doc, (doc.get("metrics") or ["test/fused/map_all"])[0]
+
+
 def block_folder_recipe(root: Path) -> str:
     """The folder recipe against the untrained network on the offline real-drawing sets."""
-    doc = measured(root, "study_folder_recipe")
+    doc, first = study_block(root, "folder_recipe")
     if doc is None:
-        return (
-            "The folder recipe's check: not measured yet (`python benchmarks/studies.py folder_recipe` "
-            "measures it, then `make docs` renders it here)."
-        )
-    first = (doc.get("metrics") or ["test/fused/map_all"])[0]
+        return first
     rows = []
     for c in doc.get("comparisons") or []:
         if c.get("metric") != first or "error" in c:
@@ -849,13 +855,9 @@ COMPONENTS = {
 
 def block_components(root: Path) -> str:
     """What each component of method B adds (recipe − the variant without it), one column per data set."""
-    doc = measured(root, "study_components")
+    doc, first = study_block(root, "components")
     if doc is None:
-        return (
-            "Each component's effect: not measured yet (`python benchmarks/studies.py components` "
-            "measures it, then `make docs` renders it here)."
-        )
-    first = (doc.get("metrics") or ["test/fused/map_all"])[0]
+        return first
     sets = list(doc.get("sets") or {})
     cells: dict[str, dict[str, str]] = {}
     for c in doc.get("comparisons") or []:
