@@ -200,7 +200,7 @@ def run_dir(root: Path, set_name: str, variant: str, seed: int) -> Path:
 
 
 def train(study: Study, root: Path, set_name: str, variant: str, seed: int) -> dict:
-    """One run (reused when its results.json exists): ``{"dir", "test", "val"}``."""
+    """One run (reused when its results.json exists): ``{"dir", "test", "val", "checkpoint"}``."""
     if variant in study.evaluations:
         return evaluation(study, root, set_name, variant, seed)
     where = run_dir(root, set_name, variant, seed)
@@ -230,6 +230,7 @@ def train(study: Study, root: Path, set_name: str, variant: str, seed: int) -> d
         "dir": str(found[-1].parent),
         "test": results.get("metrics", {}),
         "val": results.get("val", {}),
+        "checkpoint": results.get("checkpoint"),
     }
 
 
@@ -238,18 +239,19 @@ def evaluation(study: Study, root: Path, set_name: str, name: str, seed: int) ->
     (reused when done: ``eval_<name>.txt`` in the run folder names its ``eval-<time>.json``)."""
     trained, overrides = study.evaluations[name]
     base = train(study, root, set_name, trained, seed)
-    marker = Path(base["dir"]) / f"eval_{name}.txt"
+    folder = Path(base["dir"])
+    marker = folder / f"eval_{name}.txt"
     if not marker.is_file():
-        results = json.loads((Path(base["dir"]) / "results.json").read_text())
-        before = set(Path(base["dir"]).glob("eval-*.json"))
+        before = set(folder.glob("eval-*.json"))
         time.sleep(1.05)  # evaluation files are named by the second
-        argv = [str(BIN / "sketchquant"), "evaluate", "--ckpt", results["checkpoint"], *overrides]
-        with open(Path(base["dir"]) / f"eval_{name}.log", "w") as log:
+        argv = [str(BIN / "sketchquant"), "evaluate", "--ckpt", base["checkpoint"], *overrides]
+        with open(folder / f"eval_{name}.log", "w") as log:
             subprocess.run(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
-        (written,) = set(Path(base["dir"]).glob("eval-*.json")) - before
+        (written,) = set(folder.glob("eval-*.json")) - before
         marker.write_text(written.name + "\n")
-    path = Path(base["dir"]) / marker.read_text().strip()
-    return {"dir": str(path), "test": json.loads(path.read_text()).get("metrics", {}), "val": base["val"]}
+    path = folder / marker.read_text().strip()
+    results = json.loads(path.read_text())
+    return {"dir": str(path), "test": results.get("metrics", {}), "val": base["val"]}
 
 
 def summarise(values: list[float]) -> dict:

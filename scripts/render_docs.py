@@ -507,20 +507,24 @@ def _study_rows(doc: Doc, metrics: list[str]) -> list[list[str]]:
     return rows
 
 
+def interval(c: dict) -> str:
+    """A comparison's 95 % interval: ``[-0.012, +0.034]``."""
+    return f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
+
+
 def _comparison_rows(doc: Doc) -> list[list[str]]:
     rows = []
     for c in doc.get("comparisons") or []:
         if "error" in c:
             rows.append([c["set"], f"`{c['metric']}`", f"`{c['b']}` − `{c['a']}`", c["error"], "", ""])
             continue
-        interval = f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
         rows.append(
             [
                 c["set"],
                 f"`{c['metric']}`",
                 f"`{c['b']}` − `{c['a']}`",
                 f"{c['diff']:+.3f}",
-                interval,
+                interval(c),
                 sig(c["p_value"], 2),
             ]
         )
@@ -831,12 +835,17 @@ def block_folder_recipe(root: Path) -> str:
                 c["set"],
                 f"{score(a['mean'])} ± {score(a['std'])}",
                 f"{score(b['mean'])} ± {score(b['std'])}",
-                f"{c['diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]",
+                f"{c['diff']:+.3f} {interval(c)}",
                 sig(c["p_value"], 2),
             ]
         )
-    seeds = ", ".join(str(x) for x in doc.get("seeds") or [])
-    head = [f"unseen `{first}`, seeds {seeds}", "untrained", "recipe", "diff [95 % interval]", "p"]
+    head = [
+        f"unseen `{first}`, {seed_list(doc.get('seeds') or [])}",
+        "untrained",
+        "recipe",
+        "diff [95 % interval]",
+        "p",
+    ]
     link = "[all metrics](docs/benchmarks.md#study_folder_recipe)"
     return "\n".join(
         [*table(head, rows), "", f"Mean ± std over seeds; paired over queries and seeds ({link})."]
@@ -863,9 +872,7 @@ def block_components(root: Path) -> str:
     for c in doc.get("comparisons") or []:
         if c.get("metric") == first and "error" not in c:
             p = sig(c["p_value"], 2)
-            cells.setdefault(c["a"], {})[c["set"]] = (
-                f"{c['diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] p {p}"
-            )
+            cells.setdefault(c["a"], {})[c["set"]] = f"{c['diff']:+.3f} {interval(c)} p {p}"
     recipe = {
         s: score(doc["summary"][s]["recipe"][first]["mean"]) for s in sets if "recipe" in doc["summary"][s]
     }

@@ -209,8 +209,8 @@ def _parser() -> argparse.ArgumentParser:
 def target(args: argparse.Namespace) -> str:
     """The ``"module:function"`` the parsed ``args`` run."""
     name = args.command + (f" {args.data_command}" if args.command == "data" else "")
-    entry = COMMANDS[name]
-    return entry if isinstance(entry, str) else entry(args)
+    handler = COMMANDS[name]
+    return handler if isinstance(handler, str) else handler(args)
 
 
 def load_command(name: str) -> Callable:
