@@ -136,15 +136,28 @@ class SketchquantModule(pl.LightningModule):
         # after validation it restores each submodule's own mode: freeze here too
         self._freeze_trunk_bn()
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # a run resumed inside an epoch gets no on_train_epoch_start
+        if getattr(self, "_bn_epoch", None) != self.current_epoch:
+            self._freeze_trunk_bn()
+
+    def features_frozen(self) -> bool:
+        """True in the first ``model.head_warmup_epochs`` epochs, when only the heads learn (LP-FT)."""
+        return self.current_epoch < int(getattr(getattr(self, "config", None), "head_warmup_epochs", 0))
+
     def _freeze_trunk_bn(self) -> None:
-        """Trunk BatchNorm layers in eval mode: all of them with ``freeze_bn``, else those whose weights are
-        frozen (``frozen_trunk``)."""
-        every = getattr(getattr(self, "config", None), "freeze_bn", False)
+        """Trunk BatchNorm layers in eval mode: all of them with ``freeze_bn`` and while the features are
+        frozen (``head_warmup_epochs``), else those whose weights are frozen (``frozen_trunk``); the others
+        follow the module's mode (back to training after the warm-up)."""
+        every = getattr(getattr(self, "config", None), "freeze_bn", False) or self.features_frozen()
         trunk = tuple(p.rstrip(".") for p in self.backbone_prefixes)
         for name, module in self.named_modules():
             if name.startswith(trunk) and isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 if every or not any(p.requires_grad for p in module.parameters()):
                     module.eval()
+                else:
+                    module.train(self.training)
+        self._bn_epoch = self.current_epoch
 
     def freeze_trunk(self, share: float) -> None:
         """The first ``share`` of the trunk's parameter tensors (in the network's order: from the input)

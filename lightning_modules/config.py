@@ -64,4 +64,10 @@ class ZeroShotModelConfig:
     #: the share of the pretrained trunk's parameter tensors, from the input side, that stay as they are
     #: (their BatchNorm statistics too): early layers are generic, so small data trains only the later ones
     frozen_trunk: float = 0.0
+    #: WiSE-FT: the tested and saved weights are ``(1 − α)·pretrained + α·fine-tuned`` (trunk, embedding,
+    #: ImageNet head); 1 = plain fine-tuning (SAKE), 0.5 = the published default (docs/method.md §B)
+    weight_ensemble: float = 1.0
+    #: LP-FT: the first epochs train only the two heads on the pretrained features (no gradient into trunk
+    #: and embedding), so the randomly initialised seen-class head does not distort them (0 = off)
+    head_warmup_epochs: int = 0
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -11,6 +11,7 @@ from sketchquant.core.batch import DOMAIN, IMAGE, LABEL
 from sketchquant.lightning_modules.base import SketchquantModule
 from sketchquant.lightning_modules.components.sbir_losses import sbir_loss
 from sketchquant.lightning_modules.components.sketch_net import FrozenTeacher, build_sketch_net
+from sketchquant.lightning_modules.components.weight_ensemble import interpolate_state
 from sketchquant.lightning_modules.config import ZeroShotModelConfig
 
 
@@ -46,6 +47,11 @@ class ZeroShotSketchModule(SketchquantModule):
         kd = bool(self.config.lambda_kd) and not inference
         self._teacher: tuple[FrozenTeacher, ...] = (self.net.make_teacher(),) if kd else ()
         self._teacher_logits: torch.Tensor | None = None
+        # the pretrained weights for the weight-space ensemble, kept outside state_dict like the teacher
+        # (a resumed run rebuilds them the same way)
+        self._initial_state: tuple[dict[str, torch.Tensor], ...] = ()
+        if self.config.weight_ensemble < 1.0 and not inference:
+            self._initial_state = (self.pretrained_state(),)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
 
@@ -66,6 +72,23 @@ class ZeroShotSketchModule(SketchquantModule):
         """The teacher's logits for the next training batch (photo rows; zeros for sketches)."""
         self._teacher_logits = logits
 
+    def pretrained_state(self) -> dict[str, torch.Tensor]:
+        """A copy of the state entries that start from ImageNet (trunk, SVD-initialised embedding and
+        ImageNet head); the seen-class classifier starts at random and is left out."""
+        return {
+            k: v.detach().clone() for k, v in self.state_dict().items() if not k.startswith("net.classifier.")
+        }
+
+    def ensemble_weights(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``state_dict`` (fine-tuned) ensembled with the pretrained weights by ``model.weight_ensemble``
+        (:func:`~sketchquant.lightning_modules.components.weight_ensemble.interpolate_state`)."""
+        if not self._initial_state:
+            raise RuntimeError(
+                "model.weight_ensemble < 1 needs the pretrained weights: the module was built for inference "
+                "or with model.weight_ensemble=1"
+            )
+        return interpolate_state(self._initial_state[0], state_dict, self.config.weight_ensemble)
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         if self.net.imagenet_head is None:  # a checkpoint from before the head was built only for KD
@@ -79,7 +102,7 @@ class ZeroShotSketchModule(SketchquantModule):
 
     def _common_step(self, batch: dict, stage: str) -> dict[str, Any]:
         images, labels, domain = batch[IMAGE], batch[LABEL], batch[DOMAIN]
-        out = self.net(images)
+        out = self.net(images, frozen_features=stage == "train" and self.features_frozen())
         if stage == "train":
             hp = self.config
             teacher_logits, self._teacher_logits = self._teacher_logits, None

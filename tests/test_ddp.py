@@ -169,6 +169,22 @@ def test_every_ablation_row_trains_under_ddp(tmp_path, lambda_kd, lambda_da):
 
 
 @pytest.mark.slow
+def test_head_warmup_trains_under_ddp(tmp_path):
+    """In the warm-up epochs trunk and embedding take no gradient: plain ``ddp_fork`` stops at the second
+    step (a reduction never finished); the trainer runs it as ``ddp_fork_find_unused_parameters_true``."""
+    values = {
+        **ZS_TINY,
+        "data.root": tmp_path / "glyphs",
+        **TWO_CPU,
+        "trainer.strategy": "ddp_fork",
+        "model.head_warmup_epochs": 1,
+        "test_after_fit": "false",
+        "eval.grid": "false",
+    }
+    _check_run_folder(_train("zs_sbir", tmp_path, values), tested=False, monitor="val/map_all")
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp_fork", "ddp_spawn"])
 def test_quantization_two_processes(tmp_path, strategy):
     """Fit and test each run in fresh worker processes: metrics.csv, train.log and the best score survive."""

@@ -38,6 +38,7 @@ def test_run_folder_contents(tiny_zs, tmp_path):
     assert saved["model"]["embed_dim"] == 32 and saved["experiment"] == "zs_sbir"
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert "last.ckpt" in ckpts and any(p.startswith("best-epoch") for p in ckpts)
+    assert not [p for p in ckpts if p.startswith("ensemble-")]  # model.weight_ensemble = 1: plain weights
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.endswith(".tmp")]
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"train/loss_step", "train/cls_step", "train/kd_step", "train/da_step", "val/map_all"} <= set(

@@ -29,6 +29,7 @@ ImageNet logits.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import warnings
@@ -195,8 +196,11 @@ class SketchNet(nn.Module):
         """Backbone pooled features ``g`` (``B×C``)."""
         return self.backbone(x)
 
-    def forward(self, x: Tensor) -> SketchNetOutput:
-        f = self.embedding(self.pool(x))
+    def forward(self, x: Tensor, frozen_features: bool = False) -> SketchNetOutput:
+        """``frozen_features``: ``f`` is computed without gradient, so only the two heads learn from this
+        batch (a linear probe on the current features; ``model.head_warmup_epochs``)."""
+        with torch.no_grad() if frozen_features else contextlib.nullcontext():
+            f = self.embedding(self.pool(x))
         imagenet_logits = self.imagenet_head(f) if self.imagenet_head is not None else None
         return SketchNetOutput(features=f, logits=self.classifier(f), imagenet_logits=imagenet_logits)
 

@@ -125,9 +125,17 @@ def _plugins(cfg: DictConfig) -> list:
     return plugins
 
 
+#: DDP strategies → the same with ``find_unused_parameters=True`` (``model.head_warmup_epochs``)
+DDP_UNUSED = {name: f"{name}_find_unused_parameters_true" for name in ("ddp", "ddp_spawn", "ddp_fork")}
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, resuming: bool = False, **extra: Any) -> pl.Trainer:
     """``resuming``: the run continues from a checkpoint (``metrics.csv`` drops the rows logged after it)."""
     trainer_kwargs = as_kwargs(cfg.trainer)
+    strategy = trainer_kwargs.get("strategy")
+    if strategy in DDP_UNUSED and int(cfg.model.get("head_warmup_epochs", 0) or 0) > 0:
+        # the warm-up epochs send no gradient into trunk and embedding: DDP must expect unused parameters
+        trainer_kwargs["strategy"] = DDP_UNUSED[strategy]
     progress_bar = bool(trainer_kwargs.pop("enable_progress_bar")) and sys.stdout.isatty()
     kwargs = dict(
         default_root_dir=str(run_dir),

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sketchquant.app.methods import METHODS, from_container, method_of
 from sketchquant.core.config import ConfigError
+from sketchquant.core.io import atomic_torch_save
 
 __all__ = [
     "CONFIG_KEY",
@@ -35,6 +36,7 @@ __all__ = [
     "checkpoint_config",
     "load_checkpoint_config",
     "load_network",
+    "write_weight_ensemble",
 ]
 
 CONFIG_KEY = "sketchquant"  # where a checkpoint carries its resolved config
@@ -212,3 +214,17 @@ def load_network(
         )
     network.eval()
     return cfg, network, ckpt
+
+
+ENSEMBLE_KEY = "weight_ensemble"  # what an ensembled checkpoint records: {"alpha", "fine_tuned"}
+
+
+def write_weight_ensemble(module: Any, best: str | os.PathLike) -> Path:
+    """``model.weight_ensemble`` (WiSE-FT): the best checkpoint's fine-tuned weights ensembled with the
+    pretrained ones that ``module`` kept, written beside it as ``ensemble-<name>`` (temp file, rename;
+    the fine-tuned checkpoint is left as it is). Everything else in the file is the best checkpoint's."""
+    best = Path(best)
+    state = read_checkpoint(best)
+    state["state_dict"] = module.ensemble_weights(state["state_dict"])
+    state[ENSEMBLE_KEY] = {"alpha": float(module.config.weight_ensemble), "fine_tuned": best.name}
+    return atomic_torch_save(state, best.with_name(f"ensemble-{best.name}"))

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from sketchquant.app.build import build_datamodule, build_module, build_trainer
-from sketchquant.app.checkpoints import load_checkpoint_config, read_checkpoint
+from sketchquant.app.checkpoints import load_checkpoint_config, read_checkpoint, write_weight_ensemble
 from sketchquant.app.loggers import finish_loggers
 from sketchquant.app.methods import compose, method_of
 from sketchquant.app.rundir import (
@@ -126,6 +126,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         score = best_model_score(ckpt, best)
         val = {cfg.monitor: score} if score is not None else {}
         expect_queries(trainer, run_dir / queries_name("results.json"))  # results.json is replaced too
+        if best and getattr(module.config, "weight_ensemble", 1.0) < 1.0:  # WiSE-FT: test what is served
+            if trainer.is_global_zero:
+                write_weight_ensemble(module, best)
+            trainer.strategy.barrier("weight_ensemble")
+            best = str(Path(best).with_name(f"ensemble-{Path(best).name}"))
         if cfg.test_after_fit:
             results = trainer.test(
                 module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True
