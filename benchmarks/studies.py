@@ -50,6 +50,8 @@ class Study:
 
 
 UNTRAINED = ["trainer.max_epochs=0"]
+#: the folder recipe as it stood before the heads-first warm-up joined it (the seen-class studies' baseline)
+NO_WARMUP = "model.head_warmup_epochs=0"
 SPLITS = REPO / "runs" / "studies" / "_splits"
 
 
@@ -136,12 +138,22 @@ STUDIES: dict[str, Study] = {
         sets=SEEN_SETS,
         variants={
             "untrained": UNTRAINED,
-            "previous": ["model.freeze_bn=false"],
-            "freeze_bn": ["model.freeze_bn=true"],
-            "frozen_half": ["model.freeze_bn=true", "model.frozen_trunk=0.5"],
-            "val_classes": ["model.freeze_bn=true", "data.val_classes=0.25", "data.val_fraction=0"],
-            "kd5": ["model.freeze_bn=true", "model.lambda_kd=5"],
-            "slow_trunk": ["model.freeze_bn=true", "model.optim.lr=1e-4", "model.optim.head_lr_mult=30"],
+            "previous": [NO_WARMUP, "model.freeze_bn=false"],
+            "freeze_bn": [NO_WARMUP, "model.freeze_bn=true"],
+            "frozen_half": [NO_WARMUP, "model.freeze_bn=true", "model.frozen_trunk=0.5"],
+            "val_classes": [
+                NO_WARMUP,
+                "model.freeze_bn=true",
+                "data.val_classes=0.25",
+                "data.val_fraction=0",
+            ],
+            "kd5": [NO_WARMUP, "model.freeze_bn=true", "model.lambda_kd=5"],
+            "slow_trunk": [
+                NO_WARMUP,
+                "model.freeze_bn=true",
+                "model.optim.lr=1e-4",
+                "model.optim.head_lr_mult=30",
+            ],
         },
         comparisons=[
             ("untrained", v)
@@ -157,16 +169,17 @@ STUDIES: dict[str, Study] = {
         "ensemble without distribution alignment (model.lambda_da=0), the two heads trained alone for the "
         "first 2 of 12 epochs (LP-FT, model.head_warmup_epochs=2: the random seen-class head does not "
         "pull the pretrained features around while it is random), and training photos turned grey half of "
-        "the time (data.photo_grayscale=0.5: sketches carry no colour).",
+        "the time (data.photo_grayscale=0.5: sketches carry no colour). The recipe here is the one before "
+        "the warm-up joined it (model.head_warmup_epochs=0, pinned since).",
         experiment="zs_sbir_folder",
         sets=SEEN_SETS,
         variants={
             "untrained": UNTRAINED,
-            "recipe": ["model.weight_ensemble=1.0"],
-            "wise": ["model.weight_ensemble=0.5"],
-            "wise_no_da": ["model.weight_ensemble=0.5", "model.lambda_da=0"],
+            "recipe": [NO_WARMUP, "model.weight_ensemble=1.0"],
+            "wise": [NO_WARMUP, "model.weight_ensemble=0.5"],
+            "wise_no_da": [NO_WARMUP, "model.weight_ensemble=0.5", "model.lambda_da=0"],
             "lpft": ["model.head_warmup_epochs=2"],
-            "grey_photos": ["data.photo_grayscale=0.5"],
+            "grey_photos": [NO_WARMUP, "data.photo_grayscale=0.5"],
         },
         comparisons=[
             *(("untrained", v) for v in ("recipe", "wise", "lpft", "grey_photos")),

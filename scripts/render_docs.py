@@ -332,7 +332,8 @@ def render_quantization_claims(doc: Doc, path: Path) -> list[str]:
     out = table(["claim", "features", "bytes / image", "mAP@all", "note"], rows)
     out += [
         "",
-        f"{meta.get('data_config', '?')}, {meta.get('mode', '?')} mode, {meta.get('epochs', '?')} epochs, "
+        f"{meta.get('data_config', '?')}, {meta.get('mode', '?')} mode, "
+        f"{meta.get('epochs') or 'the experiment’s'} epochs, "
         f"seeds {', '.join(str(s) for s in seeds)} (mean ± std over seeds); chance (random ranking) "
         f"mAP@all {score(meta.get('chance_map_all'))}; {meta.get('protocol', '')}.",
     ]
@@ -784,28 +785,90 @@ def block_headlines(root: Path) -> str:
     return "\n".join(lines) if lines else "No benchmark has been run yet (see `docs/benchmarks.md`)."
 
 
+#: method A's claims files: stem → column title (the frozen-head one first)
+CLAIMS_FILES = {
+    "quantization_claims": "frozen backbone",
+    "quantization_claims_finetune": "fine-tuned",
+    "quantization_claims_finetune_digits": "fine-tuned",
+}
+SLIDING = "sliding windows codes (kernel 3, stride 1)"
+#: the claims as paired differences over seeds: (what B − A says, row A, row B)
+CLAIM_PAIRS = [
+    ("8-bit codes − float, same windows", "float (sliding)", "iReLU 8-bit codes (sliding)"),
+    (
+        "8-bit codes − sign hash, equal bytes (192 B)",
+        "sign hash, 8x dims (= bytes of 8-bit codes)",
+        "iReLU 8-bit codes (sliding)",
+    ),
+    (
+        "8-bit codes − sign hash, equal bytes (24 B)",
+        "sign hash, same dims",
+        "iReLU 8-bit codes, dim/8 (= bytes of sign hash)",
+    ),
+    ("sliding − non-overlapping grid (192 B)", "non-overlapping 2x2 grid codes", SLIDING),
+    ("sliding − stripes (192 B)", "stripes codes", SLIDING),
+    ("sliding − global pooling (192 B)", "global codes, same bytes", SLIDING),
+]
+#: two-sided 95 % Student t quantiles by degrees of freedom (seed pairs − 1)
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def seed_difference(a: list[float], b: list[float]) -> str:
+    """Mean of ``b − a`` paired by seed, with its 95 % t-interval over the seed pairs."""
+    d = [y - x for x, y in zip(a, b, strict=True)]
+    mean = sum(d) / len(d)
+    if len(d) < 2 or len(d) - 1 not in T975:
+        return f"{mean:+.3f}"
+    sd = math.sqrt(sum((v - mean) ** 2 for v in d) / (len(d) - 1))
+    half = T975[len(d) - 1] * sd / math.sqrt(len(d))
+    return f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}]"
+
+
 def block_quantization_claims(root: Path) -> str:
-    doc = measured(root, "quantization_claims")
-    if doc is None:
+    docs = {stem: doc for stem in CLAIMS_FILES if (doc := measured(root, stem)) is not None}
+    if "quantization_claims" not in docs:
         return not_measured("Method A's claims", "quantization_claims", "them")
-    meta = doc.get("meta") or {}
-    n = len(meta.get("seeds") or [])
-    rows = [
-        [r["claim"], r["name"], size(r["bytes"]), pm(r["mean"], r["std"]) if n > 1 else score(r["mean"])]
-        for r in doc.get("rows", [])
-        if r.get("claim") in ("codes", "windows")
+    columns = []
+    for stem, doc in docs.items():
+        meta = doc.get("meta") or {}
+        n = len(meta.get("seeds") or [])
+        by_name = {r["name"]: r for r in doc.get("rows", [])}
+        title = f"{meta.get('data_config', '?')}, {CLAIMS_FILES[stem]} ({seed_list(meta.get('seeds') or [])})"
+        columns.append((stem, title, n, by_name))
+    first = docs["quantization_claims"]
+    rows = []
+    for r in first.get("rows", []):
+        if r.get("claim") not in ("codes", "windows"):
+            continue
+        cells = []
+        for _, _, n, by_name in columns:
+            got = by_name.get(r["name"])
+            cells.append("" if got is None else pm(got["mean"], got["std"]) if n > 1 else score(got["mean"]))
+        rows.append([r["claim"], r["name"], size(r["bytes"]), *cells])
+    meta = first.get("meta") or {}
+    out = [
+        f"Hashing-protocol mAP@all, mean ± std over seeds (chance {score(meta.get('chance_map_all'))} on "
+        "glyph_mosaics); bytes bit-packed. Frozen: the ImageNet backbone fixed, only the heads trained on "
+        "its cached maps; fine-tuned: each variant a full `sketchquant train quantization` run "
+        "([details](docs/benchmarks.md#quantization_claims)).",
+        "",
+        *table(["claim", "features", "bytes / image", *[c[1] for c in columns]], rows),
     ]
-    mean = "mean ± std over seeds " if n > 1 else "seed "
-    return "\n".join(
-        [
-            f"{meta.get('data_config', '?')}, {meta.get('mode', '?')} backbone, {mean}"
-            f"{', '.join(str(s) for s in meta.get('seeds') or [])}; hashing-protocol mAP@all, chance "
-            f"{score(meta.get('chance_map_all'))}; bytes bit-packed "
-            "([details](docs/benchmarks.md#quantization_claims)).",
-            "",
-            *table(["claim", "features", "bytes / image", "mAP@all"], rows),
-        ]
-    )
+    pairs = []
+    for label, a, b in CLAIM_PAIRS:
+        cells = []
+        for _, _, _, by_name in columns:
+            ra, rb = by_name.get(a), by_name.get(b)
+            ok = ra and rb and len(ra.get("per_seed", [])) == len(rb.get("per_seed", []))
+            cells.append(seed_difference(ra["per_seed"], rb["per_seed"]) if ok else "")
+        pairs.append([label, *cells])
+    out += [
+        "",
+        "The claims as differences, paired by seed (mean [95 % t-interval over the seed pairs]):",
+        "",
+        *table(["B − A", *[c[1] for c in columns]], pairs),
+    ]
+    return "\n".join(out)
 
 
 def study_block(root: Path, study: str) -> tuple[Doc | None, str]:
@@ -819,36 +882,44 @@ def study_block(root: Path, study: str) -> tuple[Doc | None, str]:
     return doc, (doc.get("metrics") or ["test/fused/map_all"])[0]
 
 
+#: the folder recipe's checks: results stem → how the README names that recipe
+FOLDER_RECIPES = {
+    "folder_recipe": "recipe",
+    "folder_recipe_previous": "before the warm-up",
+}
+
+
 def block_folder_recipe(root: Path) -> str:
-    """The folder recipe against the untrained network on the offline real-drawing sets."""
+    """The folder recipe (and the one before it) against the untrained network on the real-drawing sets."""
     doc, first = study_block(root, "folder_recipe")
     if doc is None:
         return first
     rows = []
-    for c in doc.get("comparisons") or []:
-        if c.get("metric") != first or "error" in c:
-            continue
-        side = doc["summary"][c["set"]]
-        a, b = side[c["a"]][first], side[c["b"]][first]
-        rows.append(
-            [
-                c["set"],
-                f"{score(a['mean'])} ± {score(a['std'])}",
-                f"{score(b['mean'])} ± {score(b['std'])}",
-                f"{c['diff']:+.3f} {interval(c)}",
-                sig(c["p_value"], 2),
-            ]
-        )
-    head = [
-        f"unseen `{first}`, {seed_list(doc.get('seeds') or [])}",
-        "untrained",
-        "recipe",
-        "diff [95 % interval]",
-        "p",
-    ]
-    link = "[all metrics](docs/benchmarks.md#study_folder_recipe)"
+    for stem, name in FOLDER_RECIPES.items():
+        got = doc if stem == "folder_recipe" else measured(root, f"study_{stem}")
+        for c in (got or {}).get("comparisons") or []:
+            if c.get("metric") != first or "error" in c:
+                continue
+            side = got["summary"][c["set"]]
+            a, b = side[c["a"]][first], side[c["b"]][first]
+            rows.append(
+                [
+                    c["set"],
+                    f"[{name}](docs/benchmarks.md#study_{stem})",
+                    seed_list(got.get("seeds") or []),
+                    f"{score(a['mean'])} ± {score(a['std'])}",
+                    f"{score(b['mean'])} ± {score(b['std'])}",
+                    f"{c['diff']:+.3f} {interval(c)}",
+                    sig(c["p_value"], 2),
+                ]
+            )
+    head = ["data", "recipe", "seeds", "untrained", "trained", "diff [95 % interval]", "p"]
     return "\n".join(
-        [*table(head, rows), "", f"Mean ± std over seeds; paired over queries and seeds ({link})."]
+        [
+            *table(head, rows),
+            "",
+            f"Unseen `{first}`; mean ± std over seeds; B − A paired over queries and seeds.",
+        ]
     )
 
 
@@ -862,31 +933,63 @@ COMPONENTS = {
 }
 
 
-def block_components(root: Path) -> str:
-    """What each component of method B adds (recipe − the variant without it), one column per data set."""
-    doc, first = study_block(root, "components")
-    if doc is None:
-        return first
-    sets = list(doc.get("sets") or {})
+def comparison_grid(doc: Doc, metric: str, label: Callable[[str, str], str]) -> tuple[list[str], dict]:
+    """A study's comparisons of ``metric`` as ``(sets, {label(A, B): {set: "diff [interval] p …"}})``."""
     cells: dict[str, dict[str, str]] = {}
     for c in doc.get("comparisons") or []:
-        if c.get("metric") == first and "error" not in c:
+        if c.get("metric") == metric and "error" not in c:
             p = sig(c["p_value"], 2)
-            cells.setdefault(c["a"], {})[c["set"]] = f"{c['diff']:+.3f} {interval(c)} p {p}"
-    recipe = {
-        s: score(doc["summary"][s]["recipe"][first]["mean"]) for s in sets if "recipe" in doc["summary"][s]
+            cells.setdefault(label(c["a"], c["b"]), {})[c["set"]] = f"{c['diff']:+.3f} {interval(c)} p {p}"
+    return list(doc.get("sets") or {}), cells
+
+
+def means_row(doc: Doc, metric: str, variant: str, sets: list[str]) -> list[str]:
+    summary = doc.get("summary") or {}
+    return [score(summary[s][variant][metric]["mean"]) if variant in summary.get(s, {}) else "" for s in sets]
+
+
+def grid_block(
+    root: Path, study: str, label: Callable[[str, str], str], base: tuple[str, str], head: str, foot: str
+) -> str:
+    """A study's comparisons as one row per pair and one column per set, under a row of ``base``'s means
+    (``(variant, row name)``); ``head`` / ``foot`` take ``{metric}``, ``{seeds}`` and ``{link}``."""
+    doc, first = study_block(root, study)
+    if doc is None:
+        return first
+    sets, cells = comparison_grid(doc, first, label)
+    rows = [[base[1], *means_row(doc, first, base[0], sets)]]
+    rows += [[name, *[by_set.get(s, "") for s in sets]] for name, by_set in cells.items()]
+    fill = {
+        "metric": first,
+        "seeds": seed_list(doc.get("seeds") or []),
+        "link": f"docs/benchmarks.md#study_{study}",
     }
-    rows = [["the recipe itself", *[recipe.get(s, "") for s in sets]]]
-    rows += [[COMPONENTS.get(a, a), *[by_set.get(s, "") for s in sets]] for a, by_set in cells.items()]
-    seeds = seed_list(doc.get("seeds") or [])
-    link = "[all metrics and the raw features](docs/benchmarks.md#study_components)"
-    return "\n".join(
-        [
-            *table([f"unseen `{first}`: what it adds ({seeds})", *sets], rows),
-            "",
-            f"Recipe − recipe without it, paired over the same test queries: 95 % bootstrap interval and "
-            f"sign-flip p-value ({link}).",
-        ]
+    return "\n".join([*table([head.format(**fill), *sets], rows), "", foot.format(**fill)])
+
+
+def block_components(root: Path) -> str:
+    """What each component of method B adds (recipe − the variant without it), one column per data set."""
+    return grid_block(
+        root,
+        "components",
+        lambda a, b: COMPONENTS.get(a, a),
+        ("recipe", "the recipe itself"),
+        "unseen `{metric}`: what it adds ({seeds})",
+        "Recipe − recipe without it, paired over the same test queries: 95 % bootstrap interval and "
+        "sign-flip p-value ([all metrics and the raw features]({link})).",
+    )
+
+
+def block_small_data_seen(root: Path) -> str:
+    """Small-data fine-tuning changes on seen classes standing in as unseen: each pair's difference per set."""
+    return grid_block(
+        root,
+        "small_data_seen",
+        lambda a, b: f"`{b}` − `{a}`",
+        ("untrained", "`untrained` itself"),
+        "seen classes as unseen, `{metric}` ({seeds})",
+        "B − A paired over the same test queries and seeds: 95 % bootstrap interval and sign-flip "
+        "p-value ([all metrics and variants]({link})).",
     )
 
 
@@ -897,6 +1000,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "headlines": block_headlines,
     "quantization_claims": block_quantization_claims,
     "folder_recipe": block_folder_recipe,
+    "small_data_seen": block_small_data_seen,
 }
 
 OPEN = re.compile(r"<!-- rendered:([A-Za-z0-9_-]+) -->")

@@ -128,6 +128,14 @@ def test_kind_and_number_formats():
     assert render_docs.pct(-7.73) == "−7.7 %"
 
 
+def test_seed_paired_difference_by_hand():
+    # b − a = 0.1, 0.2, 0.0: mean 0.1, sd 0.1, half-width t(0.975, 2) · 0.1 / √3 = 4.303 · 0.05774 = 0.2484
+    assert render_docs.seed_difference([0.1, 0.2, 0.3], [0.2, 0.4, 0.3]) == "+0.100 [-0.148, +0.348]"
+    assert render_docs.seed_difference([0.5], [0.25]) == "-0.250"  # one seed: no interval
+    with pytest.raises(ValueError):
+        render_docs.seed_difference([0.1, 0.2], [0.3])  # seeds must pair
+
+
 # ------------------------------------------------------------------------------------------------
 # (2) an edited figure is detected
 
