@@ -169,7 +169,8 @@ STUDIES: dict[str, Study] = {
         "ensemble without distribution alignment (model.lambda_da=0), the two heads trained alone for the "
         "first 2 of 12 epochs (LP-FT, model.head_warmup_epochs=2: the random seen-class head does not "
         "pull the pretrained features around while it is random), and training photos turned grey half of "
-        "the time (data.photo_grayscale=0.5: sketches carry no colour). The recipe here is the one before "
+        "the time (data.photo_grayscale=0.5: sketches carry no colour); then LP-FT with its 2 epochs on top "
+        "of the 12 of fine-tuning (lpft_14) instead of taken from them. The recipe here is the one before "
         "the warm-up joined it (model.head_warmup_epochs=0, pinned since).",
         experiment="zs_sbir_folder",
         sets=SEEN_SETS,
@@ -179,12 +180,15 @@ STUDIES: dict[str, Study] = {
             "wise": [NO_WARMUP, "model.weight_ensemble=0.5"],
             "wise_no_da": [NO_WARMUP, "model.weight_ensemble=0.5", "model.lambda_da=0"],
             "lpft": ["model.head_warmup_epochs=2"],
+            "lpft_14": ["model.head_warmup_epochs=2", "trainer.max_epochs=14"],
             "grey_photos": [NO_WARMUP, "data.photo_grayscale=0.5"],
         },
         comparisons=[
             *(("untrained", v) for v in ("recipe", "wise", "lpft", "grey_photos")),
             *(("recipe", v) for v in ("wise", "lpft", "grey_photos")),
             ("wise", "wise_no_da"),
+            ("untrained", "lpft_14"),
+            ("lpft", "lpft_14"),
         ],
         metrics=("test/fused/map_all", "test/map_all"),
     ),
