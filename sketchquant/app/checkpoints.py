@@ -36,6 +36,7 @@ __all__ = [
     "checkpoint_config",
     "load_checkpoint_config",
     "load_network",
+    "ensemble_path",
     "write_weight_ensemble",
 ]
 
@@ -219,12 +220,17 @@ def load_network(
 ENSEMBLE_KEY = "weight_ensemble"  # what an ensembled checkpoint records: {"alpha", "fine_tuned"}
 
 
+def ensemble_path(best: str | os.PathLike) -> Path:
+    """Where :func:`write_weight_ensemble` puts the ensemble of checkpoint ``best``: beside it."""
+    return Path(best).with_name(f"ensemble-{Path(best).name}")
+
+
 def write_weight_ensemble(module: Any, best: str | os.PathLike) -> Path:
     """``model.weight_ensemble`` (WiSE-FT): the best checkpoint's fine-tuned weights ensembled with the
-    pretrained ones that ``module`` kept, written beside it as ``ensemble-<name>`` (temp file, rename;
+    pretrained ones that ``module`` kept, written to :func:`ensemble_path` (temp file, rename;
     the fine-tuned checkpoint is left as it is). Everything else in the file is the best checkpoint's."""
     best = Path(best)
     state = read_checkpoint(best)
     state["state_dict"] = module.ensemble_weights(state["state_dict"])
     state[ENSEMBLE_KEY] = {"alpha": float(module.config.weight_ensemble), "fine_tuned": best.name}
-    return atomic_torch_save(state, best.with_name(f"ensemble-{best.name}"))
+    return atomic_torch_save(state, ensemble_path(best))

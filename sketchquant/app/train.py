@@ -16,7 +16,12 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from sketchquant.app.build import build_datamodule, build_module, build_trainer
-from sketchquant.app.checkpoints import load_checkpoint_config, read_checkpoint, write_weight_ensemble
+from sketchquant.app.checkpoints import (
+    ensemble_path,
+    load_checkpoint_config,
+    read_checkpoint,
+    write_weight_ensemble,
+)
 from sketchquant.app.loggers import finish_loggers
 from sketchquant.app.methods import compose, method_of
 from sketchquant.app.rundir import (
@@ -130,7 +135,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if trainer.is_global_zero:
                 write_weight_ensemble(module, best)
             trainer.strategy.barrier("weight_ensemble")
-            best = str(Path(best).with_name(f"ensemble-{Path(best).name}"))
+            best = str(ensemble_path(best))
         if cfg.test_after_fit:
             results = trainer.test(
                 module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True
