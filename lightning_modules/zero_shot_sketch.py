@@ -49,6 +49,10 @@ class ZeroShotSketchModule(SketchquantModule):
         self._teacher_logits: torch.Tensor | None = None
         # the pretrained weights for the weight-space ensemble, kept outside state_dict like the teacher
         # (a resumed run rebuilds them the same way)
+        if not 0.0 <= self.config.weight_ensemble <= 1.0:
+            raise ValueError(f"model.weight_ensemble must be in [0, 1], got {self.config.weight_ensemble}")
+        if self.config.head_warmup_epochs < 0:
+            raise ValueError(f"model.head_warmup_epochs must be >= 0, got {self.config.head_warmup_epochs}")
         self._initial_state: tuple[dict[str, torch.Tensor], ...] = ()
         if self.config.weight_ensemble < 1.0 and not inference:
             self._initial_state = (self.pretrained_state(),)

@@ -4,14 +4,12 @@ ensembled weights while its fine-tuned checkpoint stays as it was."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
+from conftest import initial_weights
 
-from sketchquant.app.build import build_datamodule, build_module
 from sketchquant.app.checkpoints import read_checkpoint
 from sketchquant.app.methods import compose
 from sketchquant.app.train import evaluate, train
@@ -68,13 +66,7 @@ def test_run_tests_and_serves_the_ensemble(tiny_zs, monkeypatch):
     saved, tuned = read_checkpoint(ensemble), read_checkpoint(tuned_path)
     assert saved["weight_ensemble"] == {"alpha": 0.5, "fine_tuned": tuned_path.name}
 
-    # the pretrained weights, rebuilt as train() builds them (same seed, same order)
-    os.environ.pop("SKETCHQUANT_RUN_DIR", None)
-    pl.seed_everything(cfg.seed, workers=True)
-    dm = build_datamodule(cfg)
-    dm.prepare_data()
-    dm.setup("fit")
-    initial = build_module(cfg, dm).state_dict()
+    initial = initial_weights(cfg)  # the pretrained weights, rebuilt as train() builds them
     trunk = "net.backbone.conv_stem.weight"
     assert not torch.equal(tuned["state_dict"][trunk], initial[trunk])  # training moved it
     for key, value in saved["state_dict"].items():
@@ -86,3 +78,18 @@ def test_run_tests_and_serves_the_ensemble(tiny_zs, monkeypatch):
     # what the run reported is what the ensembled file gives
     again = evaluate(str(ensemble))["test"]
     assert again["test/map_all"] == pytest.approx(results["metrics"]["test/map_all"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("model.weight_ensemble", 1.5, r"model.weight_ensemble must be in \[0, 1\], got 1.5"),
+        ("model.weight_ensemble", -0.5, r"model.weight_ensemble must be in \[0, 1\], got -0.5"),
+        ("model.head_warmup_epochs", -1, "model.head_warmup_epochs must be >= 0, got -1"),
+    ],
+)
+def test_bad_fine_tuning_options_stop_before_training(tiny_zs, key, value, match):
+    """Refused when the module is built, not after a whole run (1.5 used to train plainly in silence)."""
+    cfg = compose("zs_sbir", tiny_zs(**{key: value}))
+    with pytest.raises(ValueError, match=match):
+        initial_weights(cfg)
