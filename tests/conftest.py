@@ -69,6 +69,21 @@ def tiny_zs_overrides(tmp, **extra) -> list[str]:
     return tiny_overrides("zs_sbir", tmp, **extra)
 
 
+def initial_weights(cfg) -> dict:
+    """The state dict a run of ``cfg`` starts from, built as ``sketchquant.app.train.train`` builds it
+    (same seed, same order: data module, then module)."""
+    import pytorch_lightning as pl  # lazy: conftest serves tests that import no Lightning
+
+    from sketchquant.app.build import build_datamodule, build_module
+
+    os.environ.pop("SKETCHQUANT_RUN_DIR", None)
+    pl.seed_everything(cfg.seed, workers=True)
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    dm.setup("fit")
+    return build_module(cfg, dm).state_dict()
+
+
 @pytest.fixture
 def tiny_zs(tmp_path):
     """``tiny_zs(**extra)`` → overrides of a tiny method-B run under ``tmp_path``."""

@@ -3,14 +3,12 @@ embedding and the trunk's BatchNorm statistics stay exactly as they started, and
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
+from conftest import initial_weights
 
-from sketchquant.app.build import build_datamodule, build_module
 from sketchquant.app.checkpoints import read_checkpoint
 from sketchquant.app.methods import compose
 from sketchquant.app.train import train
@@ -38,12 +36,7 @@ def _run(tiny_zs, monkeypatch, name, **extra):
     monkeypatch.delenv("SKETCHQUANT_RUN_DIR", raising=False)
     cfg = compose("zs_sbir", tiny_zs(name=name, **{"model.head_warmup_epochs": 1, **extra}))
     out = train(cfg)
-    os.environ.pop("SKETCHQUANT_RUN_DIR", None)
-    pl.seed_everything(cfg.seed, workers=True)  # the weights before training, built as train() builds them
-    dm = build_datamodule(cfg)
-    dm.prepare_data()
-    dm.setup("fit")
-    initial = build_module(cfg, dm).state_dict()
+    initial = initial_weights(cfg)  # the weights before training, built as train() builds them
     last = read_checkpoint(Path(out["run_dir"]) / "checkpoints" / "last.ckpt")["state_dict"]
     return initial, last
 
