@@ -15,8 +15,9 @@ What it renders:
 - named blocks of ``README.md``, between ``<!-- rendered:NAME -->`` and ``<!-- /rendered:NAME -->``
   (:data:`BLOCKS`): ``configs`` (every choice under ``configs/``, per group, with the first comment line of
   its file), ``make_train`` (the default run's mean ± std, from ``make_train.json``),
-  ``quantization_claims`` (method A's claims table), ``folder_recipe`` and ``components`` (the studies
-  of method B on small real data, from ``study_*.json``) and ``headlines`` (one line per headline figure,
+  ``quantization_claims`` (method A's claims, frozen and fine-tuned), ``folder_recipe``,
+  ``small_data_seen`` and ``components`` (the studies of method B on small real data, from
+  ``study_*.json``) and ``headlines`` (one line per headline figure,
   each only if its results file exists, linking into ``docs/benchmarks.md``). A block whose markers are
   absent is not written; a marked block with a name not in :data:`BLOCKS` is left as it is (``--check``
   notes it); a marker opened and not closed is an error.
@@ -828,36 +829,34 @@ def block_quantization_claims(root: Path) -> str:
     docs = {stem: doc for stem in CLAIMS_FILES if (doc := measured(root, stem)) is not None}
     if "quantization_claims" not in docs:
         return not_measured("Method A's claims", "quantization_claims", "them")
-    columns = []
+    columns = []  # (title, number of seeds, rows by name, chance)
     for stem, doc in docs.items():
         meta = doc.get("meta") or {}
-        n = len(meta.get("seeds") or [])
+        seeds = meta.get("seeds") or []
+        title = f"{meta.get('data_config', '?')}, {CLAIMS_FILES[stem]} ({seed_list(seeds)})"
         by_name = {r["name"]: r for r in doc.get("rows", [])}
-        title = f"{meta.get('data_config', '?')}, {CLAIMS_FILES[stem]} ({seed_list(meta.get('seeds') or [])})"
-        columns.append((stem, title, n, by_name))
-    first = docs["quantization_claims"]
+        columns.append((title, len(seeds), by_name, meta.get("chance_map_all")))
     rows = []
-    for r in first.get("rows", []):
+    for r in docs["quantization_claims"].get("rows", []):
         if r.get("claim") not in ("codes", "windows"):
             continue
         cells = []
-        for _, _, n, by_name in columns:
+        for _, n, by_name, _ in columns:
             got = by_name.get(r["name"])
             cells.append("" if got is None else pm(got["mean"], got["std"]) if n > 1 else score(got["mean"]))
         rows.append([r["claim"], r["name"], size(r["bytes"]), *cells])
-    meta = first.get("meta") or {}
+    rows.append(["", "chance (random ranking)", "", *[score(c[3]) for c in columns]])
     out = [
-        f"Hashing-protocol mAP@all, mean ± std over seeds (chance {score(meta.get('chance_map_all'))} on "
-        "glyph_mosaics); bytes bit-packed. Frozen: the ImageNet backbone fixed, only the heads trained on "
-        "its cached maps; fine-tuned: each variant a full `sketchquant train quantization` run "
-        "([details](docs/benchmarks.md#quantization_claims)).",
+        "Hashing-protocol mAP@all, mean ± std over seeds; bytes bit-packed. Frozen: the ImageNet backbone "
+        "fixed, only the heads trained on its cached maps; fine-tuned: each variant a full `sketchquant "
+        "train quantization` run ([details](docs/benchmarks.md#quantization_claims)).",
         "",
-        *table(["claim", "features", "bytes / image", *[c[1] for c in columns]], rows),
+        *table(["claim", "features", "bytes / image", *[c[0] for c in columns]], rows),
     ]
     pairs = []
     for label, a, b in CLAIM_PAIRS:
         cells = []
-        for _, _, _, by_name in columns:
+        for _, _, by_name, _ in columns:
             ra, rb = by_name.get(a), by_name.get(b)
             ok = ra and rb and len(ra.get("per_seed", [])) == len(rb.get("per_seed", []))
             cells.append(seed_difference(ra["per_seed"], rb["per_seed"]) if ok else "")
@@ -866,7 +865,7 @@ def block_quantization_claims(root: Path) -> str:
         "",
         "The claims as differences, paired by seed (mean [95 % t-interval over the seed pairs]):",
         "",
-        *table(["B − A", *[c[1] for c in columns]], pairs),
+        *table(["B − A", *[c[0] for c in columns]], pairs),
     ]
     return "\n".join(out)
 
