@@ -16,7 +16,7 @@ What it renders:
   (:data:`BLOCKS`): ``configs`` (every choice under ``configs/``, per group, with the first comment line of
   its file), ``make_train`` (the default run's mean ± std, from ``make_train.json``),
   ``quantization_claims`` (method A's claims, frozen and fine-tuned), ``folder_recipe``,
-  ``small_data_seen`` and ``components`` (the studies of method B on small real data, from
+  ``small_data_seen``, ``kd_seen`` and ``components`` (the studies of method B on small real data, from
   ``study_*.json``) and ``headlines`` (one line per headline figure,
   each only if its results file exists, linking into ``docs/benchmarks.md``). A block whose markers are
   absent is not written; a marked block with a name not in :data:`BLOCKS` is left as it is (``--check``
@@ -36,6 +36,7 @@ import math
 import re
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -979,11 +980,12 @@ def block_components(root: Path) -> str:
     )
 
 
-def block_small_data_seen(root: Path) -> str:
-    """Small-data fine-tuning changes on seen classes standing in as unseen: each pair's difference per set."""
+def seen_study_block(root: Path, study: str) -> str:
+    """A study on seen classes standing in as unseen (``small_data_seen``, ``kd_seen``): each pair's
+    difference per set, under the untrained network's means."""
     return grid_block(
         root,
-        "small_data_seen",
+        study,
         lambda a, b: f"`{b}` − `{a}`",
         ("untrained", "`untrained` itself"),
         "seen classes as unseen, `{metric}` ({seeds})",
@@ -999,7 +1001,8 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "headlines": block_headlines,
     "quantization_claims": block_quantization_claims,
     "folder_recipe": block_folder_recipe,
-    "small_data_seen": block_small_data_seen,
+    "small_data_seen": partial(seen_study_block, study="small_data_seen"),
+    "kd_seen": partial(seen_study_block, study="kd_seen"),
 }
 
 OPEN = re.compile(r"<!-- rendered:([A-Za-z0-9_-]+) -->")
