@@ -11,7 +11,7 @@ from sketchquant.core.batch import DOMAIN, IMAGE, LABEL
 from sketchquant.lightning_modules.base import SketchquantModule
 from sketchquant.lightning_modules.components.sbir_losses import sbir_loss
 from sketchquant.lightning_modules.components.sketch_net import FrozenTeacher, build_sketch_net
-from sketchquant.lightning_modules.components.weight_ensemble import interpolate_state
+from sketchquant.lightning_modules.components.weight_ensemble import check_weight_ensemble, interpolate_state
 from sketchquant.lightning_modules.config import ZeroShotModelConfig
 
 
@@ -40,6 +40,10 @@ class ZeroShotSketchModule(SketchquantModule):
         """``inference=True``: the weights will come from a checkpoint, so no pretrained weights are loaded
         and no distillation teacher is built (evaluation and search need none)."""
         super().__init__(config, num_classes=num_classes, max_epochs=max_epochs)
+        # refused before the network (and its teacher) is built, not after a whole run
+        check_weight_ensemble(self.config.weight_ensemble)
+        if self.config.head_warmup_epochs < 0:
+            raise ValueError(f"model.head_warmup_epochs must be >= 0, got {self.config.head_warmup_epochs}")
         # the ImageNet head exists only to be distilled into: without KD it would get no gradient (and
         # DDP would stop on a parameter that took no part in the loss)
         self.net = build_sketch_net(self.config, num_classes, weights="none" if inference else None)
@@ -49,10 +53,6 @@ class ZeroShotSketchModule(SketchquantModule):
         self._teacher_logits: torch.Tensor | None = None
         # the pretrained weights for the weight-space ensemble, kept outside state_dict like the teacher
         # (a resumed run rebuilds them the same way)
-        if not 0.0 <= self.config.weight_ensemble <= 1.0:
-            raise ValueError(f"model.weight_ensemble must be in [0, 1], got {self.config.weight_ensemble}")
-        if self.config.head_warmup_epochs < 0:
-            raise ValueError(f"model.head_warmup_epochs must be >= 0, got {self.config.head_warmup_epochs}")
         self._initial_state: tuple[dict[str, torch.Tensor], ...] = ()
         if self.config.weight_ensemble < 1.0 and not inference:
             self._initial_state = (self.pretrained_state(),)

@@ -15,15 +15,21 @@ from collections.abc import Mapping
 
 from torch import Tensor
 
-__all__ = ["interpolate_state"]
+__all__ = ["check_weight_ensemble", "interpolate_state"]
+
+
+def check_weight_ensemble(alpha: float) -> float:
+    """``alpha`` as a float, or a one-line refusal naming ``model.weight_ensemble`` when it is outside [0, 1]."""
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"model.weight_ensemble must be in [0, 1], got {alpha} (the fine-tuned share)")
+    return alpha
 
 
 def interpolate_state(initial: Mapping[str, Tensor], tuned: Mapping[str, Tensor], alpha: float) -> dict:
     """``tuned`` with each floating entry that ``initial`` also has replaced by
     ``(1 − alpha)·initial + alpha·tuned`` (in the tuned tensor's dtype and device)."""
-    alpha = float(alpha)
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"model.weight_ensemble must be in [0, 1] (the fine-tuned share), got {alpha}")
+    alpha = check_weight_ensemble(alpha)
     missing = sorted(set(initial) - set(tuned))
     if missing:
         raise KeyError(f"the fine-tuned weights lack {len(missing)} pretrained entries, e.g. {missing[0]!r}")
