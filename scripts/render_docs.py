@@ -885,12 +885,13 @@ def study_block(root: Path, study: str) -> tuple[Doc | None, str]:
 #: the folder recipe's checks: results stem → how the README names that recipe
 FOLDER_RECIPES = {
     "folder_recipe": "recipe",
+    "folder_recipe_kd1": "with λ_kd 1",
     "folder_recipe_previous": "before the warm-up",
 }
 
 
 def block_folder_recipe(root: Path) -> str:
-    """The folder recipe (and the one before it) against the untrained network on the real-drawing sets."""
+    """The folder recipe (and the ones before it) against the untrained network on the real-drawing sets."""
     doc, first = study_block(root, "folder_recipe")
     if doc is None:
         return first
@@ -902,6 +903,7 @@ def block_folder_recipe(root: Path) -> str:
                 continue
             side = got["summary"][c["set"]]
             a, b = side[c["a"]][first], side[c["b"]][first]
+            trained = [r["test"][first] for r in got["runs"][c["set"]][c["b"]]]
             rows.append(
                 [
                     c["set"],
@@ -909,11 +911,12 @@ def block_folder_recipe(root: Path) -> str:
                     seed_list(got.get("seeds") or []),
                     f"{score(a['mean'])} ± {score(a['std'])}",
                     f"{score(b['mean'])} ± {score(b['std'])}",
+                    " / ".join(score(v) for v in trained),
                     f"{c['diff']:+.3f} {interval(c)}",
                     sig(c["p_value"], 2),
                 ]
             )
-    head = ["data", "recipe", "seeds", "untrained", "trained", "diff [95 % interval]", "p"]
+    head = ["data", "recipe", "seeds", "untrained", "trained", "trained, per seed", "diff [95 % interval]", "p"]
     return "\n".join(
         [
             *table(head, rows),
