@@ -916,7 +916,16 @@ def block_folder_recipe(root: Path) -> str:
                     sig(c["p_value"], 2),
                 ]
             )
-    head = ["data", "recipe", "seeds", "untrained", "trained", "trained, per seed", "diff [95 % interval]", "p"]
+    head = [
+        "data",
+        "recipe",
+        "seeds",
+        "untrained",
+        "trained",
+        "trained, per seed",
+        "diff [95 % interval]",
+        "p",
+    ]
     return "\n".join(
         [
             *table(head, rows),
