@@ -136,6 +136,36 @@ def test_seed_paired_difference_by_hand():
         render_docs.seed_difference([0.1, 0.2], [0.3])  # seeds must pair
 
 
+def test_folder_recipe_block_gives_each_seed(tmp_path):
+    # a hand-made check: the recipe's seeds in run order (the "no seed below" is read from them)
+    metric = "test/fused/map_all"
+
+    def runs(values):
+        return [{"seed": i, "test": {metric: v}} for i, v in enumerate(values)]
+
+    doc = {
+        "metrics": [metric],
+        "seeds": [0, 1, 2],
+        "runs": {"digits": {"untrained": runs([0.4, 0.4, 0.4]), "recipe": runs([0.52, 0.38, 0.5])}},
+        "summary": {
+            "digits": {
+                "untrained": {metric: {"mean": 0.4, "std": 0.0, "n": 3}},
+                "recipe": {metric: {"mean": 0.4667, "std": 0.0757, "n": 3}},
+            }
+        },
+        "comparisons": [
+            {"set": "digits", "a": "untrained", "b": "recipe", "metric": metric, "diff": 0.0667}
+            | {"ci_low": 0.01, "ci_high": 0.12, "p_value": 0.03}
+        ],
+    }
+    (tmp_path / render_docs.RESULTS).mkdir(parents=True)
+    (tmp_path / render_docs.RESULTS / "study_folder_recipe.json").write_text(json.dumps(doc))
+    block = render_docs.block_folder_recipe(tmp_path)
+    head, _, row = block.splitlines()[:3]
+    assert "trained, per seed" in head
+    assert "| 0.520 / 0.380 / 0.500 |" in row and "| 0.467 ± 0.076 |" in row and "+0.067" in row
+
+
 # ------------------------------------------------------------------------------------------------
 # (2) an edited figure is detected
 
