@@ -16,8 +16,8 @@ What it renders:
   (:data:`BLOCKS`): ``configs`` (every choice under ``configs/``, per group, with the first comment line of
   its file), ``make_train`` (the default run's mean ± std, from ``make_train.json``),
   ``quantization_claims`` (method A's claims, frozen and fine-tuned), ``folder_recipe``,
-  ``small_data_seen``, ``kd_seen``, ``epochs_seen``, ``augment_seen`` and ``components`` (the studies of
-  method B on small real data, from ``study_*.json``) and ``headlines`` (one line per headline figure,
+  ``small_data_seen``, ``kd_seen``, ``epochs_seen``, ``augment_seen``, ``frozen_trunk_seen`` and
+  ``components`` (the studies of method B on small real data, from ``study_*.json``) and ``headlines`` (one line per headline figure,
   each only if its results file exists, linking into ``docs/benchmarks.md``). A block whose markers are
   absent is not written; a marked block with a name not in :data:`BLOCKS` is left as it is (``--check``
   notes it); a marker opened and not closed is an error.
@@ -994,7 +994,8 @@ def block_components(root: Path) -> str:
 
 def seen_study_block(root: Path, study: str) -> str:
     """A study on seen classes standing in as unseen (``small_data_seen``, ``kd_seen``, ``epochs_seen``,
-    ``augment_seen``): each pair's difference per set, under the untrained network's means."""
+    ``augment_seen``, ``frozen_trunk_seen``): each pair's difference per set, under the untrained network's
+    means."""
     return grid_block(
         root,
         study,
@@ -1017,6 +1018,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "kd_seen": partial(seen_study_block, study="kd_seen"),
     "epochs_seen": partial(seen_study_block, study="epochs_seen"),
     "augment_seen": partial(seen_study_block, study="augment_seen"),
+    "frozen_trunk_seen": partial(seen_study_block, study="frozen_trunk_seen"),
 }
 
 OPEN = re.compile(r"<!-- rendered:([A-Za-z0-9_-]+) -->")
