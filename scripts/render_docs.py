@@ -15,10 +15,10 @@ What it renders:
 - named blocks of ``README.md``, between ``<!-- rendered:NAME -->`` and ``<!-- /rendered:NAME -->``
   (:data:`BLOCKS`): ``configs`` (every choice under ``configs/``, per group, with the first comment line of
   its file), ``make_train`` (the default run's mean ± std, from ``make_train.json``),
-  ``quantization_claims`` (method A's claims, frozen and fine-tuned), ``folder_recipe``,
-  ``small_data_seen``, ``kd_seen``, ``epochs_seen``, ``augment_seen``, ``frozen_trunk_seen`` and
-  ``components`` (the studies of method B on small real data, from ``study_*.json``) and ``headlines`` (one line per headline figure,
-  each only if its results file exists, linking into ``docs/benchmarks.md``). A block whose markers are
+  ``quantization_claims`` (method A's claims, frozen and fine-tuned), ``folder_recipe``, ``components``
+  and one block per study of :data:`SEEN_STUDIES` (the studies of method B on small real data, from
+  ``study_*.json``) and ``headlines`` (one line per headline figure, each only if its results file exists,
+  linking into ``docs/benchmarks.md``). A block whose markers are
   absent is not written; a marked block with a name not in :data:`BLOCKS` is left as it is (``--check``
   notes it); a marker opened and not closed is an error.
 
@@ -992,10 +992,13 @@ def block_components(root: Path) -> str:
     )
 
 
+#: the studies on seen classes standing in as unseen that the README shows, each in a block of its name
+SEEN_STUDIES = ("small_data_seen", "kd_seen", "epochs_seen", "augment_seen", "frozen_trunk_seen")
+
+
 def seen_study_block(root: Path, study: str) -> str:
-    """A study on seen classes standing in as unseen (``small_data_seen``, ``kd_seen``, ``epochs_seen``,
-    ``augment_seen``, ``frozen_trunk_seen``): each pair's difference per set, under the untrained network's
-    means."""
+    """A study on seen classes standing in as unseen (:data:`SEEN_STUDIES`): each pair's difference per
+    set, under the untrained network's means."""
     return grid_block(
         root,
         study,
@@ -1014,11 +1017,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "headlines": block_headlines,
     "quantization_claims": block_quantization_claims,
     "folder_recipe": block_folder_recipe,
-    "small_data_seen": partial(seen_study_block, study="small_data_seen"),
-    "kd_seen": partial(seen_study_block, study="kd_seen"),
-    "epochs_seen": partial(seen_study_block, study="epochs_seen"),
-    "augment_seen": partial(seen_study_block, study="augment_seen"),
-    "frozen_trunk_seen": partial(seen_study_block, study="frozen_trunk_seen"),
+    **{study: partial(seen_study_block, study=study) for study in SEEN_STUDIES},
 }
 
 OPEN = re.compile(r"<!-- rendered:([A-Za-z0-9_-]+) -->")
