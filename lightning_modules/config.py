@@ -70,4 +70,8 @@ class ZeroShotModelConfig:
     #: LP-FT: the first epochs train only the two heads on the pretrained features (no gradient into trunk
     #: and embedding), so the randomly initialised seen-class head does not distort them (0 = off)
     head_warmup_epochs: int = 0
+    #: the seen-class head: ``linear`` (``W f + b``, SAKE) or ``cosine`` (normalised softmax, Zhai & Wu 2019:
+    #: ``cos(f, w_k) / T``, so the classes are learned in the metric retrieval uses — L2-normalised features)
+    classifier: str = choice("linear", "cosine")
+    classifier_temperature: float = 0.05  # T of the cosine head (Zhai & Wu's published value)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -3,7 +3,8 @@
 ``SketchNet``: one timm backbone shared by sketches and photos → pooled features ``g`` (``C`` wide)
 → embedding ``f = E g + e`` (``C → d``, ``d = 512``) → two heads on ``f``:
 
-- ``classifier``: the seen classes (``d → num_seen``, PyTorch's default init);
+- ``classifier``: the seen classes (``d → num_seen``, PyTorch's default init): ``nn.Linear`` (SAKE), or
+  :class:`CosineClassifier` (``classifier="cosine"``: logits ``cos(f, w_k) / T``, normalised softmax);
 - ``imagenet_head``: ``d → 1000`` for distillation.
 
 ImageNet head initialisation (``head_init="svd"``, as SAKE's ``initialize_pretrained_model_hashing``
@@ -45,6 +46,7 @@ from sketchquant.lightning_modules.components.backbones import (
 )
 
 __all__ = [
+    "CosineClassifier",
     "FrozenTeacher",
     "SketchNet",
     "SketchNetOutput",
@@ -89,6 +91,30 @@ def make_teacher(backbone_module: nn.Module) -> FrozenTeacher:
     return FrozenTeacher(copy.deepcopy(backbone_module))
 
 
+class CosineClassifier(nn.Module):
+    """Normalised softmax (Zhai & Wu, "Classification is a strong baseline for deep metric learning",
+    BMVC 2019): ``logits[i, k] = cos(f_i, w_k) / T``, no bias. Retrieval ranks by the distance between
+    L2-normalised features, so a classifier that sees only directions trains the features in that metric;
+    a linear head can also lower its loss by growing ``‖f‖``, which retrieval throws away. ``weight``
+    (``num_classes × d``) starts as ``nn.Linear``'s."""
+
+    def __init__(self, in_features: int, out_features: int, temperature: float = 0.05) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"model.classifier_temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+        self.weight = nn.Parameter(nn.Linear(in_features, out_features, bias=False).weight.detach().clone())
+
+    def forward(self, f: Tensor) -> Tensor:
+        w = nn.functional.normalize(self.weight, dim=-1)
+        return nn.functional.normalize(f, dim=-1) @ w.T / self.temperature
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, T={self.temperature}"
+        )
+
+
 def svd_split_classifier(
     weight: Tensor, bias: Tensor | None, dim: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -130,6 +156,7 @@ class SketchNet(nn.Module):
         imagenet_head: build the ``d → 1000`` head (needed for distillation).
         drop_rate: dropout on the pooled features in training (timm's ``drop_rate``); 0 as in SAKE's
             CSE-ResNet-50 (``dropout_p=None``).
+        classifier: ``"linear"`` (SAKE) or ``"cosine"`` (:class:`CosineClassifier` with ``temperature``).
     """
 
     def __init__(
@@ -142,11 +169,15 @@ class SketchNet(nn.Module):
         head_init: str = "auto",
         imagenet_head: bool = True,
         drop_rate: float = 0.0,
+        classifier: str = "linear",
+        temperature: float = 0.05,
         **backbone_kwargs,
     ):
         super().__init__()
         if head_init not in ("auto", "svd", "random"):
             raise ValueError(f"head_init must be 'auto', 'svd' or 'random', got {head_init!r}")
+        if classifier not in ("linear", "cosine"):
+            raise ValueError(f"model.classifier must be 'linear' or 'cosine', got {classifier!r}")
         if num_seen < 1 or embed_dim < 1:
             raise ValueError(f"num_seen and embed_dim must be positive, got {num_seen}, {embed_dim}")
         net = create_backbone(
@@ -162,7 +193,11 @@ class SketchNet(nn.Module):
         self.embed_dim = embed_dim
         self.num_seen = num_seen
         self.embedding = nn.Linear(self.num_features, embed_dim)
-        self.classifier = nn.Linear(embed_dim, num_seen)
+        self.classifier = (
+            CosineClassifier(embed_dim, num_seen, temperature)
+            if classifier == "cosine"
+            else nn.Linear(embed_dim, num_seen)
+        )
         self.imagenet_head = nn.Linear(embed_dim, IMAGENET_CLASSES) if imagenet_head else None
 
         is_imagenet_linear = (
@@ -248,6 +283,8 @@ def build_sketch_net(config: Any, num_classes: int, weights: str | None = None) 
         embed_dim=config.embed_dim,
         head_init=head_init,
         imagenet_head=bool(config.lambda_kd),
+        classifier=config.classifier,
+        temperature=config.classifier_temperature,
     )
 
 
