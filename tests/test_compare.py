@@ -20,7 +20,7 @@ from sketchquant.callbacks.config import EvalConfig
 from sketchquant.callbacks.retrieval_evaluator import RetrievalEvaluator
 from sketchquant.core.batch import DOMAIN, INDEX, LABEL, PHOTO, SKETCH
 from sketchquant.core.retrieval import per_query
-from sketchquant.core.retrieval.compare import compare_paired
+from sketchquant.core.retrieval.compare import compare_paired, p_text
 
 R = 10000
 
@@ -66,6 +66,16 @@ def test_sign_flip_p_value_of_three_equal_differences():
     """d = (1, 1, 1): |Σ ±1| ≥ 3 only for all + or all −, so the exact p is 2/8."""
     c = compare_paired("m", [np.zeros(3)], [np.ones(3)], np.zeros(3), "mean", [0.0], [1.0], resamples=40000)
     assert c.p_value == pytest.approx(0.25, abs=0.01)
+
+
+def test_p_at_the_floor_prints_as_a_bound():
+    """A planted difference no flip reaches: p = 1/(R + 1), printed '< 1/R' (the true p is below it)."""
+    d = np.linspace(0.5, 1.5, 40)
+    c = compare_paired("m", [np.zeros(40)], [d], np.zeros(40), "mean", [0.0], [1.0], resamples=2000)
+    assert c.p_value == 1 / 2001
+    assert p_text(c.p_value, c.resamples) == "< 0.0005"
+    assert p_text(1 / 10001, 10000) == "< 0.0001"
+    assert p_text(2 / 10001, 10000) == "0.0002" and p_text(0.25, 40000) == "0.2500"
 
 
 def test_seeds_pair_runs_and_pool_the_per_query_differences():

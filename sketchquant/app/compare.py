@@ -20,7 +20,7 @@ import numpy as np
 
 from sketchquant.core.retrieval import per_query
 from sketchquant.core.retrieval.aggregate import reduce
-from sketchquant.core.retrieval.compare import Comparison, compare_paired
+from sketchquant.core.retrieval.compare import Comparison, compare_paired, p_text
 
 __all__ = ["compare_command", "compare_runs", "queries_file", "check_same_queries"]
 
@@ -152,7 +152,7 @@ def _table(rows: list[Comparison], a_runs: Sequence[str], b_runs: Sequence[str])
                 _side(c.b_mean, c.b_std, len(c.b)),
                 f"{c.diff:+.4f}",
                 f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}]",
-                f"{c.p_value:.4f}",
+                p_text(c.p_value, c.resamples),
             )
         )
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]

@@ -29,7 +29,7 @@ import numpy as np
 
 from .aggregate import CLASS_MEAN, MEAN, class_blocks
 
-__all__ = ["Comparison", "compare_paired", "bootstrap_interval", "sign_flip_p_value", "layout"]
+__all__ = ["Comparison", "compare_paired", "bootstrap_interval", "sign_flip_p_value", "layout", "p_text"]
 
 #: random numbers drawn per block of resamples at most (32 MB of float64)
 BLOCK_CELLS = 2**22
@@ -116,6 +116,14 @@ def sign_flip_p_value(x: np.ndarray, resamples: int, rng: np.random.Generator) -
         flipped = 2.0 * (plus @ x) - total
         extreme += int(np.count_nonzero(np.abs(flipped) >= abs(total) - tol))
     return (1 + extreme) / (1 + resamples)
+
+
+def p_text(p_value: float, resamples: int, digits: int = 4) -> str:
+    """The p-value as printed: ``< 1/resamples`` at the test's floor ``1/(resamples + 1)`` (no resample was
+    as extreme, so the true p is only known to be below it), else ``digits`` decimals."""
+    if p_value <= 1.0 / (resamples + 1) * (1 + 1e-9):
+        return f"< {1.0 / resamples:.{digits}g}"
+    return f"{p_value:.{digits}f}"
 
 
 def _mean_std(v: Sequence[float]) -> tuple[float, float | None]:
