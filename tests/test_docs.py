@@ -126,6 +126,11 @@ def test_kind_and_number_formats():
     ]
     assert render_docs.ratio(1.2666) == "1.27×" and render_docs.score(0.28449) == "0.284"
     assert render_docs.pct(-7.73) == "−7.7 %"
+    # a p-value at the sign-flip floor 1/(R + 1) is a bound, not a figure; files without R print as is
+    assert render_docs.p_cell({"p_value": 1 / 10001, "resamples": 10000}) == "< 0.0001"
+    assert render_docs.p_cell({"p_value": 1 / 2001, "resamples": 2000}) == "< 0.0005"
+    assert render_docs.p_cell({"p_value": 0.0681, "resamples": 10000}) == "0.068"
+    assert render_docs.p_cell({"p_value": 1 / 10001}) == "0.000100"
 
 
 def test_seed_paired_difference_by_hand():
