@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from test_per_query import zs_run  # noqa: F401  (the session's tiny method-B run, shared)
+from test_per_query import quant_run, zs_run  # noqa: F401  (the session's tiny runs, shared)
 
 from sketchquant.app import cli
 from sketchquant.app.compare import compare_runs, queries_file
@@ -221,3 +221,44 @@ def test_runs_on_other_queries_are_refused(zs_run, tmp_path, capsys):  # noqa: F
     assert "A1 A2 A3 -- B1 B2 B3" in capsys.readouterr().err
     assert cli.main(["compare", str(zs_run), str(zs_run), "--metric", "test/nope"]) == 2
     assert "no metric 'test/nope'" in capsys.readouterr().err
+
+
+def test_per_class_finds_the_class_that_moved(zs_run, tmp_path, capsys):  # noqa: F811
+    """Every query of one class loses half its value: that class's diff is −½ its mean, with an interval
+    below 0; every other class's is exactly 0 (p 1); and, for a class mean, the per-class diffs average
+    to the overall one."""
+    record = per_query.load(queries_file(zs_run))
+    labels = record["query_label"]
+    values = record["values"].copy()
+    moved = int(np.bincount(labels).argmax())
+    values[..., labels == moved] *= 0.5
+    per_query.save(tmp_path / "halved.npz", dict(record, values=values))
+    got = _json(capsys, str(zs_run), str(tmp_path / "halved.npz"), "--metric", "test/map_all", "--per-class")
+    rows = {row["class"]: row for row in got["per_class"]}
+    names = record["class_names"].tolist()
+    assert set(rows) == {names[c] for c in np.unique(labels)}
+    a = per_query.series(record, "test/map_all")[0]
+    assert rows[names[moved]]["diff"] == pytest.approx(-0.5 * np.nanmean(a[labels == moved]))
+    assert rows[names[moved]]["ci_high"] < 0 and rows[names[moved]]["n_queries"] == (labels == moved).sum()
+    for name, row in rows.items():
+        if name != names[moved]:
+            assert row["diff"] == 0.0 and row["p_value"] == 1.0 and row["ci_low"] == row["ci_high"] == 0.0
+    assert got["diff"] == pytest.approx(np.mean([row["diff"] for row in rows.values()]), abs=1e-12)
+    assert (
+        cli.main(
+            ["compare", str(zs_run), str(tmp_path / "halved.npz"), "--metric", "test/map_all"]
+            + ["--per-class", "--resamples", "200"]
+        )
+        == 0
+    )
+    table = capsys.readouterr().out
+    assert f"\n  {names[moved]} ({(labels == moved).sum()}) " in table and "more tests" in table
+
+
+def test_per_class_needs_one_metric_and_one_label(zs_run, quant_run, capsys):  # noqa: F811
+    assert cli.main(["compare", str(zs_run), str(zs_run), "--per-class"]) == 2
+    assert "--per-class needs --metric NAME" in capsys.readouterr().err
+    labels = per_query.load(queries_file(quant_run))["query_label"]
+    metric = "test/codes/map_1000" if labels.ndim == 2 else pytest.skip("method A's queries are single-label")
+    assert cli.main(["compare", str(quant_run), str(quant_run), "--metric", metric, "--per-class"]) == 2
+    assert "--per-class needs one class per query; these queries are multi-label" in capsys.readouterr().err

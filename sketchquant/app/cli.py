@@ -117,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     cp.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples (and permutations)")
     cp.add_argument("--seed", type=int, default=0)
     cp.add_argument("--json", dest="as_json", action="store_true", help="print one JSON object")
+    cp.add_argument(
+        "--per-class", action="store_true", help="with --metric: the same within each query class too"
+    )
 
     enc = command("encode", "method A: export uint8 codes of a dataset split")
     enc.add_argument("--ckpt", required=True)

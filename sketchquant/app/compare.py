@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from sketchquant.core.retrieval import per_query
-from sketchquant.core.retrieval.aggregate import reduce
+from sketchquant.core.retrieval.aggregate import MEAN, reduce
 from sketchquant.core.retrieval.compare import Comparison, compare_paired, p_text
 
-__all__ = ["compare_command", "compare_runs", "queries_file", "check_same_queries"]
+__all__ = ["compare_command", "compare_per_class", "compare_runs", "queries_file", "check_same_queries"]
 
 
 def queries_file(run: str | os.PathLike) -> Path:
@@ -86,6 +86,73 @@ def _value(record: dict, name: str) -> float:
     return reduce(kind, values, record["query_label"], record["n_relevant"])
 
 
+def _records(a_runs: Sequence[str | os.PathLike], b_runs: Sequence[str | os.PathLike]) -> list[dict]:
+    """The per-query records of A's runs then B's, checked to be on the same test queries."""
+    if not a_runs or len(a_runs) != len(b_runs):
+        raise ValueError(
+            f"need as many runs on each side, paired A_i with B_i (got {len(a_runs)} and {len(b_runs)})"
+        )
+    names = [str(r) for r in (*a_runs, *b_runs)]
+    records = [per_query.load(queries_file(r)) for r in names]
+    for name, rec in zip(names[1:], records[1:]):
+        check_same_queries(names[0], records[0], name, rec)
+    return records
+
+
+def _shared(records: list[dict], metric: str | None) -> list[str]:
+    """The metrics every record can compare; ``metric`` must be one of them when given."""
+    shared = [m for m in per_query.compared_names(records[0]) if all(m in r["logged"] for r in records[1:])]
+    if metric is not None and metric not in shared:
+        raise ValueError(f"no metric {metric!r} in every run; shared: {', '.join(shared) or 'none'}")
+    return shared
+
+
+def compare_per_class(
+    a_runs: Sequence[str | os.PathLike],
+    b_runs: Sequence[str | os.PathLike],
+    metric: str,
+    resamples: int = 10000,
+    seed: int = 0,
+) -> list[tuple[str, Comparison]]:
+    """``metric`` of B against A within each query class: ``(class name, Comparison)`` per class in the
+    file's class order, each over that class's queries only (its per-run value is the mean of its
+    queries' values: for a class-mean metric, exactly the class's term in the logged mean)."""
+    records = _records(a_runs, b_runs)
+    _shared(records, metric)
+    labels = records[0]["query_label"]
+    if labels.ndim != 1:
+        raise ValueError(
+            f"{metric}: --per-class needs one class per query; these queries are multi-label "
+            f"({labels.shape[1]} labels each)"
+        )
+    values = [per_query.series(r, metric)[0] for r in records]
+    n = len(a_runs)
+    out = []
+    for c, name in enumerate(records[0]["class_names"].tolist()):
+        mask = labels == c
+        if not mask.any() or np.isnan(values[0][mask]).all():
+            continue  # no query of this class (a seen class), or none with a relevant gallery item
+        part = [v[mask] for v in values]
+        means = [float(np.nanmean(v)) for v in part]
+        out.append(
+            (
+                str(name),
+                compare_paired(
+                    f"{metric} [{name}]",
+                    part[:n],
+                    part[n:],
+                    np.zeros(int(mask.sum()), dtype=np.int64),
+                    MEAN,
+                    means[:n],
+                    means[n:],
+                    resamples=resamples,
+                    seed=seed,
+                ),
+            )
+        )
+    return out
+
+
 def compare_runs(
     a_runs: Sequence[str | os.PathLike],
     b_runs: Sequence[str | os.PathLike],
@@ -95,17 +162,8 @@ def compare_runs(
 ) -> list[Comparison]:
     """B against A (pairs ``a_runs[i]``, ``b_runs[i]``): one :class:`Comparison` for ``metric`` (a logged
     name), or one per metric every run shares."""
-    if not a_runs or len(a_runs) != len(b_runs):
-        raise ValueError(
-            f"need as many runs on each side, paired A_i with B_i (got {len(a_runs)} and {len(b_runs)})"
-        )
-    names = [str(r) for r in (*a_runs, *b_runs)]
-    records = [per_query.load(queries_file(r)) for r in names]
-    for name, rec in zip(names[1:], records[1:]):
-        check_same_queries(names[0], records[0], name, rec)
-    shared = [m for m in per_query.compared_names(records[0]) if all(m in r["logged"] for r in records[1:])]
-    if metric is not None and metric not in shared:
-        raise ValueError(f"no metric {metric!r} in every run; shared: {', '.join(shared) or 'none'}")
+    records = _records(a_runs, b_runs)
+    shared = _shared(records, metric)
     n = len(a_runs)
     out = []
     for m in [metric] if metric is not None else shared:
@@ -134,7 +192,12 @@ def _side(mean: float, std: float | None, runs: int) -> str:
     return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f} ({runs})"
 
 
-def _table(rows: list[Comparison], a_runs: Sequence[str], b_runs: Sequence[str]) -> str:
+def _table(
+    rows: list[Comparison],
+    a_runs: Sequence[str],
+    b_runs: Sequence[str],
+    classes: list[tuple[str, Comparison]] = (),
+) -> str:
     first = rows[0]
     head = [
         f"A: {', '.join(map(str, a_runs))}",
@@ -143,11 +206,17 @@ def _table(rows: list[Comparison], a_runs: Sequence[str], b_runs: Sequence[str])
         f"{first.level:.0%} paired bootstrap interval, two-sided sign-flip p-value",
         "",
     ]
+    if classes:
+        head[-1:] = [
+            f"then each class over its own queries: {len(classes)} more tests, of which about 1 in "
+            f"{round(1 / (1 - first.level))} misses by chance",
+            "",
+        ]
     cells = [("metric", "A", "B", "diff", f"{first.level:.0%} interval", "p")]
-    for c in rows:
+    for label, c in [(c.metric, c) for c in rows] + [(f"  {name} ({c.n_queries})", c) for name, c in classes]:
         cells.append(
             (
-                c.metric,
+                label,
                 _side(c.a_mean, c.a_std, len(c.a)),
                 _side(c.b_mean, c.b_std, len(c.b)),
                 f"{c.diff:+.4f}",
@@ -181,22 +250,29 @@ def compare_command(
     resamples: int = 10000,
     seed: int = 0,
     as_json: bool = False,
+    per_class: bool = False,
 ) -> None:
-    """``sketchquant compare A B`` / ``compare A1 A2 -- B1 B2`` (``versus``: the runs after ``--``)."""
+    """``sketchquant compare A B`` / ``compare A1 A2 -- B1 B2`` (``versus``: the runs after ``--``);
+    ``per_class``: the metric within each query class too (needs ``metric``)."""
     if versus is None and len(runs) != 2:
         raise ValueError(
             f"give two runs (compare A B), or seeds as `compare A1 A2 A3 -- B1 B2 B3`; got {len(runs)} run(s)"
         )
+    if per_class and metric is None:
+        raise ValueError("--per-class needs --metric NAME (one metric, e.g. test/fused/map_all)")
     a_runs, b_runs = (runs[:1], runs[1:]) if versus is None else (runs, versus)
     rows = compare_runs(a_runs, b_runs, metric=metric, resamples=resamples, seed=seed)
+    classes = compare_per_class(a_runs, b_runs, metric, resamples, seed) if per_class else []
     if as_json:
         sides = {"runs_a": list(a_runs), "runs_b": list(b_runs)}
         if metric is not None:
             payload = {**rows[0].as_dict(), **sides}
+            if per_class:
+                payload["per_class"] = [{"class": name, **c.as_dict()} for name, c in classes]
         else:
             payload = {**sides, "comparisons": [c.as_dict() for c in rows]}
         print(json.dumps(_finite(payload), indent=2))
     elif not rows:
         print("no metric shared by every run")
     else:
-        print(_table(rows, a_runs, b_runs))
+        print(_table(rows, a_runs, b_runs, classes))
