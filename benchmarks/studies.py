@@ -5,7 +5,9 @@ intervals and permutation p-values; docs/comparing.md).
     python benchmarks/studies.py STUDY [--seeds 0 1 2] [--runs DIR] [--only-runs] [--out PATH]
 
 Runs are kept under ``--runs`` (default ``runs/studies/<study>``): a run whose ``results.json`` exists is
-reused, so a study can be extended or resumed. The JSON under ``benchmarks/results/<study>.json`` holds
+reused, so a study can be extended or resumed. A pass that trains nothing (every run reused, e.g. to add a
+comparison) keeps the earlier record's header (commit, machine, load before and after the training pass)
+and notes itself under ``summarised_again``. The JSON under ``benchmarks/results/<study>.json`` holds
 every run's logged test (and best validation) metrics, the mean ± std per variant, and the comparisons.
 
 Studies (their settings are chosen before looking at any unseen-class result; see each docstring):
@@ -47,6 +49,8 @@ class Study:
     set_experiments: dict[str, str] = field(default_factory=dict)
     #: a variant's overrides replaced on one set (set → variant → overrides)
     per_set: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    #: metrics whose comparisons also go class by class (``compare --per-class``): which classes moved
+    per_class: tuple[str, ...] = ()
 
 
 UNTRAINED = ["trainer.max_epochs=0"]
@@ -284,6 +288,7 @@ STUDIES: dict[str, Study] = {
         variants={"untrained": UNTRAINED, "recipe": []},
         comparisons=[("untrained", "recipe")],
         metrics=("test/fused/map_all", "test/map_all", "test/proto/map_all"),
+        per_class=("test/fused/map_all", "test/map_all"),
     ),
     "components": Study(
         doc="Each component of method B against the recipe without it, on the two offline real-drawing "
@@ -320,6 +325,10 @@ STUDIES: dict[str, Study] = {
 }
 
 
+#: the runs this pass trained or evaluated (none: the record keeps the pass that did, see ``main``)
+RAN: list[str] = []
+
+
 def run_dir(root: Path, set_name: str, variant: str, seed: int) -> Path:
     return root / set_name / variant / f"seed{seed}"
 
@@ -347,6 +356,7 @@ def train(study: Study, root: Path, set_name: str, variant: str, seed: int) -> d
             "trainer.enable_progress_bar=false",
         ]
         where.mkdir(parents=True, exist_ok=True)
+        RAN.append(str(where))
         with open(where / "stdout.log", "w") as log:
             subprocess.run(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
         found = sorted(where.rglob("results.json"))
@@ -370,6 +380,7 @@ def evaluation(study: Study, root: Path, set_name: str, name: str, seed: int) ->
         before = set(folder.glob("eval-*.json"))
         time.sleep(1.05)  # evaluation files are named by the second
         argv = [str(BIN / "sketchquant"), "evaluate", "--ckpt", base["checkpoint"], *overrides]
+        RAN.append(str(folder))
         with open(folder / f"eval_{name}.log", "w") as log:
             subprocess.run(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
         (written,) = set(folder.glob("eval-*.json")) - before
@@ -387,14 +398,32 @@ def summarise(values: list[float]) -> dict:
     }
 
 
-def compare(runs_a: list[str], runs_b: list[str], metric: str, resamples: int) -> dict:
-    """``sketchquant compare A... -- B... --metric METRIC --json`` (B − A, paired over queries)."""
+def compare(
+    runs_a: list[str], runs_b: list[str], metric: str, resamples: int, per_class: bool = False
+) -> dict:
+    """``sketchquant compare A... -- B... --metric METRIC --json`` (B − A, paired over queries; with
+    ``per_class`` also class by class, under ``per_class``)."""
     argv = [str(BIN / "sketchquant"), "compare", *runs_a, "--", *runs_b, "--metric", metric, "--json"]
-    argv += ["--resamples", str(resamples)]
+    argv += ["--resamples", str(resamples), *(["--per-class"] if per_class else [])]
     out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "compare failed"}
     return json.loads(out.stdout)
+
+
+def header(out: Path, meta: dict, seeds: list[int], trained: bool) -> tuple[dict, dict]:
+    """``(header, kept figures)`` of the record written to ``out``. A pass that trained (or evaluated)
+    nothing only summarised runs an earlier pass made: the figures are that pass's measurements, so its
+    header (commit, command, date, machine, load before and after) stays when ``out`` holds the same seeds,
+    and this pass is noted under ``summarised_again``."""
+    if trained or not out.is_file():
+        return meta, {}
+    before = json.loads(out.read_text())
+    if before.get("seeds") != seeds or "load_before" not in before:
+        return meta, {}
+    again = {k: meta[k] for k in ("commit", "command", "date")}
+    kept = {k: before[k] for k in ("commit", "command", "date", "machine", "load_before")}
+    return kept, {"load_after": before.get("load_after"), "summarised_again": again}
 
 
 def main() -> None:
@@ -434,6 +463,7 @@ def main() -> None:
                     [r["dir"] for r in by_variant[b]],
                     metric,
                     args.resamples,
+                    per_class=metric in study.per_class,
                 )
                 comparisons.append({**res, "set": set_name, "a": a, "b": b, "metric": metric})
     figures = {
@@ -451,7 +481,10 @@ def main() -> None:
         "summary": summary,
         "comparisons": comparisons,
     }
-    write_results(args.out or RESULTS / f"study_{args.study}.json", meta, figures)
+    out = args.out or RESULTS / f"study_{args.study}.json"
+    meta, kept = header(out, meta, args.seeds, trained=bool(RAN))
+    figures = {**kept, **figures}
+    write_results(out, meta, figures)
     for c in comparisons:
         if "error" in c:
             print(f"{c['set']}: {c['metric']} {c['b']} - {c['a']}: {c['error']}")

@@ -935,11 +935,30 @@ def block_folder_recipe(root: Path) -> str:
         "diff [95 % interval]",
         "p",
     ]
+    classes = [
+        f"- {c['set']}, `{c['metric']}`: "
+        + ", ".join(
+            f"{r['class']} {score(r['a_mean'])} → {score(r['b_mean'])} ({r['diff']:+.3f} {interval(r)})"
+            for r in c["per_class"]
+        )
+        for c in doc.get("comparisons") or []
+        if c.get("per_class")
+    ]
     return "\n".join(
         [
             *table(head, rows),
             "",
             f"Unseen `{first}`; mean ± std over seeds; B − A paired over queries and seeds.",
+            *(
+                [
+                    "",
+                    "Class by class, untrained → recipe (each class's own queries, mean over seeds; B − A paired):",
+                    "",
+                ]
+                if classes
+                else []
+            ),
+            *classes,
         ]
     )
 

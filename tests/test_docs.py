@@ -161,6 +161,26 @@ def test_folder_recipe_block_gives_each_seed(tmp_path):
         "comparisons": [
             {"set": "digits", "a": "untrained", "b": "recipe", "metric": metric, "diff": 0.0667}
             | {"ci_low": 0.01, "ci_high": 0.12, "p_value": 0.03}
+            | {
+                "per_class": [
+                    {
+                        "class": "one",
+                        "a_mean": 0.5,
+                        "b_mean": 0.3,
+                        "diff": -0.2,
+                        "ci_low": -0.3,
+                        "ci_high": -0.1,
+                    },
+                    {
+                        "class": "two",
+                        "a_mean": 0.3,
+                        "b_mean": 0.6,
+                        "diff": 0.3,
+                        "ci_low": 0.2,
+                        "ci_high": 0.4,
+                    },
+                ]
+            }
         ],
     }
     (tmp_path / render_docs.RESULTS).mkdir(parents=True)
@@ -169,6 +189,10 @@ def test_folder_recipe_block_gives_each_seed(tmp_path):
     head, _, row = block.splitlines()[:3]
     assert "trained, per seed" in head
     assert "| 0.520 / 0.380 / 0.500 |" in row and "| 0.467 ± 0.076 |" in row and "+0.067" in row
+    assert block.splitlines()[-1] == (
+        f"- digits, `{metric}`: one 0.500 → 0.300 (-0.200 [-0.300, -0.100]), "
+        "two 0.300 → 0.600 (+0.300 [+0.200, +0.400])"
+    )
 
 
 # ------------------------------------------------------------------------------------------------
