@@ -196,7 +196,7 @@ def _table(
     rows: list[Comparison],
     a_runs: Sequence[str],
     b_runs: Sequence[str],
-    classes: list[tuple[str, Comparison]] = (),
+    classes: Sequence[tuple[str, Comparison]] = (),
 ) -> str:
     first = rows[0]
     head = [
