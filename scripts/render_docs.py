@@ -1028,6 +1028,7 @@ SEEN_STUDIES = (
     "augment_seen",
     "frozen_trunk_seen",
     "cosine_seen",
+    "kd_glyph_seen",
 )
 
 
