@@ -326,7 +326,8 @@ STUDIES: dict[str, Study] = {
     "folder_recipe": Study(
         doc="zs_sbir_folder as shipped against the same network untrained, on the two offline real-drawing "
         "sets' real unseen classes (the check; the recipe was chosen on the seen-class studies: "
-        "folder_recipe_seen, small_data_seen, kd_seen, epochs_seen, augment_seen, frozen_trunk_seen).",
+        "folder_recipe_seen, small_data_seen, kd_seen, epochs_seen, augment_seen, frozen_trunk_seen, "
+        "cosine_seen, image_size_seen). Its check at 96 px, before image_size_seen: study_folder_recipe_96px.json.",
         experiment="zs_sbir_folder",
         sets={
             "emoji_drawings": ["data.root=data/emoji_drawings"],
