@@ -91,10 +91,15 @@ def make_split(spec: str) -> None:
 #: they repeat as they were run (a variant's own ``model.lambda_kd`` comes later and wins)
 KD1 = "model.lambda_kd=1"
 
-#: the two offline real-drawing sets' seen classes, a quarter of them standing in as unseen
+#: the folder recipe's image size before image_size_seen moved it to 128 px: the studies run at 96 px pin it,
+#: so they repeat as they were run (a variant's own ``data.image_size`` comes later and wins)
+PX96 = "data.image_size=96"
+
+#: the two offline real-drawing sets' seen classes, a quarter of them standing in as unseen (at 96 px, as
+#: every seen-class study up to image_size_seen ran)
 SEEN_SETS = {
-    "emoji_seen": seen_only_split("emoji_drawings"),
-    "digit_seen": seen_only_split("digit_drawings"),
+    "emoji_seen": [*seen_only_split("emoji_drawings"), PX96],
+    "digit_seen": [*seen_only_split("digit_drawings"), PX96],
 }
 #: the same with the folder recipe's distillation as it stood before kd_seen (lambda_kd 1)
 SEEN_SETS_KD1 = {name: [*overrides, KD1] for name, overrides in SEEN_SETS.items()}
@@ -346,11 +351,11 @@ STUDIES: dict[str, Study] = {
         "feature fusion (the same weights with eval.fusion=distance) and the image size (64 px instead of "
         "96 on the real sets, 48 instead of 64 on the glyphs). B - A is recipe - variant: what the "
         "component adds. Settings fixed before any run; no choice is made from it. The folder recipe here "
-        "is the one before kd_seen (lambda_kd 1, pinned since).",
+        "is the one before kd_seen and image_size_seen (lambda_kd 1 and 96 px, pinned since).",
         experiment="zs_sbir_folder",
         sets={
-            "emoji_drawings": ["data.root=data/emoji_drawings", KD1],
-            "digit_drawings": ["data.root=data/digit_drawings", KD1],
+            "emoji_drawings": ["data.root=data/emoji_drawings", KD1, PX96],
+            "digit_drawings": ["data.root=data/digit_drawings", KD1, PX96],
             "glyphs": [],
         },
         set_experiments={"glyphs": "zs_sbir"},

@@ -1030,6 +1030,7 @@ SEEN_STUDIES = (
     "frozen_trunk_seen",
     "cosine_seen",
     "kd_glyph_seen",
+    "image_size_seen",
 )
 
 
