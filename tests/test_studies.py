@@ -47,3 +47,18 @@ def test_a_pass_that_trained_or_changed_seeds_writes_its_own(tmp_path):
     out.write_text(json.dumps({**TRAINING, "load_before": 0.5, "load_after": 1.9, "seeds": [0, 1, 2]}))
     assert studies.header(out, now, [0, 1, 2], trained=True) == (now, {})
     assert studies.header(out, now, [0, 1], trained=False) == (now, {})
+
+
+def test_studies_run_before_a_recipe_change_pin_the_old_setting():
+    """The folder recipe moved to 128 px after image_size_seen: the studies run at 96 px pin it (set
+    overrides come first, a variant's own size later and wins), so they repeat as they were run."""
+    for name in ("kd_seen", "cosine_seen", "image_size_seen", "folder_recipe_seen"):
+        for overrides in studies.STUDIES[name].sets.values():
+            assert "data.image_size=96" in overrides, (name, overrides)
+    components = studies.STUDIES["components"].sets
+    assert (
+        "data.image_size=96" in components["emoji_drawings"]
+        and "data.image_size=96" not in components["glyphs"]
+    )
+    assert studies.STUDIES["image_size_seen"].variants["size_128"] == ["data.image_size=128"]
+    assert "data.image_size=96" not in str(studies.STUDIES["folder_recipe"].sets)  # the check runs as shipped
