@@ -339,14 +339,21 @@ STUDIES: dict[str, Study] = {
         doc="zs_sbir_folder as shipped against the same network untrained, on the two offline real-drawing "
         "sets' real unseen classes (the check; the recipe was chosen on the seen-class studies: "
         "folder_recipe_seen, small_data_seen, kd_seen, epochs_seen, augment_seen, frozen_trunk_seen, "
-        "cosine_seen, image_size_seen). Its check at 96 px, before image_size_seen: study_folder_recipe_96px.json.",
+        "cosine_seen, image_size_seen). Its checks at 96 and 128 px, before image_size_seen moved it: "
+        "study_folder_recipe_96px.json, study_folder_recipe_128px.json. untrained_128 is the untrained network "
+        "at 128 px, the size it did best at on the emoji stand-ins: the recipe against it is what training "
+        "adds over the best network without training.",
         experiment="zs_sbir_folder",
         sets={
             "emoji_drawings": ["data.root=data/emoji_drawings"],
             "digit_drawings": ["data.root=data/digit_drawings"],
         },
-        variants={"untrained": UNTRAINED, "recipe": []},
-        comparisons=[("untrained", "recipe")],
+        variants={
+            "untrained": UNTRAINED,
+            "recipe": [],
+            "untrained_128": [*UNTRAINED, "data.image_size=128"],
+        },
+        comparisons=[("untrained", "recipe"), ("untrained_128", "recipe")],
         metrics=("test/fused/map_all", "test/map_all", "test/proto/map_all"),
         per_class=("test/fused/map_all", "test/map_all"),
     ),

@@ -894,6 +894,7 @@ def study_block(root: Path, study: str) -> tuple[Doc | None, str]:
 #: the folder recipe's checks: results stem → how the README names that recipe
 FOLDER_RECIPES = {
     "folder_recipe": "recipe",
+    "folder_recipe_128px": "at 128 px",
     "folder_recipe_96px": "at 96 px",
     "folder_recipe_kd1": "with λ_kd 1",
     "folder_recipe_previous": "before the warm-up",
