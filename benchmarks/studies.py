@@ -5,7 +5,9 @@ intervals and permutation p-values; docs/comparing.md).
     python benchmarks/studies.py STUDY [--seeds 0 1 2] [--runs DIR] [--only-runs] [--out PATH]
 
 Runs are kept under ``--runs`` (default ``runs/studies/<study>``): a run whose ``results.json`` exists is
-reused, so a study can be extended or resumed. A pass that trains nothing (every run reused, e.g. to add a
+reused, so a study can be extended or resumed, but only if its ``config.yaml`` matches what the study
+asks now: a kept run made before its experiment file changed stops the study, naming the run and the
+settings that differ (move it aside to rerun it). A pass that trains nothing (every run reused, e.g. to add a
 comparison) keeps the earlier record's header (commit, machine, load before and after the training pass)
 and notes itself under ``summarised_again``. The JSON under ``benchmarks/results/<study>.json`` holds
 every run's logged test (and best validation) metrics, the mean ± std per variant, and the comparisons.
@@ -410,18 +412,19 @@ def train(study: Study, root: Path, set_name: str, variant: str, seed: int) -> d
     for o in study.sets[set_name]:
         if o.startswith("+split_source="):
             make_split(o.split("=", 1)[1])
+    experiment = study.set_experiments.get(set_name, study.experiment)
+    asked = [
+        *overrides,
+        *variant_overrides,
+        f"seed={seed}",
+        f"run_dir={where}",
+        "trainer.enable_progress_bar=false",
+    ]
     found = sorted(where.rglob("results.json"))
-    if not found:
-        argv = [
-            str(BIN / "sketchquant"),
-            "train",
-            study.set_experiments.get(set_name, study.experiment),
-            *overrides,
-            *variant_overrides,
-            f"seed={seed}",
-            f"run_dir={where}",
-            "trainer.enable_progress_bar=false",
-        ]
+    if found:
+        refuse_stale(found[-1].parent, experiment, asked)
+    else:
+        argv = [str(BIN / "sketchquant"), "train", experiment, *asked]
         where.mkdir(parents=True, exist_ok=True)
         RAN.append(str(where))
         with open(where / "stdout.log", "w") as log:
@@ -434,6 +437,43 @@ def train(study: Study, root: Path, set_name: str, variant: str, seed: int) -> d
         "val": results.get("val", {}),
         "checkpoint": results.get("checkpoint"),
     }
+
+
+def _flat(tree: object, prefix: str = "") -> dict[str, object]:
+    """A nested config as ``{"a.b.c": leaf}``."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: tree}
+
+
+def stale_settings(run: Path, experiment: str, asked: list[str]) -> list[str]:
+    """The settings (``key: was -> now``) in which the kept run ``run`` (its ``config.yaml``) differs from
+    what ``sketchquant train experiment *asked`` would run now: a changed experiment file (a recipe that
+    moved on) leaves the study's overrides as they were, so the folder alone cannot tell."""
+    from omegaconf import OmegaConf
+
+    from sketchquant.app.methods import compose
+
+    saved = run / "config.yaml"
+    if not saved.exists():
+        return []
+    now = _flat(OmegaConf.to_container(compose(experiment, asked), resolve=True))
+    was = _flat(OmegaConf.to_container(OmegaConf.load(saved)))
+    keys = sorted((now.keys() | was.keys()) - {"run_dir"})
+    return [
+        f"{k}: {was.get(k, '(absent)')} -> {now.get(k, '(absent)')}" for k in keys if now.get(k) != was.get(k)
+    ]
+
+
+def refuse_stale(run: Path, experiment: str, asked: list[str]) -> None:
+    """Stop when a kept run was made with other settings than the study asks now: reusing it would report
+    the old settings under the new name, and deleting it would lose what was measured."""
+    changed = stale_settings(run, experiment, asked)
+    if changed:
+        raise SystemExit(
+            f"studies: {run} was run with other settings than the study asks now ({'; '.join(changed[:3])}"
+            f"{f'; {len(changed) - 3} more' if len(changed) > 3 else ''}); move its folder aside to rerun it"
+        )
 
 
 def evaluation(study: Study, root: Path, set_name: str, name: str, seed: int) -> dict:

@@ -1,4 +1,4 @@
-"""benchmarks/studies.py: a pass that only summarises earlier runs keeps the record of the pass that ran them."""
+"""benchmarks/studies.py: a pass that only summarises earlier runs keeps the record of the pass that ran them; kept runs are reused only with the settings they were made with."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,3 +64,25 @@ def test_studies_run_before_a_recipe_change_pin_the_old_setting():
     )
     assert studies.STUDIES["image_size_seen"].variants["size_128"] == ["data.image_size=128"]
     assert "data.image_size=96" not in str(studies.STUDIES["folder_recipe"].sets)  # the check runs as shipped
+
+
+def test_a_kept_run_made_with_other_settings_is_refused_not_reused(tmp_path):
+    """A study reuses a run folder that holds results.json; when the experiment file has moved on since
+    (the folder recipe's image size did), the kept run is refused by name, with what changed."""
+    from omegaconf import OmegaConf
+
+    from sketchquant.app.methods import compose
+
+    run = tmp_path / "emoji" / "recipe" / "seed0" / "zs_sbir_folder" / "20260101-000000"
+    run.mkdir(parents=True)
+    asked = [f"data.root={tmp_path}", "seed=0", f"run_dir={tmp_path / 'emoji' / 'recipe' / 'seed0'}"]
+    OmegaConf.save(compose("zs_sbir_folder", [*asked, "data.image_size=128"]), run / "config.yaml")
+    assert studies.stale_settings(run, "zs_sbir_folder", [*asked, "data.image_size=128"]) == []
+    assert studies.stale_settings(run, "zs_sbir_folder", [*asked, "data.image_size=160"]) == [
+        "data.image_size: 128 -> 160"
+    ]
+    with pytest.raises(
+        SystemExit, match=r"20260101-000000 was run with other settings .*data\.image_size: 128 -> 160"
+    ):
+        studies.refuse_stale(run, "zs_sbir_folder", [*asked, "data.image_size=160"])
+    studies.refuse_stale(run, "zs_sbir_folder", [*asked, "data.image_size=128"])  # the same settings: reused
