@@ -901,6 +901,12 @@ FOLDER_RECIPES = {
 }
 
 
+def against(comparison: dict) -> str:
+    """How a folder-recipe row names its baseline when it is not the untrained network at the recipe's own
+    settings (e.g. ``, against `untrained_128```)."""
+    return "" if comparison["a"] == "untrained" else f", against `{comparison['a']}`"
+
+
 def block_folder_recipe(root: Path) -> str:
     """The folder recipe (and the ones before it) against the untrained network on the real-drawing sets."""
     doc, first = study_block(root, "folder_recipe")
@@ -918,7 +924,7 @@ def block_folder_recipe(root: Path) -> str:
             rows.append(
                 [
                     c["set"],
-                    f"[{name}](docs/benchmarks.md#study_{stem})",
+                    f"[{name}](docs/benchmarks.md#study_{stem}){against(c)}",
                     seed_list(got.get("seeds") or []),
                     f"{score(a['mean'])} ± {score(a['std'])}",
                     f"{score(b['mean'])} ± {score(b['std'])}",
@@ -938,7 +944,7 @@ def block_folder_recipe(root: Path) -> str:
         "p",
     ]
     classes = [
-        f"- {c['set']}, `{c['metric']}`: "
+        f"- {c['set']}, `{c['metric']}`{against(c)}: "
         + ", ".join(
             f"{r['class']} {score(r['a_mean'])} → {score(r['b_mean'])} ({r['diff']:+.3f} {interval(r)})"
             for r in c["per_class"]
@@ -954,7 +960,8 @@ def block_folder_recipe(root: Path) -> str:
             *(
                 [
                     "",
-                    "Class by class, untrained → recipe (each class's own queries, mean over seeds; B − A paired):",
+                    "Class by class, untrained → recipe (each class's own queries, mean over seeds; B − A "
+                    "paired):",
                     "",
                 ]
                 if classes

@@ -380,3 +380,9 @@ def test_no_reference_to_a_spec_file_the_repo_lacks():
         if path.is_file() and any(ref in path.read_bytes() for ref in SPEC_REFERENCES):
             citing.append(path.relative_to(ROOT).as_posix())
     assert not citing, "cite docs/method.md §X instead of the specification in:\n" + "\n".join(citing)
+
+
+def test_folder_recipe_rows_name_a_baseline_other_than_the_untrained_network():
+    # the recipe against the untrained network at another size must not read as the plain check
+    assert render_docs.against({"a": "untrained", "b": "recipe"}) == ""
+    assert render_docs.against({"a": "untrained_128", "b": "recipe"}) == ", against `untrained_128`"

@@ -10,7 +10,7 @@ from sketchquant.app.methods import compose
 
 def test_folder_recipe_settings_and_early_stopping_on_seen_classes(tmp_path):
     cfg = compose("zs_sbir_folder", [f"data.root={tmp_path}"])
-    assert cfg.data.image_size == 128 and cfg.data.auto_generate is False
+    assert cfg.data.image_size == 160 and cfg.data.auto_generate is False
     assert (cfg.model.optim.lr, cfg.model.optim.head_lr_mult, cfg.model.lambda_kd) == (3e-4, 10.0, 0.0)
     assert cfg.monitor == "val/map_all" and cfg.early_stop_patience == 3
     assert (cfg.model.freeze_bn, cfg.model.head_warmup_epochs, cfg.model.weight_ensemble) == (True, 2, 1.0)
