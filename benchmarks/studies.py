@@ -93,8 +93,8 @@ def make_split(spec: str) -> None:
 #: they repeat as they were run (a variant's own ``model.lambda_kd`` comes later and wins)
 KD1 = "model.lambda_kd=1"
 
-#: the folder recipe's image size before image_size_seen moved it to 128 px: the studies run at 96 px pin it,
-#: so they repeat as they were run (a variant's own ``data.image_size`` comes later and wins)
+#: the folder recipe's image size before image_size_seen moved it (to 128, then 160 px): the studies run
+#: at 96 px pin it, so they repeat as they were run (a variant's own ``data.image_size`` comes later and wins)
 PX96 = "data.image_size=96"
 
 #: the two offline real-drawing sets' seen classes, a quarter of them standing in as unseen (at 96 px, as
@@ -439,13 +439,6 @@ def train(study: Study, root: Path, set_name: str, variant: str, seed: int) -> d
     }
 
 
-def _flat(tree: object, prefix: str = "") -> dict[str, object]:
-    """A nested config as ``{"a.b.c": leaf}``."""
-    if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: tree}
-
-
 def stale_settings(run: Path, experiment: str, asked: list[str]) -> list[str]:
     """The settings (``key: was -> now``) in which the kept run ``run`` (its ``config.yaml``) differs from
     what ``sketchquant train experiment *asked`` would run now: a changed experiment file (a recipe that
@@ -453,12 +446,13 @@ def stale_settings(run: Path, experiment: str, asked: list[str]) -> list[str]:
     from omegaconf import OmegaConf
 
     from sketchquant.app.methods import compose
+    from sketchquant.app.sweep.spec import flatten_dict
 
     saved = run / "config.yaml"
     if not saved.exists():
         return []
-    now = _flat(OmegaConf.to_container(compose(experiment, asked), resolve=True))
-    was = _flat(OmegaConf.to_container(OmegaConf.load(saved)))
+    now = flatten_dict(OmegaConf.to_container(compose(experiment, asked), resolve=True))
+    was = flatten_dict(OmegaConf.to_container(OmegaConf.load(saved)))
     keys = sorted((now.keys() | was.keys()) - {"run_dir"})
     return [
         f"{k}: {was.get(k, '(absent)')} -> {now.get(k, '(absent)')}" for k in keys if now.get(k) != was.get(k)

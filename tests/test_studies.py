@@ -52,7 +52,7 @@ def test_a_pass_that_trained_or_changed_seeds_writes_its_own(tmp_path):
 
 
 def test_studies_run_before_a_recipe_change_pin_the_old_setting():
-    """The folder recipe moved to 128 px after image_size_seen: the studies run at 96 px pin it (set
+    """The folder recipe moved from 96 px after image_size_seen: the studies run at 96 px pin it (set
     overrides come first, a variant's own size later and wins), so they repeat as they were run."""
     for name in ("kd_seen", "cosine_seen", "image_size_seen", "folder_recipe_seen"):
         for overrides in studies.STUDIES[name].sets.values():

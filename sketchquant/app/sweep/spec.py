@@ -81,17 +81,18 @@ def flatten_run_config(config: dict, prefix: str = "") -> dict[str, Any]:
     for key, entry in config.items():
         value = entry.get("value") if isinstance(entry, dict) and "value" in entry else entry
         if isinstance(value, dict):
-            out.update(_flatten_dict(value, f"{prefix}{key}."))
+            out.update(flatten_dict(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
 
 
-def _flatten_dict(value: dict, prefix: str) -> dict[str, Any]:
+def flatten_dict(value: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping (a resolved config, say) as ``{"a.b.c": leaf}``."""
     out: dict[str, Any] = {}
     for key, item in value.items():
         if isinstance(item, dict):
-            out.update(_flatten_dict(item, f"{prefix}{key}."))
+            out.update(flatten_dict(item, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = item
     return out
